@@ -1,0 +1,38 @@
+# The two entry points a new user needs:
+#   make demo   set up .venv and run the offline demo experiment end to end (CPU is enough)
+#   make test   set up .venv and run the test suite
+# Both install what they need into .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# CPU-only machines get the CPU build of torch (a plain `pip install torch` may pull a multi-GB CUDA build).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+STAMP  := $(VENV)/.installed
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[ml,dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores all
+	@echo
+	@cat results/compare/summary.md
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,22 @@
+# koa-ml: fine-tune language models and evaluate them against their base models.
+#   snakemake --cores all                    # the offline demo (config/config.yaml)
+#   snakemake --profile profiles/koa         # on KOA
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
+
+
+rule all:
+    input:
+        rules.compare.output,
+    default_target: True

@@ -1,0 +1,97 @@
+"""``koaml``: the command-line steps the workflow's rules call (usable by hand too)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from koaml.config import ConfigError
+
+
+def _build_model(a):
+    from koaml.config import load_yaml
+    from koaml.tinymodel import build_tiny_model
+
+    build_tiny_model(load_yaml(a.spec), a.out)
+
+
+def _prepare_data(a):
+    from koaml.config import load_yaml
+    from koaml.data import prepare
+
+    stats = prepare(load_yaml(a.config), a.tokenizer, a.out)
+    logging.info("prepared %s", stats)
+
+
+def _train(a):
+    from koaml.train import train
+
+    train(a.config, a.model, a.data, a.out, a.checkpoints, a.threads)
+
+
+def _merge(a):
+    from koaml.merge import merge
+
+    merge(a.config, a.base, a.adapter, a.out)
+
+
+def _evaluate(a):
+    from koaml.evaluate import evaluate
+
+    evaluate(a.config, a.model, a.out, a.threads)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="koaml", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("build-model", help="build the demo's tiny model from a spec")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_build_model)
+
+    s = sub.add_parser("prepare-data", help="load, template, split and check a run's training data")
+    s.add_argument("--config", required=True, help="resolved run config (YAML)")
+    s.add_argument("--tokenizer", required=True, help="model folder or hub ID whose tokenizer counts tokens")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_prepare_data)
+
+    s = sub.add_parser("train", help="fine-tune one run (full, LoRA or QLoRA)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--model", required=True, help="base model folder or hub ID")
+    s.add_argument("--data", required=True, help="folder written by prepare-data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across failures)")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("merge", help="merge a LoRA/QLoRA adapter into its base")
+    s.add_argument("--config", required=True)
+    s.add_argument("--base", required=True)
+    s.add_argument("--adapter", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_merge)
+
+    s = sub.add_parser("evaluate", help="run one benchmark suite on one model with lm-eval")
+    s.add_argument("--config", required=True, help="resolved benchmark config (YAML)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"koaml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Dataset preparation: load, check, apply the prompt template, split, and count tokens.
+
+Rows come in one of three formats, detected from their keys:
+``messages`` (chat), ``prompt``/``completion`` pairs, or plain text in ``data.target_column``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from koaml.config import ConfigError
+from koaml.io import write_json
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# Prompt formats for template names other than 'none' and 'model' (the tokenizer's own chat template).
+# Each maps a list of chat messages to (prompt, completion_suffix): the prompt ends where the reply starts.
+TEMPLATES = {
+    "llama3": {
+        "turn": "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+        "begin": "<|begin_of_text|>",
+        "reply": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "end": "<|eot_id|>",
+    },
+    "chatml": {
+        "turn": "<|im_start|>{role}\n{content}<|im_end|>\n",
+        "begin": "",
+        "reply": "<|im_start|>assistant\n",
+        "end": "<|im_end|>",
+    },
+    "alpaca": {
+        "turn": "### {title}:\n{content}\n\n",
+        "begin": "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n",
+        "reply": "### Response:\n",
+        "end": "",
+    },
+}
+_ALPACA_TITLES = {"system": "Context", "user": "Instruction", "assistant": "Response"}
+
+
+def is_local(dataset_name: str) -> bool:
+    """True when ``dataset_name`` names a local file rather than a hub dataset ID."""
+    return Path(dataset_name).suffix in LOCAL_SUFFIXES or Path(dataset_name).exists()
+
+
+def read_rows(spec: dict) -> list[dict]:
+    """Rows of a dataset spec (``dataset_name``, ``split``, ``subset``), each with its ``_source``."""
+    name = spec["dataset_name"]
+    if is_local(name):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"data.train_dataset.dataset_name: {name}: file not found")
+        if path.suffix == ".jsonl" or (path.suffix == ".json" and not path.read_text()[:1] == "["):
+            return _read_jsonl(path)
+        import datasets
+
+        table = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+        return [dict(row, _source=f"{path}:row {i + 1}") for i, row in enumerate(table)]
+    import datasets
+
+    table = datasets.load_dataset(name, spec.get("subset"), split=spec.get("split", "train"))
+    return [dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row["_source"] = f"{path}:{lineno}"
+            rows.append(row)
+    return rows
+
+
+def detect_format(rows: list[dict], target_column: str) -> str:
+    """'messages', 'prompt_completion' or 'text', from the first row; every row must agree."""
+    if not rows:
+        raise ConfigError("dataset is empty")
+    first = rows[0]
+    if "messages" in first:
+        fmt, keys = "messages", ("messages",)
+    elif "prompt" in first and "completion" in first:
+        fmt, keys = "prompt_completion", ("prompt", "completion")
+    elif target_column in first:
+        fmt, keys = "text", (target_column,)
+    else:
+        found = ", ".join(k for k in first if k != "_source")
+        raise ConfigError(
+            f"{first['_source']}: no 'messages', no 'prompt'/'completion' and no '{target_column}' column "
+            f"(data.target_column); found: {found}"
+        )
+    for row in rows:
+        for key in keys:
+            if key not in row or row[key] is None:
+                raise ConfigError(f"{row['_source']}: missing '{key}' (the first row is in {fmt} format)")
+    return fmt
+
+
+def _render(messages: list[dict], template: str) -> str:
+    t = TEMPLATES[template]
+    turns = []
+    for m in messages:
+        title = _ALPACA_TITLES.get(m["role"], m["role"].title())
+        turns.append(t["turn"].format(role=m["role"], content=m["content"], title=title))
+    return t["begin"] + "".join(turns)
+
+
+def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> dict:
+    """Convert one raw row to what the trainer reads: ``text``, ``prompt``/``completion`` or ``messages``."""
+    if fmt == "text":
+        return {"text": row[target_column]}
+    if fmt == "prompt_completion":
+        prompt, completion = str(row["prompt"]), str(row["completion"])
+        if template == "none":
+            return {"prompt": prompt, "completion": completion}
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    else:
+        messages = row["messages"]
+        if template == "none":
+            raise ConfigError(f"{row['_source']}: chat 'messages' need a template (data.template: model, llama3, ...)")
+    if template == "model":
+        return {"messages": messages}
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ConfigError(f"{row['_source']}: the last message must be the assistant's reply")
+    t = TEMPLATES[template]
+    return {"prompt": _render(messages[:-1], template) + t["reply"], "completion": messages[-1]["content"] + t["end"]}
+
+
+def _token_count(row: dict, tokenizer) -> int:
+    if "messages" in row:
+        return len(tokenizer.apply_chat_template(row["messages"], tokenize=True))
+    text = row.get("text") or row["prompt"] + row["completion"]
+    return len(tokenizer(text)["input_ids"])
+
+
+def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
+    """Write ``train.jsonl``, ``eval.jsonl`` and ``stats.json`` for a recipe's data section; return the stats."""
+    from transformers import AutoTokenizer
+
+    data = recipe["data"]
+    rows = read_rows(data["train_dataset"])
+    fmt = detect_format(rows, data["target_column"])
+    train = [to_training_row(r, fmt, data["template"], data["target_column"]) for r in rows]
+    if data.get("max_samples"):
+        train = train[: data["max_samples"]]
+
+    if data.get("eval_dataset"):
+        eval_rows = read_rows(data["eval_dataset"])
+        eval_fmt = detect_format(eval_rows, data["target_column"])
+        evals = [to_training_row(r, eval_fmt, data["template"], data["target_column"]) for r in eval_rows]
+    elif data["eval_fraction"] > 0:
+        shuffled = train[:]
+        random.Random(recipe["training"]["seed"]).shuffle(shuffled)
+        n_eval = max(1, round(len(shuffled) * data["eval_fraction"]))
+        evals, train = shuffled[:n_eval], shuffled[n_eval:]
+    else:
+        evals = []
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    max_len = recipe["model"]["model_max_length"]
+    lengths = [_token_count(r, tokenizer) for r in train]
+    stats = {
+        "format": fmt,
+        "template": data["template"],
+        "rows": len(train),
+        "eval_rows": len(evals),
+        "dropped_rows": len(rows) - len(train) - len(evals) if not data.get("eval_dataset") else len(rows) - len(train),
+        "tokens": sum(min(n, max_len) for n in lengths),
+        "truncated_rows": sum(n > max_len for n in lengths),
+        "max_tokens": max(lengths),
+    }
+    if stats["rows"] == 0:
+        raise ConfigError(f"{data['train_dataset']['dataset_name']}: no training rows left")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train.jsonl", train), ("eval.jsonl", evals)):
+        with open(out_dir / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in split)
+    write_json(out_dir / "stats.json", stats)
+    return stats

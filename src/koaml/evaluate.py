@@ -1,0 +1,110 @@
+"""Evaluate one model on one benchmark suite with the lm-evaluation-harness.
+
+Writes lm-eval's results JSON (``results.json``) and its per-sample logs (``samples_<task>.jsonl``)
+into the output folder atomically: a killed evaluation leaves no result behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from koaml.config import load_yaml
+from koaml.io import atomic_dir, write_json
+from koaml.modeling import device
+
+log = logging.getLogger(__name__)
+
+# Result sections that are per task and merged across the suite's lm-eval calls.
+_PER_TASK_SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
+
+
+def gen_kwargs(generation: dict) -> dict:
+    """lm-eval generation kwargs from the benchmark's ``generation`` section (temperature 0 = greedy)."""
+    kwargs = {"max_gen_toks": generation["max_new_tokens"]}
+    if generation["temperature"] > 0:
+        kwargs.update(do_sample=True, temperature=generation["temperature"])
+    else:
+        kwargs.update(do_sample=False, temperature=0.0)
+    return kwargs
+
+
+def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int) -> dict:
+    """Run every task of a benchmark suite on a model; return the merged results (without samples)."""
+    import lm_eval
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    torch.set_num_threads(threads)
+    bench = load_yaml(bench_config_path)
+    generation = bench["generation"]
+    task_manager = TaskManager(include_path=bench.get("include_path"))
+    lm = HFLM(
+        pretrained=model_path,
+        dtype=bench["model"]["dtype"],
+        max_length=bench["model"]["model_max_length"],
+        batch_size=generation["per_device_batch_size"],
+        device=device(),
+    )
+
+    merged: dict = {section: {} for section in _PER_TASK_SECTIONS}
+    samples: dict[str, list] = {}
+    for task in bench["tasks"]:
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[task["task"]],
+            num_fewshot=task["num_fewshot"],
+            limit=bench["limit"],
+            log_samples=True,
+            gen_kwargs=gen_kwargs(generation),
+            apply_chat_template=generation["apply_chat_template"],
+            fewshot_as_multiturn=generation["fewshot_as_multiturn"],
+            task_manager=task_manager,
+            random_seed=generation["seed"],
+            numpy_random_seed=generation["seed"],
+            torch_random_seed=generation["seed"],
+            fewshot_random_seed=generation["seed"],
+        )
+        for section in _PER_TASK_SECTIONS:
+            merged[section].update(out.get(section) or {})
+        samples.update(out.get("samples") or {})
+        merged["config"] = out.get("config", {})
+
+    merged["model_path"] = str(model_path)
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / "results.json", json.loads(json.dumps(merged, default=handle_non_serializable)))
+        for task_name, rows in samples.items():
+            with open(tmp / f"samples_{task_name}.jsonl", "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, default=handle_non_serializable) + "\n")
+    return merged
+
+
+def metric_rows(results: dict) -> list[dict]:
+    """Flatten lm-eval results into rows of task, metric, filter, score, stderr, n."""
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            metric, filter_name = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filter_name,
+                    "score": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                    "n": n,
+                }
+            )
+    return rows
+
+
+def load_results(result_dir: str | Path) -> dict:
+    return json.loads((Path(result_dir) / "results.json").read_text())

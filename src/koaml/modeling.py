@@ -1,0 +1,66 @@
+"""Loading models and tokenizers the way a recipe says: dtype, attention, 4-bit quantization."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str):
+    """The torch dtype for a config's ``dtype`` (``auto``: bfloat16 on a GPU that has it, else float32)."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def attn_implementation(requested: str) -> str:
+    """``requested``, or ``sdpa`` with a warning when flash-attention 2 cannot run here."""
+    if requested == "flash_attention_2":
+        import torch
+
+        if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+            log.warning("flash_attention_2 needs the flash-attn package and a GPU; falling back to sdpa")
+            return "sdpa"
+    return requested
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, model_cfg: dict, quantize_4bit: dict | None = None):
+    """Load a causal LM per the recipe's ``model`` section; ``quantize_4bit`` holds the bnb settings."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch_dtype(model_cfg.get("dtype", "auto"))
+    kwargs = {
+        "dtype": dtype,
+        "attn_implementation": attn_implementation(model_cfg.get("attn_implementation", "sdpa")),
+        "trust_remote_code": model_cfg.get("trust_remote_code", False),
+    }
+    if quantize_4bit is not None:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantize_4bit["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=quantize_4bit["bnb_4bit_use_double_quant"],
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device() if device() == "cpu" else 0}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)

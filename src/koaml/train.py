@@ -1,0 +1,171 @@
+"""Supervised fine-tuning (TRL SFT): full, LoRA or QLoRA, resumable from checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+from koaml.config import load_yaml
+from koaml.io import atomic_dir, config_hash, write_json
+from koaml.modeling import device, load_causal_lm, load_tokenizer, torch_dtype
+
+log = logging.getLogger(__name__)
+
+# Recipe `training` keys passed to SFTConfig unchanged.
+_PASSTHROUGH = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "weight_decay",
+    "max_grad_norm",
+    "num_train_epochs",
+    "max_steps",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "packing",
+    "completion_only_loss",
+    "seed",
+    "optim",
+)
+
+
+def _checkpointing_key() -> str:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool) -> dict:
+    """Map a recipe (the guide's keys) to ``trl.SFTConfig`` keyword arguments (transformers 5 names)."""
+    t = recipe["training"]
+    kwargs = {key: t[key] for key in _PASSTHROUGH}
+    # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
+    kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
+    kwargs[_checkpointing_key()] = t["gradient_checkpointing"]
+    dtype = recipe["model"]["dtype"]
+    kwargs.update(
+        output_dir=output_dir,
+        max_length=recipe["model"]["model_max_length"],
+        report_to=t["report_to"] or "none",
+        save_strategy="steps",
+        logging_strategy="steps",
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(t["eval_steps"] or t["save_steps"]) if has_eval else None,
+        bf16=on_gpu and dtype in ("bfloat16", "auto"),
+        fp16=on_gpu and dtype == "float16",
+        use_cpu=not on_gpu,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return kwargs
+
+
+def lora_config(peft: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=peft["lora_r"],
+        lora_alpha=peft["lora_alpha"],
+        lora_dropout=peft["lora_dropout"],
+        target_modules=peft["lora_target_modules"],
+        task_type="CAUSAL_LM",
+    )
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def _finite_loss_callback():
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {state.global_step}: lower training.learning_rate, "
+                    "check the data for broken rows, or keep training.max_grad_norm > 0"
+                )
+
+    return StopOnNonFiniteLoss()
+
+
+def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
+    """Train one run and write its adapter (LoRA/QLoRA) or full model to ``out_dir``.
+
+    Checkpoints go to ``checkpoint_root/<config hash>``, outside Snakemake's outputs, so a killed
+    job resumes from its latest checkpoint when the workflow runs again, and a changed recipe starts fresh.
+    """
+    import torch
+    from datasets import load_dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(threads)
+    recipe = load_yaml(config_path)
+    method = "full" if recipe["peft"]["type"] == "none" else recipe["peft"]["type"]
+    checkpoint_dir = Path(checkpoint_root) / config_hash(recipe)
+
+    data_files = {"train": str(Path(data_dir) / "train.jsonl")}
+    has_eval = (Path(data_dir) / "eval.jsonl").stat().st_size > 0
+    if has_eval:
+        data_files["eval"] = str(Path(data_dir) / "eval.jsonl")
+    data = load_dataset("json", data_files=data_files)
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if method == "qlora" else None)
+    on_gpu = device() == "cuda"
+    args = SFTConfig(**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("eval"),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe["peft"]) if method != "full" else None,
+        callbacks=[_finite_loss_callback()],
+    )
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "log_history.json", trainer.state.log_history)
+        write_json(
+            tmp / "train_summary.json",
+            {
+                "method": method,
+                "resumed_from": last,
+                "global_step": trainer.state.global_step,
+                "train_loss": result.training_loss,
+                "final_eval_loss": next(
+                    (e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None
+                ),
+                "dtype": str(torch_dtype(recipe["model"]["dtype"])),
+            },
+        )
+        (tmp / "koaml_method").write_text(method + "\n")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def method_of(trained_dir: str | Path) -> str:
+    """'full', 'lora' or 'qlora' for a folder written by :func:`train`."""
+    return (Path(trained_dir) / "koaml_method").read_text().strip()
+
+
+def losses(trained_dir: str | Path) -> list[dict]:
+    """The per-step training and eval losses of a trained run."""
+    history = json.loads((Path(trained_dir) / "log_history.json").read_text())
+    return [e for e in history if "loss" in e or "eval_loss" in e]

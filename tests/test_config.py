@@ -1,0 +1,139 @@
+"""Config loading and validation: defaults, overrides, and errors that name the file and key."""
+
+import pytest
+import yaml
+
+from koaml.config import ConfigError, canonical, deep_merge, load_benchmark, load_experiment, load_recipe, load_yaml
+
+DEMO_RECIPE = "config/recipes/demo_lora.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def demo_experiment(**changes):
+    config = load_yaml("config/config.yaml")
+    config.update(changes)
+    return config
+
+
+def test_demo_experiment_resolves():
+    exp = load_experiment(load_yaml("config/config.yaml"))
+    assert exp.evaluated_models == ["tiny", "tiny-lora", "tiny-qlora", "tiny-full"]
+    assert {r.method for r in exp.runs.values()} == {"lora", "qlora", "full"}
+    assert list(exp.benchmarks) == ["demo_arith_mc", "demo_arith_gen"]
+
+
+def test_recipe_defaults_are_filled_from_the_schema():
+    recipe = load_recipe(DEMO_RECIPE)
+    assert recipe["training"]["max_grad_norm"] == 1.0
+    assert recipe["training"]["save_total_limit"] == 2
+    assert recipe["data"]["target_column"] == "text"
+
+
+def test_full_finetuning_recipe_has_no_lora_keys():
+    assert load_recipe("config/recipes/demo_full.yaml")["peft"] == {"type": "none"}
+
+
+def test_yaml_12_floats_are_numbers(tmp_path):
+    path = write(tmp_path, "r.yaml", "data: {train_dataset: {dataset_name: x.jsonl}}\ntraining: {learning_rate: 3e-4}\n")
+    assert load_recipe(path)["training"]["learning_rate"] == pytest.approx(3e-4)
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "training": {"lerning_rate": 1e-4}})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert f"{path}: training.lerning_rate: unknown key; did you mean 'learning_rate'?" in str(err.value)
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "training": {"num_train_epochs": "three"}})
+    with pytest.raises(ConfigError, match=r"training.num_train_epochs: 'three' is not of type 'number'"):
+        load_recipe(path)
+
+
+def test_unknown_enum_value_lists_choices(tmp_path):
+    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "peft": {"type": "lorra"}})
+    with pytest.raises(ConfigError, match=r"peft.type: 'lorra' is not allowed; expected one of: none, lora, qlora"):
+        load_recipe(path)
+
+
+def test_all_errors_are_reported_at_once(tmp_path):
+    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {}}, "training": {"seed": "x", "foo": 1}})
+    message = str(pytest.raises(ConfigError, load_recipe, path).value)
+    assert "data.train_dataset: 'dataset_name' is a required property" in message
+    assert "training.seed" in message and "training.foo: unknown key" in message
+
+
+def test_run_overrides_are_merged_and_validated():
+    config = demo_experiment()
+    config["runs"]["tiny-lora"]["overrides"] = {"peft": {"lora_r": 4}}
+    assert load_experiment(config).runs["tiny-lora"].recipe["peft"]["lora_r"] == 4
+    config["runs"]["tiny-lora"]["overrides"] = {"peft": {"lora_r": 0}}
+    with pytest.raises(ConfigError, match=r"with run overrides\): peft.lora_r: 0 is less than the minimum of 1"):
+        load_experiment(config)
+
+
+def test_unknown_base_gets_did_you_mean():
+    config = demo_experiment()
+    config["runs"]["tiny-lora"]["base"] = "tinny"
+    with pytest.raises(ConfigError, match=r"runs.tiny-lora.base: unknown base model 'tinny'; did you mean 'tiny'\?"):
+        load_experiment(config, "config/config.yaml")
+
+
+def test_run_name_must_be_safe_as_a_path():
+    config = demo_experiment()
+    config["runs"]["../evil"] = config["runs"].pop("tiny-lora")
+    with pytest.raises(ConfigError, match=r"'../evil' must use only letters"):
+        load_experiment(config)
+
+
+def test_base_and_run_names_must_differ():
+    config = demo_experiment()
+    config["runs"]["tiny"] = config["runs"].pop("tiny-lora")
+    with pytest.raises(ConfigError, match="names used for both a base model and a run: tiny"):
+        load_experiment(config)
+
+
+def test_base_defaults_to_the_recipe_model_name(tmp_path):
+    recipe = load_yaml(DEMO_RECIPE)
+    recipe["model"]["model_name"] = "meta-llama/Llama-3.1-8B-Instruct"
+    path = write(tmp_path, "r.yaml", recipe)
+    exp = load_experiment({"experiment": "x", "runs": {"a": {"recipe": path}, "b": {"recipe": path}}, "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"]})
+    assert exp.runs["a"].base == exp.runs["b"].base == "meta-llama-Llama-3.1-8B-Instruct"
+    assert exp.base_models[exp.runs["a"].base].model_name == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_missing_recipe_file_is_named():
+    config = demo_experiment()
+    config["runs"]["tiny-lora"]["recipe"] = "config/recipes/nope.yaml"
+    with pytest.raises(ConfigError, match=r"config/recipes/nope.yaml: file not found"):
+        load_experiment(config)
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "r.yaml", "data:\n  train_dataset: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_recipe(path)
+
+
+def test_benchmark_defaults():
+    bench = load_benchmark("config/benchmarks/demo_arith_mc.yaml")
+    assert bench["generation"]["temperature"] == 0.0
+    assert bench["tasks"][0] == {"backend": "lm_harness", "num_fewshot": 0, "task": "demo_arith_mc"}
+
+
+def test_canonical_and_deep_merge():
+    assert list(canonical({"b": 1, "a": {"d": 1, "c": 2}})) == ["a", "b"]
+    assert deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}}

@@ -1,0 +1,100 @@
+"""End to end: the offline demo experiment trains, evaluates and compares for real; reruns are minimal."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory):
+    """The demo experiment run once to completion in a scratch copy of the workflow."""
+    from conftest import copy_workflow
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir)
+    return workdir
+
+
+def test_summary_shows_fine_tuning_helped(finished_demo):
+    table = pd.read_csv(finished_demo / "results/compare/summary.csv")
+    assert set(table.run) == {"tiny-lora", "tiny-qlora", "tiny-full"}
+    assert set(table.benchmark) == {"demo_arith_mc", "demo_arith_gen"}
+    assert len(table) == 6 and (table.n == 200).all()
+    full_mc = table[(table.run == "tiny-full") & (table.task == "demo_arith_mc")].iloc[0]
+    assert full_mc.base_score < 0.4, "the untrained base should be near chance (25%)"
+    assert full_mc.delta >= 0.20, f"full fine-tuning gained only {full_mc.delta:.3f}"
+    assert (table.delta == table.score - table.base_score).all()
+    assert "| tiny-full | tiny | demo_arith_mc |" in (finished_demo / "results/compare/summary.md").read_text()
+
+
+def test_scores_come_from_per_sample_logs(finished_demo):
+    for model in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full"):
+        folder = finished_demo / "results/eval" / model / "demo_arith_mc"
+        samples = [json.loads(line) for line in (folder / "samples_demo_arith_mc.jsonl").read_text().splitlines()]
+        results = json.loads((folder / "results.json").read_text())
+        assert len(samples) == 200
+        mean = sum(s["acc"] for s in samples) / len(samples)
+        assert results["results"]["demo_arith_mc"]["acc,none"] == pytest.approx(mean)
+
+
+def test_runs_really_trained(finished_demo):
+    for run, method in (("tiny-lora", "lora"), ("tiny-qlora", "qlora"), ("tiny-full", "full")):
+        trained = finished_demo / "results/runs" / run / "trained"
+        summary = json.loads((trained / "train_summary.json").read_text())
+        assert summary["method"] == method and summary["global_step"] > 0
+        losses = [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
+        assert losses[-1] < losses[0] / 2
+        assert (trained / ("adapter_config.json" if method != "full" else "config.json")).exists()
+    qlora_cfg = json.loads((finished_demo / "results/runs/tiny-qlora/trained/adapter_config.json").read_text())
+    assert qlora_cfg["peft_type"] == "LORA"
+    assert not (finished_demo / "results/checkpoints/tiny-full").exists() or not any(
+        (finished_demo / "results/checkpoints/tiny-full").iterdir()
+    )
+    stats = json.loads((finished_demo / "results/data/tiny-full/stats.json").read_text())
+    assert stats["rows"] + stats["eval_rows"] == 3000 and stats["truncated_rows"] == 0
+
+
+def test_second_run_does_nothing(finished_demo):
+    proc = snakemake(finished_demo)
+    assert "Nothing to be done" in proc.stdout
+
+
+def test_editing_a_recipe_reruns_only_that_run(finished_demo):
+    recipe = finished_demo / "config/recipes/demo_lora.yaml"
+    original = recipe.read_text()
+    recipe.write_text(original.replace("lora_dropout: 0.0", "lora_dropout: 0.1"))
+    try:
+        jobs = planned_jobs(snakemake(finished_demo, "-n").stdout)
+    finally:
+        recipe.write_text(original)
+    assert jobs == sorted(
+        [
+            ("all", ""),
+            ("compare", ""),
+            ("evaluate", "model=tiny-lora, bench=demo_arith_gen"),
+            ("evaluate", "model=tiny-lora, bench=demo_arith_mc"),
+            ("merge", "run=tiny-lora"),
+            ("prepare_data", "run=tiny-lora"),
+            ("run_config", "run=tiny-lora"),
+            ("train", "run=tiny-lora"),
+        ]
+    )
+
+
+def test_editing_a_benchmark_reruns_only_its_evaluations(finished_demo):
+    bench = finished_demo / "config/benchmarks/demo_arith_gen.yaml"
+    original = bench.read_text()
+    bench.write_text(original.replace("max_new_tokens: 8", "max_new_tokens: 6"))
+    try:
+        jobs = planned_jobs(snakemake(finished_demo, "-n").stdout)
+    finally:
+        bench.write_text(original)
+    assert jobs == sorted(
+        [("all", ""), ("compare", ""), ("benchmark_config", "bench=demo_arith_gen")]
+        + [("evaluate", f"model={m}, bench=demo_arith_gen") for m in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full")]
+    )

@@ -1,0 +1,49 @@
+"""The recipe -> TRL SFTConfig mapping (the guide's keys on transformers 5 / TRL 1.x)."""
+
+import pytest
+
+from koaml.config import load_recipe
+from koaml.train import sft_config_kwargs
+
+
+@pytest.fixture
+def recipe():
+    from conftest import REPO
+
+    return load_recipe(REPO / "config/recipes/demo_lora.yaml")
+
+
+def test_warmup_ratio_becomes_a_fractional_warmup_steps(recipe):
+    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
+    assert kwargs["warmup_steps"] == pytest.approx(0.05) and isinstance(kwargs["warmup_steps"], float)
+    assert "warmup_ratio" not in kwargs
+
+
+def test_explicit_warmup_steps_win(recipe):
+    recipe["training"]["warmup_steps"] = 7
+    assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)["warmup_steps"] == 7
+
+
+def test_kwargs_are_accepted_by_sftconfig(recipe, tmp_path):
+    from trl import SFTConfig
+
+    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=True, on_gpu=False))
+    assert args.max_length == recipe["model"]["model_max_length"]
+    assert args.learning_rate == recipe["training"]["learning_rate"]
+    assert args.eval_strategy == "steps" and args.eval_steps == recipe["training"]["save_steps"]
+    assert args.get_warmup_steps(1000) == 50
+    assert args.report_to == [] or args.report_to == "none"
+
+
+def test_seed_keys_that_the_workflow_manages_are_not_passed(recipe):
+    recipe["training"]["output_dir"] = "./output/x"
+    kwargs = sft_config_kwargs(recipe, "results/checkpoints/x", has_eval=False, on_gpu=False)
+    assert kwargs["output_dir"] == "results/checkpoints/x" and "trainer_type" not in kwargs
+
+
+def test_gradient_checkpointing_maps_to_the_installed_name(recipe, tmp_path):
+    from trl import SFTConfig
+
+    recipe["training"]["gradient_checkpointing"] = True
+    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
+    assert getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing

@@ -1,0 +1,58 @@
+# Config validation and the path helpers every rule uses. Logic lives in the koaml package.
+import re
+
+from koaml.config import ConfigError, load_experiment, load_yaml
+from koaml.data import is_local
+
+
+try:
+    EXP = load_experiment(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+except ConfigError as error:
+    raise WorkflowError(f"koa-ml: {error}") from None
+
+
+def _alternation(names):
+    return "|".join(map(re.escape, sorted(names))) or "(?!)"
+
+
+wildcard_constraints:
+    base=_alternation(EXP.base_models),
+    run=_alternation(EXP.runs),
+    model=_alternation(EXP.evaluated_models),
+    bench=_alternation(EXP.benchmarks),
+
+
+def base_model_path(base):
+    """Where a base model is loaded from: the folder the workflow built, or a hub ID / local path."""
+    spec = EXP.base_models[base]
+    return f"results/base/{base}/model" if spec.build else spec.model_name
+
+
+def base_model_input(base):
+    """Files a base model's consumers must wait for (none for hub IDs and existing paths)."""
+    return [base_model_path(base)] if EXP.base_models[base].build else []
+
+
+def final_model_dir(run):
+    """The folder evaluated for a run: the merged model (LoRA/QLoRA) or the trained model (full)."""
+    step = "trained" if EXP.runs[run].method == "full" else "merged"
+    return f"results/runs/{run}/{step}"
+
+
+def model_path(model):
+    return final_model_dir(model) if model in EXP.runs else base_model_path(model)
+
+
+def model_input(model):
+    return [final_model_dir(model)] if model in EXP.runs else base_model_input(model)
+
+
+def local_dataset_files(run):
+    """Local data files of a run's recipe, so that editing them reruns the run."""
+    data = EXP.runs[run].recipe["data"]
+    specs = [data["train_dataset"], data.get("eval_dataset")]
+    return [s["dataset_name"] for s in specs if s and is_local(s["dataset_name"])]
+
+
+def eval_dir(model, bench):
+    return f"results/eval/{model}/{bench}"

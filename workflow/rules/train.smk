@@ -1,0 +1,62 @@
+rule run_config:
+    """The run's resolved recipe. Rewritten only when it changes (params trigger), which reruns the run."""
+    output:
+        "results/runs/{run}/config.yaml",
+    params:
+        recipe=lambda w: EXP.runs[w.run].recipe,
+    localrule: True
+    run:
+        from koaml.io import write_yaml
+
+        write_yaml(output[0], params.recipe)
+
+
+rule prepare_data:
+    """Load, template, split and check the run's training data."""
+    input:
+        config="results/runs/{run}/config.yaml",
+        model=lambda w: base_model_input(EXP.runs[w.run].base),
+        data=lambda w: local_dataset_files(w.run),
+    output:
+        directory("results/data/{run}"),
+    params:
+        tokenizer=lambda w: base_model_path(EXP.runs[w.run].base),
+    log:
+        "logs/prepare_data/{run}.log",
+    shell:
+        "koaml prepare-data --config {input.config} --tokenizer {params.tokenizer} --out {output} > {log} 2>&1"
+
+
+rule train:
+    """Fine-tune: full, LoRA or QLoRA. Checkpoints live outside the output, so a rerun resumes."""
+    input:
+        config="results/runs/{run}/config.yaml",
+        data="results/data/{run}",
+        model=lambda w: base_model_input(EXP.runs[w.run].base),
+    output:
+        directory("results/runs/{run}/trained"),
+    params:
+        model=lambda w: base_model_path(EXP.runs[w.run].base),
+        checkpoints="results/checkpoints/{run}",
+    threads: 4
+    log:
+        "logs/train/{run}.log",
+    shell:
+        "koaml train --config {input.config} --model {params.model} --data {input.data}"
+        " --out {output} --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
+
+
+rule merge:
+    """Merge a LoRA/QLoRA adapter into the base weights."""
+    input:
+        config="results/runs/{run}/config.yaml",
+        adapter="results/runs/{run}/trained",
+        model=lambda w: base_model_input(EXP.runs[w.run].base),
+    output:
+        directory("results/runs/{run}/merged"),
+    params:
+        base=lambda w: base_model_path(EXP.runs[w.run].base),
+    log:
+        "logs/merge/{run}.log",
+    shell:
+        "koaml merge --config {input.config} --base {params.base} --adapter {input.adapter} --out {output} > {log} 2>&1"
