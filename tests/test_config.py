@@ -137,3 +137,70 @@ def test_benchmark_defaults():
 def test_canonical_and_deep_merge():
     assert list(canonical({"b": 1, "a": {"d": 1, "c": 2}})) == ["a", "b"]
     assert deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}}
+
+
+def test_every_shipped_recipe_and_benchmark_validates():
+    from conftest import REPO
+
+    recipes = sorted((REPO / "config/recipes").glob("*.yaml"))
+    assert len(recipes) >= 14
+    for path in recipes:
+        recipe = load_recipe(path)
+        if not path.name.startswith("demo_"):
+            assert recipe["model"]["model_name"], path
+    for path in sorted((REPO / "config/benchmarks").glob("*.yaml")):
+        load_benchmark(path)
+
+
+def test_sweep_expands_to_a_grid_with_readable_names():
+    config = demo_experiment()
+    config["runs"] = {"rank": {"base": "tiny", "recipe": DEMO_RECIPE, "sweep": {"peft.lora_r": [4, 8], "training.learning_rate": [1e-4, 3e-4]}}}
+    exp = load_experiment(config)
+    assert list(exp.runs) == [
+        "rank_lora_r4_learning_rate0.0001",
+        "rank_lora_r4_learning_rate0.0003",
+        "rank_lora_r8_learning_rate0.0001",
+        "rank_lora_r8_learning_rate0.0003",
+    ]
+    run = exp.runs["rank_lora_r8_learning_rate0.0003"]
+    assert run.recipe["peft"]["lora_r"] == 8 and run.recipe["training"]["learning_rate"] == 3e-4
+
+
+def test_sweep_needs_dotted_keys():
+    config = demo_experiment()
+    config["runs"]["tiny-lora"]["sweep"] = {"lora_r": [4]}
+    with pytest.raises(ConfigError, match=r"runs.tiny-lora.sweep"):
+        load_experiment(config)
+
+
+def test_multi_stage_chain_and_root_base():
+    config = demo_experiment()
+    config["runs"]["stage2"] = {"base": "run:tiny-full", "recipe": DEMO_RECIPE}
+    config["runs"]["stage3"] = {"base": "run:stage2", "recipe": DEMO_RECIPE}
+    exp = load_experiment(config)
+    assert exp.runs["stage3"].parent_run == "stage2"
+    assert exp.root_base("stage3") == "tiny"
+
+
+def test_multi_stage_reference_to_a_missing_run():
+    config = demo_experiment()
+    config["runs"]["stage2"] = {"base": "run:tiny-ful", "recipe": DEMO_RECIPE}
+    with pytest.raises(ConfigError, match=r"runs.stage2.base: no run named 'tiny-ful'; did you mean 'run:tiny-full'\?"):
+        load_experiment(config)
+
+
+def test_multi_stage_cycle():
+    config = demo_experiment()
+    config["runs"]["a"] = {"base": "run:b", "recipe": DEMO_RECIPE}
+    config["runs"]["b"] = {"base": "run:a", "recipe": DEMO_RECIPE}
+    with pytest.raises(ConfigError, match=r"multi-stage cycle: a -> b -> a"):
+        load_experiment(config)
+
+
+def test_command_line_overrides_arrive_as_strings_and_are_typed():
+    # `snakemake --config 'recipe_overrides={training: {max_steps: 10}}'` yields string leaves
+    config = demo_experiment(recipe_overrides={"training": {"max_steps": "10", "learning_rate": "1e-4"}}, benchmark_overrides={"limit": "5"})
+    exp = load_experiment(config)
+    assert all(r.recipe["training"]["max_steps"] == 10 for r in exp.runs.values())
+    assert exp.runs["tiny-full"].recipe["training"]["learning_rate"] == 1e-4
+    assert all(b.config["limit"] == 5 for b in exp.benchmarks.values())

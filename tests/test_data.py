@@ -28,7 +28,7 @@ def test_missing_column_names_the_row(tmp_path):
 
 def test_unknown_format_lists_the_columns(tmp_path):
     path = jsonl(tmp_path, [{"question": "a", "answer": "b"}])
-    with pytest.raises(ConfigError, match=r"no 'messages', no 'prompt'/'completion' and no 'text' column.*found: question, answer"):
+    with pytest.raises(ConfigError, match=r"no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column.*found: question, answer"):
         detect_format(read_rows({"dataset_name": path}), "text")
 
 
@@ -85,3 +85,12 @@ def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
     train = [json.loads(l) for l in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert len(train) == stats["rows"] and set(train[0]) == {"prompt", "completion"}
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+
+
+def test_alpaca_columns_become_prompt_completion(tmp_path):
+    path = jsonl(tmp_path, [{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Say hi", "input": "", "output": "hi"}])
+    rows = read_rows({"dataset_name": path})
+    fmt = detect_format(rows, "text")
+    assert fmt == "alpaca"
+    assert to_training_row(rows[0], fmt, "none", "text") == {"prompt": "Add\n\n2 and 3", "completion": "5"}
+    assert to_training_row(rows[1], fmt, "chatml", "text")["prompt"] == "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"

@@ -37,3 +37,27 @@ def test_wrong_type_in_experiment_is_reported(workflow_dir):
     proc = snakemake(workflow_dir, "-n", check=False)
     assert proc.returncode != 0
     assert "config/config.yaml: evaluate_base: 'sometimes' is not of type 'boolean'" in proc.stdout
+
+
+def test_sweep_and_multi_stage_in_the_dag(workflow_dir):
+    config = workflow_dir / "config/config.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "  tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}",
+            "  tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n"
+            "  stage2:     {base: 'run:tiny-full', recipe: config/recipes/demo_lora.yaml}\n"
+            "  rank:       {base: tiny, recipe: config/recipes/demo_lora.yaml, sweep: {peft.lora_r: [4, 8]}}",
+        )
+    )
+    jobs = planned_jobs(snakemake(workflow_dir, "-n").stdout)
+    trained = {w for rule, w in jobs if rule == "train"}
+    assert trained == {f"run={r}" for r in ("tiny-lora", "tiny-qlora", "tiny-full", "stage2", "rank_lora_r4", "rank_lora_r8")}
+    proc = snakemake(workflow_dir, "-n", "--printshellcmds")
+    assert "--model results/runs/tiny-full/trained --data results/data/stage2" in proc.stdout
+
+
+def test_command_line_overrides(workflow_dir):
+    proc = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 10}}", "benchmark_overrides={limit: 5}")
+    assert "Job stats" in proc.stdout
+    bad = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_stepz: 10}}", check=False)
+    assert bad.returncode != 0 and "training.max_stepz: unknown key; did you mean 'max_steps'?" in bad.stdout

@@ -21,14 +21,14 @@ def summarize(pairs: list[dict]) -> pd.DataFrame:
     """Compare each run with its base.
 
     ``pairs`` holds one dict per (run, benchmark): ``run``, ``base_model``, ``benchmark``,
-    ``run_results`` and ``base_results`` (evaluation folders).
+    ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated).
     """
     frames = []
     keys = ["task", "metric", "filter"]
     for pair in pairs:
         run = scores(pair["run_results"])
-        base = scores(pair["base_results"])[keys + ["score", "stderr"]]
-        base = base.rename(columns={"score": "base_score", "stderr": "base_stderr"})
+        base = scores(pair["base_results"]) if pair["base_results"] else pd.DataFrame(columns=keys + ["score", "stderr"])
+        base = base[keys + ["score", "stderr"]].rename(columns={"score": "base_score", "stderr": "base_stderr"})
         table = run.merge(base, on=keys, how="left")
         table["delta"] = table["score"] - table["base_score"]
         table.insert(0, "run", pair["run"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -138,10 +139,13 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> dict:
     return canonical(recipe)
 
 
-def load_benchmark(path: str | Path) -> dict:
-    """A benchmark suite, validated and with defaults filled in."""
+def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict:
+    """A benchmark suite with overrides applied, validated and with defaults filled in."""
     raw = load_yaml(path)
-    validate(raw, "benchmark", path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model / generation / tasks sections")
+    raw = deep_merge(raw, overrides or {})
+    validate(raw, "benchmark", f"{path} (with overrides)" if overrides else path)
     bench = fill_defaults(raw, schema("benchmark"))
     bench["tasks"] = [fill_defaults(t, schema("benchmark")["properties"]["tasks"]["items"]) for t in bench["tasks"]]
     return canonical(bench)
@@ -154,10 +158,13 @@ class BaseModel:
     build: str | None = None  # tiny-model spec the workflow builds
 
 
+RUN_PREFIX = "run:"
+
+
 @dataclass(frozen=True)
 class Run:
     name: str
-    base: str
+    base: str  # a base model's name, or "run:<name>" to start from another run (multi-stage)
     recipe_path: str
     recipe: dict = field(hash=False)
 
@@ -166,6 +173,11 @@ class Run:
         """'full', 'lora' or 'qlora'."""
         peft_type = self.recipe["peft"]["type"]
         return "full" if peft_type == "none" else peft_type
+
+    @property
+    def parent_run(self) -> str | None:
+        """The run this one starts from, for multi-stage training."""
+        return self.base[len(RUN_PREFIX) :] if self.base.startswith(RUN_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,12 @@ class Experiment:
     benchmarks: dict[str, Benchmark]
     evaluate_base: bool = True
 
+    def root_base(self, run: str) -> str:
+        """The base model at the start of a run's (possibly multi-stage) chain."""
+        while (parent := self.runs[run].parent_run) is not None:
+            run = parent
+        return self.runs[run].base
+
     @property
     def evaluated_models(self) -> list[str]:
         """Names of every model that gets evaluated: the bases (if enabled), then the runs."""
@@ -194,17 +212,88 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
 
 
+def typed(value: Any) -> Any:
+    """Leaves of ``snakemake --config`` values arrive as strings: read them as YAML scalars."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return yaml.load(value, Loader=_Loader)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> dict:
+    """``data`` (a nested dict of overrides) with ``a.b.c`` set to ``value``."""
+    out = copy.deepcopy(data)
+    node = out
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return out
+
+
+def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
+    """Run specs of a sweep, one per point of the grid, with readable deterministic names.
+
+    ``{peft.lora_r: [4, 8]}`` on run ``rank`` gives ``rank_lora_r4`` and ``rank_lora_r8``.
+    """
+    sweep = spec.get("sweep")
+    if not sweep:
+        return {name: spec}
+    runs = {}
+    for values in itertools.product(*sweep.values()):
+        point = dict(spec, overrides=copy.deepcopy(spec.get("overrides", {})))
+        point.pop("sweep")
+        suffix = []
+        for key, value in zip(sweep, values):
+            point["overrides"] = set_dotted(point["overrides"], key, value)
+            suffix.append(f"{key.rsplit('.', 1)[-1]}{_slug(str(value))}")
+        runs[f"{name}_{'_'.join(suffix)}"] = point
+    return runs
+
+
+def _check_chains(runs: dict[str, Run], source: str) -> None:
+    """Multi-stage references must name existing runs and must not loop."""
+    for run in runs.values():
+        seen = [run.name]
+        parent = run.parent_run
+        while parent is not None:
+            if parent not in runs:
+                hint = difflib.get_close_matches(parent, list(runs), n=1)
+                suggestion = f"; did you mean 'run:{hint[0]}'?" if hint else ""
+                raise ConfigError(f"{source}: runs.{seen[-1]}.base: no run named '{parent}'{suggestion}")
+            if parent in seen:
+                raise ConfigError(f"{source}: runs.{run.name}.base: multi-stage cycle: {' -> '.join(seen + [parent])}")
+            seen.append(parent)
+            parent = runs[parent].parent_run
+
+
 def load_experiment(config: dict, source: str = "config") -> Experiment:
-    """Validate a Snakemake ``config`` dict and resolve its recipes and benchmarks."""
+    """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks."""
     validate(config, "experiment", source)
     config = fill_defaults(config, schema("experiment"))
+    recipe_overrides = typed(config["recipe_overrides"])
+    benchmark_overrides = typed(config["benchmark_overrides"])
     bases = {
         name: BaseModel(name, spec.get("model_name"), spec.get("build")) for name, spec in config["base_models"].items()
     }
 
-    runs: dict[str, Run] = {}
+    specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
-        recipe = load_recipe(spec["recipe"], spec.get("overrides"))
+        for run_name, run_spec in expand_sweep(name, spec).items():
+            if run_name in specs:
+                raise ConfigError(f"{source}: runs: sweep of '{name}' makes a run name that exists already: {run_name}")
+            specs[run_name] = run_spec
+
+    runs: dict[str, Run] = {}
+    for name, spec in specs.items():
+        overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}))
+        recipe = load_recipe(spec["recipe"], overrides)
         base = spec.get("base")
         if base is None:
             model_name = recipe["model"].get("model_name")
@@ -214,11 +303,12 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 )
             base = next((b.name for b in bases.values() if b.model_name == model_name), _slug(model_name))
             bases.setdefault(base, BaseModel(base, model_name=model_name))
-        elif base not in bases:
+        elif not base.startswith(RUN_PREFIX) and base not in bases:
             hint = difflib.get_close_matches(base, list(bases), n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
-            raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion}")
+            raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
         runs[name] = Run(name, base, spec["recipe"], recipe)
+    _check_chains(runs, source)
 
     clash = sorted(set(bases) & set(runs))
     if clash:
@@ -231,6 +321,6 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
             raise ConfigError(f"{source}: benchmarks: two files are named '{name}' ({benchmarks[name].path}, {path})")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ConfigError(f"{source}: benchmarks: file name '{name}' must use only letters, digits, '.', '_', '-'")
-        benchmarks[name] = Benchmark(name, path, load_benchmark(path))
+        benchmarks[name] = Benchmark(name, path, load_benchmark(path, benchmark_overrides))
 
     return Experiment(config["experiment"], bases, runs, benchmarks, config["evaluate_base"])

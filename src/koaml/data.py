@@ -1,7 +1,8 @@
 """Dataset preparation: load, check, apply the prompt template, split, and count tokens.
 
-Rows come in one of three formats, detected from their keys:
-``messages`` (chat), ``prompt``/``completion`` pairs, or plain text in ``data.target_column``.
+Rows come in one of four formats, detected from their keys: ``messages`` (chat),
+``prompt``/``completion`` pairs, Alpaca's ``instruction``/``input``/``output``, or plain text in
+``data.target_column``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def detect_format(rows: list[dict], target_column: str) -> str:
-    """'messages', 'prompt_completion' or 'text', from the first row; every row must agree."""
+    """'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must agree."""
     if not rows:
         raise ConfigError("dataset is empty")
     first = rows[0]
@@ -90,12 +91,14 @@ def detect_format(rows: list[dict], target_column: str) -> str:
         fmt, keys = "messages", ("messages",)
     elif "prompt" in first and "completion" in first:
         fmt, keys = "prompt_completion", ("prompt", "completion")
+    elif "instruction" in first and "output" in first:
+        fmt, keys = "alpaca", ("instruction", "output")
     elif target_column in first:
         fmt, keys = "text", (target_column,)
     else:
         found = ", ".join(k for k in first if k != "_source")
         raise ConfigError(
-            f"{first['_source']}: no 'messages', no 'prompt'/'completion' and no '{target_column}' column "
+            f"{first['_source']}: no 'messages', 'prompt'/'completion', 'instruction'/'output' or '{target_column}' column "
             f"(data.target_column); found: {found}"
         )
     for row in rows:
@@ -118,8 +121,12 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
     """Convert one raw row to what the trainer reads: ``text``, ``prompt``/``completion`` or ``messages``."""
     if fmt == "text":
         return {"text": row[target_column]}
-    if fmt == "prompt_completion":
-        prompt, completion = str(row["prompt"]), str(row["completion"])
+    if fmt in ("prompt_completion", "alpaca"):
+        if fmt == "alpaca":
+            prompt = "\n\n".join(p for p in (row["instruction"], row.get("input")) if p)
+            completion = row["output"]
+        else:
+            prompt, completion = str(row["prompt"]), str(row["completion"])
         if template == "none":
             return {"prompt": prompt, "completion": completion}
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]

@@ -33,6 +33,17 @@ def base_model_input(base):
     return [base_model_path(base)] if EXP.base_models[base].build else []
 
 
+def start_model_path(run):
+    """What a run trains from: its base model, or the final model of the run it continues (multi-stage)."""
+    parent = EXP.runs[run].parent_run
+    return final_model_dir(parent) if parent else base_model_path(EXP.runs[run].base)
+
+
+def start_model_input(run):
+    parent = EXP.runs[run].parent_run
+    return [final_model_dir(parent)] if parent else base_model_input(EXP.runs[run].base)
+
+
 def final_model_dir(run):
     """The folder evaluated for a run: the merged model (LoRA/QLoRA) or the trained model (full)."""
     step = "trained" if EXP.runs[run].method == "full" else "merged"

@@ -3,10 +3,10 @@ def comparison_pairs():
     return [
         {
             "run": run.name,
-            "base_model": run.base,
+            "base_model": EXP.root_base(run.name),
             "benchmark": bench,
             "run_results": eval_dir(run.name, bench),
-            "base_results": eval_dir(run.base, bench) if EXP.evaluate_base else None,
+            "base_results": eval_dir(EXP.root_base(run.name), bench) if EXP.evaluate_base else None,
         }
         for run in EXP.runs.values()
         for bench in EXP.benchmarks

@@ -15,12 +15,12 @@ rule prepare_data:
     """Load, template, split and check the run's training data."""
     input:
         config="results/runs/{run}/config.yaml",
-        model=lambda w: base_model_input(EXP.runs[w.run].base),
+        model=lambda w: start_model_input(w.run),
         data=lambda w: local_dataset_files(w.run),
     output:
         directory("results/data/{run}"),
     params:
-        tokenizer=lambda w: base_model_path(EXP.runs[w.run].base),
+        tokenizer=lambda w: start_model_path(w.run),
     log:
         "logs/prepare_data/{run}.log",
     shell:
@@ -32,11 +32,11 @@ rule train:
     input:
         config="results/runs/{run}/config.yaml",
         data="results/data/{run}",
-        model=lambda w: base_model_input(EXP.runs[w.run].base),
+        model=lambda w: start_model_input(w.run),
     output:
         directory("results/runs/{run}/trained"),
     params:
-        model=lambda w: base_model_path(EXP.runs[w.run].base),
+        model=lambda w: start_model_path(w.run),
         checkpoints="results/checkpoints/{run}",
     threads: 4
     log:
@@ -51,11 +51,11 @@ rule merge:
     input:
         config="results/runs/{run}/config.yaml",
         adapter="results/runs/{run}/trained",
-        model=lambda w: base_model_input(EXP.runs[w.run].base),
+        model=lambda w: start_model_input(w.run),
     output:
         directory("results/runs/{run}/merged"),
     params:
-        base=lambda w: base_model_path(EXP.runs[w.run].base),
+        base=lambda w: start_model_path(w.run),
     log:
         "logs/merge/{run}.log",
     shell:
