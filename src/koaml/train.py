@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 from pathlib import Path
 
 from koaml.config import load_yaml
@@ -57,6 +58,7 @@ def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: boo
         save_strategy="steps",
         logging_strategy="steps",
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run), not be hidden
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(t["eval_steps"] or t["save_steps"]) if has_eval else None,
         bf16=on_gpu and dtype in ("bfloat16", "auto"),
@@ -84,19 +86,46 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-def _finite_loss_callback():
+class Preempted(SystemExit):
+    """SIGTERM arrived (SLURM preemption or time limit); a checkpoint was saved."""
+
+    def __init__(self, step: int):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step = step
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as if the signal had killed us
+
+
+def _callbacks():
+    """Stop on a non-finite loss; on SIGTERM, save a checkpoint at the end of the step and stop."""
     from transformers import TrainerCallback
 
-    class StopOnNonFiniteLoss(TrainerCallback):
+    class Guard(TrainerCallback):
+        def __init__(self):
+            self.terminated = False
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+        def _on_sigterm(self, signum, frame):
+            log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+            self.terminated = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.terminated:
+                control.should_save = True
+                control.should_training_stop = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
+            logs = logs or {}
+            bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), float) and not math.isfinite(logs[k])}
+            if bad:
+                what = ", ".join(f"{k} is {v}" for k, v in bad.items())
                 raise NonFiniteLossError(
-                    f"loss is {loss} at step {state.global_step}: lower training.learning_rate, "
+                    f"{what} at step {state.global_step}: lower training.learning_rate, "
                     "check the data for broken rows, or keep training.max_grad_norm > 0"
                 )
 
-    return StopOnNonFiniteLoss()
+    return Guard()
 
 
 def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
@@ -132,12 +161,15 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         eval_dataset=data.get("eval"),
         processing_class=tokenizer,
         peft_config=lora_config(recipe["peft"]) if method != "full" else None,
-        callbacks=[_finite_loss_callback()],
+        callbacks=[guard := _callbacks()],
     )
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
+    if guard.terminated:
+        log.warning("stopped at step %d by SIGTERM; rerun the workflow to resume", trainer.state.global_step)
+        raise Preempted(trainer.state.global_step)
 
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)

@@ -1,0 +1,85 @@
+"""Real training on the tiny model: resume after SIGKILL and SIGTERM, non-finite loss, merge equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from koaml.config import load_recipe
+from koaml.data import prepare
+from koaml.io import config_hash, write_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def setup_run(tmp_path, tiny_model, recipe_name="demo_full.yaml", **training):
+    overrides = {"training": {"max_steps": 40, "save_steps": 10, "logging_steps": 5, **training}, "data": {"max_samples": 400}}
+    os.chdir(REPO)
+    recipe = load_recipe(f"config/recipes/{recipe_name}", overrides)
+    config = tmp_path / "config.yaml"
+    write_yaml(config, recipe)
+    prepare(recipe, str(tiny_model), tmp_path / "data")
+    return config, tmp_path / "checkpoints" / config_hash(recipe)
+
+
+def train_cmd(tmp_path, tiny_model, config):
+    return [
+        sys.executable, "-m", "koaml.cli", "train", "--config", str(config), "--model", str(tiny_model),
+        "--data", str(tmp_path / "data"), "--out", str(tmp_path / "trained"),
+        "--checkpoints", str(tmp_path / "checkpoints"), "--threads", "1",
+    ]
+
+
+def start_and_wait_for_checkpoint(cmd, checkpoint_dir, step, log):
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").exists():
+        assert proc.poll() is None, f"training ended early:\n{Path(log.name).read_text()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    return proc
+
+
+def test_resume_after_sigkill(tmp_path, tiny_model):
+    config, checkpoints = setup_run(tmp_path, tiny_model)
+    cmd = train_cmd(tmp_path, tiny_model, config)
+    with open(tmp_path / "log1", "w") as log:
+        proc = start_and_wait_for_checkpoint(cmd, checkpoints, 20, log)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "trained").exists()
+    subprocess.run(cmd, check=True, capture_output=True)
+    summary = json.loads((tmp_path / "trained/train_summary.json").read_text())
+    assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 20
+    assert summary["global_step"] == 40
+    assert not checkpoints.exists(), "checkpoints are removed once the run is complete"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, tiny_model):
+    config, checkpoints = setup_run(tmp_path, tiny_model, save_steps=1000, max_steps=2000)
+    cmd = train_cmd(tmp_path, tiny_model, config)
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while "'loss'" not in (tmp_path / "log").read_text() and "loss" not in (tmp_path / "log").read_text():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    saved = sorted(checkpoints.glob("checkpoint-*"))
+    assert saved, "SIGTERM must leave a checkpoint although save_steps was not reached"
+    assert int(saved[-1].name.split("-")[1]) < 1000
+    assert not (tmp_path / "trained").exists()
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_model):
+    config, _ = setup_run(tmp_path, tiny_model, learning_rate=1.0e12, max_grad_norm=0.0, logging_steps=1)
+    proc = subprocess.run(train_cmd(tmp_path, tiny_model, config), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "NonFiniteLossError: " in proc.stderr and " is nan at step " in proc.stderr.lower()
