@@ -83,3 +83,35 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_model):
     proc = subprocess.run(train_cmd(tmp_path, tiny_model, config), capture_output=True, text=True)
     assert proc.returncode != 0
     assert "NonFiniteLossError: " in proc.stderr and " is nan at step " in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("recipe_name", ["demo_lora.yaml", "demo_qlora.yaml"])
+def test_merged_model_matches_the_adapter_model(tmp_path, tiny_model, recipe_name):
+    import torch
+    from peft import PeftModel
+
+    from koaml.merge import load_merge_base, merge
+    from koaml.modeling import load_causal_lm
+    from koaml.config import load_yaml
+
+    config, _ = setup_run(tmp_path, tiny_model, recipe_name, max_steps=20)
+    subprocess.run(train_cmd(tmp_path, tiny_model, config), check=True, capture_output=True)
+    merge(str(config), str(tiny_model), str(tmp_path / "trained"), str(tmp_path / "merged"))
+
+    recipe = load_yaml(config)
+    adapter_model = PeftModel.from_pretrained(load_merge_base(str(tiny_model), recipe), tmp_path / "trained")
+    merged = load_causal_lm(str(tmp_path / "merged"), recipe["model"])
+    untouched = load_merge_base(str(tiny_model), recipe)
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
+    with torch.no_grad():
+        expected, got, before = adapter_model(ids).logits, merged(ids).logits, untouched(ids).logits
+    assert (expected - before).abs().max() > 1e-3, "the adapter must have changed the model"
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    if recipe["peft"]["type"] == "qlora":
+        # what training saw: the 4-bit base (bitsandbytes' CPU kernels compute in lower precision)
+        trained = PeftModel.from_pretrained(load_causal_lm(str(tiny_model), recipe["model"], recipe["peft"]), tmp_path / "trained")
+        with torch.no_grad():
+            seen = trained(ids).logits
+        assert (seen - got).abs().max() < 0.05 * seen.abs().max()
+    card = (tmp_path / "merged/README.md").read_text()
+    assert "Fine-tuned with koa-ml" in card and "final eval loss" in card and "lora_r" in card

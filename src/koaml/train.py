@@ -171,30 +171,37 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         log.warning("stopped at step %d by SIGTERM; rerun the workflow to resume", trainer.state.global_step)
         raise Preempted(trainer.state.global_step)
 
+    summary = {
+        "method": method,
+        "resumed_from": last,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
+        "dtype": str(torch_dtype(recipe["model"]["dtype"])),
+    }
+    data_stats = json.loads((Path(data_dir) / "stats.json").read_text())
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "log_history.json", trainer.state.log_history)
-        write_json(
-            tmp / "train_summary.json",
-            {
-                "method": method,
-                "resumed_from": last,
-                "global_step": trainer.state.global_step,
-                "train_loss": result.training_loss,
-                "final_eval_loss": next(
-                    (e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None
-                ),
-                "dtype": str(torch_dtype(recipe["model"]["dtype"])),
-            },
-        )
-        (tmp / "koaml_method").write_text(method + "\n")
+        write_json(tmp / "train_summary.json", summary)
+        (tmp / "README.md").write_text(model_card(recipe, data_stats, summary))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def method_of(trained_dir: str | Path) -> str:
-    """'full', 'lora' or 'qlora' for a folder written by :func:`train`."""
-    return (Path(trained_dir) / "koaml_method").read_text().strip()
+def model_card(recipe: dict, data_stats: dict, summary: dict) -> str:
+    """A Markdown model card: method, final losses, data statistics and the resolved recipe."""
+    import yaml
+
+    loss = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    return (
+        f"# Fine-tuned with koa-ml ({summary['method']})\n\n"
+        f"- steps: {summary['global_step']}\n"
+        f"- final training loss (mean over the run): {loss(summary['train_loss'])}\n"
+        f"- final eval loss: {loss(summary['final_eval_loss'])}\n\n"
+        f"## Data\n\n```json\n{json.dumps(data_stats, indent=2)}\n```\n\n"
+        f"## Resolved recipe (config hash {config_hash(recipe)})\n\n```yaml\n{yaml.safe_dump(recipe, sort_keys=True)}```\n"
+    )
 
 
 def losses(trained_dir: str | Path) -> list[dict]:
