@@ -204,3 +204,15 @@ def test_command_line_overrides_arrive_as_strings_and_are_typed():
     assert all(r.recipe["training"]["max_steps"] == 10 for r in exp.runs.values())
     assert exp.runs["tiny-full"].recipe["training"]["learning_rate"] == 1e-4
     assert all(b.config["limit"] == 5 for b in exp.benchmarks.values())
+
+
+def test_example_experiments_validate():
+    from conftest import REPO
+
+    examples = sorted((REPO / "config/examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        exp = load_experiment(load_yaml(path), str(path))
+        assert exp.runs, path
+    ablation = load_experiment(load_yaml(REPO / "config/examples/lora_rank_ablation.yaml"))
+    assert sorted(r.recipe["peft"]["lora_r"] for r in ablation.runs.values()) == [4, 8, 16, 32]

@@ -47,3 +47,16 @@ def test_gradient_checkpointing_maps_to_the_installed_name(recipe, tmp_path):
     recipe["training"]["gradient_checkpointing"] = True
     args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
     assert getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+
+
+def test_tracking_is_local_and_wandb_needs_a_key(tmp_path, monkeypatch):
+    from koaml.train import tracking
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    enabled, env = tracking(["tensorboard", "mlflow", "wandb"], tmp_path)
+    assert enabled == ["tensorboard", "mlflow"]
+    assert env["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")
+    assert env["MLFLOW_TRACKING_URI"] == (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    assert tracking(["wandb"], tmp_path) == (["wandb"], {"WANDB_DIR": str(tmp_path)})

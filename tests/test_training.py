@@ -115,3 +115,18 @@ def test_merged_model_matches_the_adapter_model(tmp_path, tiny_model, recipe_nam
         assert (seen - got).abs().max() < 0.05 * seen.abs().max()
     card = (tmp_path / "merged/README.md").read_text()
     assert "Fine-tuned with koa-ml" in card and "final eval loss" in card and "lora_r" in card
+
+
+def test_two_process_data_parallel_training(tmp_path, tiny_model):
+    config, _ = setup_run(tmp_path, tiny_model, "demo_lora.yaml", max_steps=10, num_processes=2)
+    proc = subprocess.run(train_cmd(tmp_path, tiny_model, config), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "trained/train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 10
+    assert (tmp_path / "trained/adapter_model.safetensors").exists()
+
+
+def test_tensorboard_tracking_writes_local_event_files(tmp_path, tiny_model):
+    config, _ = setup_run(tmp_path, tiny_model, max_steps=5, report_to=["tensorboard"])
+    subprocess.run(train_cmd(tmp_path, tiny_model, config), check=True, capture_output=True)
+    assert list((tmp_path / "tracking/tensorboard").rglob("events.out.tfevents.*"))

@@ -25,9 +25,14 @@ def _prepare_data(a):
 
 
 def _train(a):
-    from koaml.train import train
+    from koaml.config import load_yaml
+    from koaml.train import is_distributed_worker, launch, train
 
-    train(a.config, a.model, a.data, a.out, a.checkpoints, a.threads)
+    num_processes = load_yaml(a.config)["training"]["num_processes"]
+    if num_processes > 1 and not is_distributed_worker():
+        launch(a.argv, num_processes)
+    else:
+        train(a.config, a.model, a.data, a.out, a.checkpoints, a.threads)
 
 
 def _merge(a):
@@ -84,7 +89,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except ConfigError as exc:

@@ -134,6 +134,9 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> dict:
     source = f"{path} (with run overrides)" if overrides else path
     validate(merged, "recipe", source)
     recipe = fill_defaults(merged, schema("recipe"))
+    deepspeed = recipe["training"].get("deepspeed")
+    if deepspeed and not Path(deepspeed).is_file():
+        raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")
     if recipe["peft"]["type"] == "none":
         recipe["peft"] = {"type": "none"}
     return canonical(recipe)

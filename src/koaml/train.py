@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from koaml.config import load_yaml
@@ -50,6 +53,12 @@ def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: boo
     # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
     kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
     kwargs[_checkpointing_key()] = t["gradient_checkpointing"]
+    if t["fsdp"]:
+        kwargs.update(fsdp=t["fsdp"], fsdp_config=t["fsdp_config"])
+    if t["deepspeed"]:
+        kwargs["deepspeed"] = t["deepspeed"]
+    if t["num_processes"] > 1 and not on_gpu:
+        kwargs["ddp_backend"] = "gloo"
     dtype = recipe["model"]["dtype"]
     kwargs.update(
         output_dir=output_dir,
@@ -68,6 +77,28 @@ def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: boo
         dataloader_num_workers=0,
     )
     return kwargs
+
+
+def tracking(report_to: list[str], tracking_dir: str | Path) -> tuple[list[str], dict[str, str]]:
+    """The trackers to enable and the environment that keeps their data local, under ``tracking_dir``.
+
+    TensorBoard and MLflow write files there (no server needed); W&B is enabled only when
+    ``WANDB_API_KEY`` is set, and its local files go there too.
+    """
+    tracking_dir = Path(tracking_dir).resolve()
+    enabled, env = [], {}
+    for tracker in report_to:
+        if tracker == "wandb" and not os.environ.get("WANDB_API_KEY"):
+            log.warning("report_to: wandb skipped: WANDB_API_KEY is not set")
+            continue
+        enabled.append(tracker)
+    if "tensorboard" in enabled:
+        env["TENSORBOARD_LOGGING_DIR"] = str(tracking_dir / "tensorboard")
+    if "mlflow" in enabled:
+        env.setdefault("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI") or (tracking_dir / "mlruns").as_uri())
+    if "wandb" in enabled:
+        env["WANDB_DIR"] = str(tracking_dir)
+    return enabled, env
 
 
 def lora_config(peft: dict):
@@ -128,6 +159,16 @@ def _callbacks():
     return Guard()
 
 
+def launch(argv: list[str], num_processes: int) -> None:
+    """Run ``koaml train`` in ``num_processes`` data-parallel processes with torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
+    subprocess.run([*cmd, "-m", "koaml.cli", *argv], check=True)
+
+
+def is_distributed_worker() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
 def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
     """Train one run and write its adapter (LoRA/QLoRA) or full model to ``out_dir``.
 
@@ -139,8 +180,8 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
-    torch.set_num_threads(threads)
     recipe = load_yaml(config_path)
+    torch.set_num_threads(max(1, threads // recipe["training"]["num_processes"]))
     method = "full" if recipe["peft"]["type"] == "none" else recipe["peft"]["type"]
     checkpoint_dir = Path(checkpoint_root) / config_hash(recipe)
 
@@ -153,7 +194,9 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if method == "qlora" else None)
     on_gpu = device() == "cuda"
-    args = SFTConfig(**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu))
+    report_to, env = tracking(recipe["training"]["report_to"], Path(out_dir).parent / "tracking")
+    os.environ.update(env)
+    args = SFTConfig(**{**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu), "report_to": report_to or "none"})
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -175,10 +218,13 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         "method": method,
         "resumed_from": last,
         "global_step": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
         "train_loss": result.training_loss,
         "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),
     }
+    if not trainer.is_world_process_zero():
+        return
     data_stats = json.loads((Path(data_dir) / "stats.json").read_text())
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
