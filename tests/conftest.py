@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["KOAML_CACHE_DIR"] = tempfile.mkdtemp(prefix="koaml-cache-")  # keep the user's cache clean
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -98,3 +98,17 @@ def test_editing_a_benchmark_reruns_only_its_evaluations(finished_demo):
         [("all", ""), ("compare", ""), ("benchmark_config", "bench=demo_arith_gen")]
         + [("evaluate", f"model={m}, bench=demo_arith_gen") for m in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full")]
     )
+
+
+def test_unmerged_adapter_evaluates_like_the_merged_model(finished_demo):
+    jobs = planned_jobs(snakemake(finished_demo, "-n", "--config", "evaluate_adapters=true").stdout)
+    assert sorted(r for r, _ in jobs) == ["all", "compare"] + ["evaluate"] * 4
+    snakemake(finished_demo, "--config", "evaluate_adapters=true")
+    for bench, metric in (("demo_arith_mc", "acc"), ("demo_arith_gen", "exact_match")):
+        merged = finished_demo / "results/eval/tiny-lora" / bench / f"samples_{bench}.jsonl"
+        unmerged = finished_demo / "results/eval/tiny-lora_adapter" / bench / f"samples_{bench}.jsonl"
+        scores = [[json.loads(line)[metric] for line in path.read_text().splitlines()] for path in (merged, unmerged)]
+        agreement = sum(a == b for a, b in zip(*scores)) / len(scores[0])
+        assert agreement >= 0.99, f"{bench}: unmerged adapter agrees with the merged model on {agreement:.0%} of items"
+    table = pd.read_csv(finished_demo / "results/compare/summary.csv")
+    assert {"tiny-lora_adapter", "tiny-qlora_adapter"} <= set(table.run)

@@ -61,3 +61,22 @@ def test_command_line_overrides(workflow_dir):
     assert "Job stats" in proc.stdout
     bad = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_stepz: 10}}", check=False)
     assert bad.returncode != 0 and "training.max_stepz: unknown key; did you mean 'max_steps'?" in bad.stdout
+
+
+def test_unknown_task_stops_before_any_job(workflow_dir):
+    bench = workflow_dir / "config/benchmarks/demo_arith_gen.yaml"
+    bench.write_text(bench.read_text().replace("task: demo_arith_gen", "task: demo_arith_gem"))
+    proc = snakemake(workflow_dir, check=False)
+    assert proc.returncode != 0
+    assert "tasks.0.task: unknown lm-eval task 'demo_arith_gem'; did you mean 'demo_arith_gen'" in proc.stdout
+    assert not (workflow_dir / "results").exists()
+
+
+def test_code_executing_benchmark_needs_opt_in(workflow_dir):
+    config = workflow_dir / "config/config.yaml"
+    config.write_text(config.read_text().replace("  - config/benchmarks/demo_arith_gen.yaml", "  - config/benchmarks/humaneval.yaml"))
+    proc = snakemake(workflow_dir, "-n", check=False)
+    assert proc.returncode != 0 and "'humaneval' executes code written by the model" in proc.stdout
+    bench = workflow_dir / "config/benchmarks/humaneval.yaml"
+    bench.write_text(bench.read_text().replace("allow_code_execution: false", "allow_code_execution: true"))
+    assert snakemake(workflow_dir, "-n").returncode == 0

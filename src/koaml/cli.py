@@ -44,7 +44,7 @@ def _merge(a):
 def _evaluate(a):
     from koaml.evaluate import evaluate
 
-    evaluate(a.config, a.model, a.out, a.threads)
+    evaluate(a.config, a.model, a.out, a.threads, a.adapter)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="run one benchmark suite on one model with lm-eval")
     s.add_argument("--config", required=True, help="resolved benchmark config (YAML)")
     s.add_argument("--model", required=True)
+    s.add_argument("--adapter", help="LoRA adapter folder: evaluate it on --model without merging")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=_evaluate)

@@ -162,6 +162,7 @@ class BaseModel:
 
 
 RUN_PREFIX = "run:"
+ADAPTER_SUFFIX = "_adapter"
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class Experiment:
     runs: dict[str, Run]
     benchmarks: dict[str, Benchmark]
     evaluate_base: bool = True
+    evaluate_adapters: bool = False
 
     def root_base(self, run: str) -> str:
         """The base model at the start of a run's (possibly multi-stage) chain."""
@@ -205,10 +207,17 @@ class Experiment:
         return self.runs[run].base
 
     @property
+    def adapter_models(self) -> dict[str, str]:
+        """``<run>_adapter`` -> run, for the LoRA/QLoRA runs evaluated unmerged (``evaluate_adapters``)."""
+        if not self.evaluate_adapters:
+            return {}
+        return {f"{name}{ADAPTER_SUFFIX}": name for name, run in self.runs.items() if run.method != "full"}
+
+    @property
     def evaluated_models(self) -> list[str]:
-        """Names of every model that gets evaluated: the bases (if enabled), then the runs."""
+        """Names of every model that gets evaluated: the bases (if enabled), the runs, the unmerged adapters."""
         bases = list(self.base_models) if self.evaluate_base else []
-        return bases + list(self.runs)
+        return bases + list(self.runs) + list(self.adapter_models)
 
 
 def _slug(text: str) -> str:
@@ -278,6 +287,10 @@ def _check_chains(runs: dict[str, Run], source: str) -> None:
 
 def load_experiment(config: dict, source: str = "config") -> Experiment:
     """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks."""
+    config = {  # `snakemake --config evaluate_base=false` passes a string
+        key: typed(value) if schema("experiment")["properties"].get(key, {}).get("type") in ("boolean", "integer", "number") else value
+        for key, value in config.items()
+    }
     validate(config, "experiment", source)
     config = fill_defaults(config, schema("experiment"))
     recipe_overrides = typed(config["recipe_overrides"])
@@ -317,6 +330,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     if clash:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
 
+    from koaml.tasks import check_benchmark  # here: koaml.tasks imports this module
+
     benchmarks: dict[str, Benchmark] = {}
     for path in config["benchmarks"]:
         name = Path(path).stem
@@ -325,5 +340,10 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ConfigError(f"{source}: benchmarks: file name '{name}' must use only letters, digits, '.', '_', '-'")
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, benchmark_overrides))
+        check_benchmark(path, benchmarks[name].config)
 
-    return Experiment(config["experiment"], bases, runs, benchmarks, config["evaluate_base"])
+    experiment = Experiment(config["experiment"], bases, runs, benchmarks, config["evaluate_base"], config["evaluate_adapters"])
+    clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
+    if clash:
+        raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")
+    return experiment

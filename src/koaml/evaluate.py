@@ -6,11 +6,13 @@ into the output folder atomically: a killed evaluation leaves no result behind.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 from pathlib import Path
 
-from koaml.config import load_yaml
+from koaml.config import ConfigError, load_yaml
 from koaml.io import atomic_dir, write_json
 from koaml.modeling import device
 
@@ -30,25 +32,49 @@ def gen_kwargs(generation: dict) -> dict:
     return kwargs
 
 
-def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int) -> dict:
+def load_lm(bench: dict, model_path: str, adapter: str | None = None):
+    """The lm-eval model for a benchmark's backend; ``adapter`` evaluates a LoRA adapter unmerged."""
+    model, generation = bench["model"], bench["generation"]
+    if model["backend"] == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("model.backend: vllm needs the vllm package and a GPU: pip install -e '.[gpu]' on a GPU node")
+        from lm_eval.models.vllm_causallms import VLLM
+
+        kwargs = {"lora_local_path": adapter} if adapter else {}
+        return VLLM(
+            pretrained=model_path,
+            dtype=model["dtype"],
+            max_model_len=model["model_max_length"],
+            batch_size=generation["per_device_batch_size"],
+            seed=generation["seed"],
+            **kwargs,
+        )
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(
+        pretrained=model_path,
+        peft=adapter,
+        dtype=model["dtype"],
+        max_length=model["model_max_length"],
+        batch_size=generation["per_device_batch_size"],
+        device=device(),
+    )
+
+
+def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int, adapter: str | None = None) -> dict:
     """Run every task of a benchmark suite on a model; return the merged results (without samples)."""
     import lm_eval
     import torch
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     torch.set_num_threads(threads)
     bench = load_yaml(bench_config_path)
     generation = bench["generation"]
+    if bench["allow_code_execution"]:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # read by the code-execution metrics
     task_manager = TaskManager(include_path=bench.get("include_path"))
-    lm = HFLM(
-        pretrained=model_path,
-        dtype=bench["model"]["dtype"],
-        max_length=bench["model"]["model_max_length"],
-        batch_size=generation["per_device_batch_size"],
-        device=device(),
-    )
+    lm = load_lm(bench, model_path, adapter)
 
     merged: dict = {section: {} for section in _PER_TASK_SECTIONS}
     samples: dict[str, list] = {}
@@ -67,6 +93,7 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
             numpy_random_seed=generation["seed"],
             torch_random_seed=generation["seed"],
             fewshot_random_seed=generation["seed"],
+            confirm_run_unsafe_code=bench["allow_code_execution"],
         )
         for section in _PER_TASK_SECTIONS:
             merged[section].update(out.get(section) or {})
@@ -74,6 +101,7 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
         merged["config"] = out.get("config", {})
 
     merged["model_path"] = str(model_path)
+    merged["adapter_path"] = adapter
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "results.json", json.loads(json.dumps(merged, default=handle_non_serializable)))
         for task_name, rows in samples.items():

@@ -51,11 +51,23 @@ def final_model_dir(run):
 
 
 def model_path(model):
+    """The folder or hub ID lm-eval loads (for an unmerged adapter: the model it was trained on)."""
+    if model in EXP.adapter_models:
+        return start_model_path(EXP.adapter_models[model])
     return final_model_dir(model) if model in EXP.runs else base_model_path(model)
 
 
 def model_input(model):
+    if model in EXP.adapter_models:
+        run = EXP.adapter_models[model]
+        return [f"results/runs/{run}/trained", *start_model_input(run)]
     return [final_model_dir(model)] if model in EXP.runs else base_model_input(model)
+
+
+def adapter_option(model):
+    """`--adapter <folder>` for an unmerged adapter, else nothing."""
+    run = EXP.adapter_models.get(model)
+    return f"--adapter results/runs/{run}/trained" if run else ""
 
 
 def local_dataset_files(run):

@@ -1,14 +1,15 @@
 def comparison_pairs():
     """One entry per (run, benchmark): the run's and its base's evaluation folders."""
+    evaluated = {name: name for name in EXP.runs} | EXP.adapter_models  # model -> its run
     return [
         {
-            "run": run.name,
-            "base_model": EXP.root_base(run.name),
+            "run": model,
+            "base_model": EXP.root_base(run),
             "benchmark": bench,
-            "run_results": eval_dir(run.name, bench),
-            "base_results": eval_dir(EXP.root_base(run.name), bench) if EXP.evaluate_base else None,
+            "run_results": eval_dir(model, bench),
+            "base_results": eval_dir(EXP.root_base(run), bench) if EXP.evaluate_base else None,
         }
-        for run in EXP.runs.values()
+        for model, run in evaluated.items()
         for bench in EXP.benchmarks
     ]
 

@@ -27,8 +27,10 @@ rule evaluate:
         directory("results/eval/{model}/{bench}"),
     params:
         model=lambda w: model_path(w.model),
+        adapter=lambda w: adapter_option(w.model),
     threads: 4
     log:
         "logs/evaluate/{model}/{bench}.log",
     shell:
-        "koaml evaluate --config {input.config} --model {params.model} --out {output} --threads {threads} > {log} 2>&1"
+        "koaml evaluate --config {input.config} --model {params.model} {params.adapter}"
+        " --out {output} --threads {threads} > {log} 2>&1"

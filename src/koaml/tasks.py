@@ -1,0 +1,92 @@
+"""Checks of benchmark tasks against lm-eval's own task index, before any job is submitted.
+
+Building lm-eval's index takes seconds, and the Snakefile is parsed on every run, so the index
+(name -> type and YAML file) is cached per lm-eval version, and per custom task folder and its
+files' modification times. A cache hit imports nothing from lm-eval. No network is needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+from pathlib import Path
+
+from koaml.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("KOAML_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "koaml"
+    return Path(root)
+
+
+def _build_index(include_path: str | None) -> dict[str, dict]:
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path, include_defaults=include_path is None)
+    return {
+        name: {
+            "kind": entry.kind.name.lower(),
+            "yaml_path": str(entry.yaml_path or ""),
+            "unsafe_code": bool((entry.cfg or {}).get("unsafe_code")),
+        }
+        for name, entry in manager.task_index.items()
+    }
+
+
+def task_index(include_path: str | None = None) -> dict[str, dict]:
+    """lm-eval's task index: the built-in tasks, or (with ``include_path``) the tasks of a custom folder."""
+    version = importlib.metadata.version("lm_eval")
+    if include_path is None:
+        key = f"lm_eval-{version}"
+    else:
+        folder = Path(include_path).resolve()
+        stamp = sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*.yaml"))
+        key = f"custom-{hashlib.sha256(json.dumps([version, str(folder), stamp]).encode()).hexdigest()[:16]}"
+    path = cache_dir() / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    index = _build_index(include_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(index))
+    tmp.replace(path)
+    return index
+
+
+def executes_code(entry: dict) -> bool:
+    """True when a task runs model-written code (``unsafe_code: true``); for a group or tag, when
+    any task in its folder does."""
+    if entry["unsafe_code"] or entry["kind"] == "task" or not entry["yaml_path"]:
+        return entry["unsafe_code"]
+    folder = Path(entry["yaml_path"]).parent
+    return any("unsafe_code: true" in p.read_text(errors="ignore") for p in folder.rglob("*yaml*"))
+
+
+def check_benchmark(path: str, config: dict) -> None:
+    """Raise ConfigError for unknown task names and for code-executing tasks without opt-in."""
+    try:
+        index = dict(task_index())
+        if config.get("include_path"):
+            if not Path(config["include_path"]).is_dir():
+                raise ConfigError(f"{path}: include_path: {config['include_path']}: folder not found")
+            index.update(task_index(config["include_path"]))
+    except importlib.metadata.PackageNotFoundError:
+        log.warning("lm-eval is not installed here: task names in %s are not checked", path)
+        return
+    for i, task in enumerate(config["tasks"]):
+        name = task["task"]
+        if name not in index:
+            hint = difflib.get_close_matches(name, list(index), n=3)
+            suggestion = f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+            raise ConfigError(f"{path}: tasks.{i}.task: unknown lm-eval task '{name}'{suggestion}")
+        if executes_code(index[name]) and not config.get("allow_code_execution"):
+            raise ConfigError(
+                f"{path}: tasks.{i}.task: '{name}' executes code written by the model; "
+                "set allow_code_execution: true in this benchmark file to run it (ideally in a sandbox)"
+            )
