@@ -3,6 +3,7 @@ import re
 
 from koaml.config import ConfigError, load_experiment, load_yaml
 from koaml.data import is_local
+from koaml.fetch import requirements as fetch_requirements
 
 
 try:

@@ -1,0 +1,56 @@
+"""lm-eval on the tiny model: limit, per-sample logs, atomic results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from koaml.config import load_benchmark
+from koaml.evaluate import evaluate
+from koaml.io import write_yaml
+
+
+@pytest.fixture
+def bench_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    def make(name="demo_arith_mc", **overrides):
+        path = tmp_path / f"{name}.yaml"
+        write_yaml(path, load_benchmark(f"config/benchmarks/{name}.yaml", overrides))
+        return str(path)
+    return make
+
+
+def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
+    results = evaluate(bench_config("demo_arith_gen", limit=5), str(tiny_model), str(tmp_path / "out"), threads=1)
+    assert results["n-samples"]["demo_arith_gen"]["effective"] == 5
+    samples = [json.loads(l) for l in (tmp_path / "out/samples_demo_arith_gen.jsonl").read_text().splitlines()]
+    assert len(samples) == 5 and all("exact_match" in s and "resps" in s for s in samples)
+    saved = json.loads((tmp_path / "out/results.json").read_text())
+    assert saved["results"]["demo_arith_gen"]["exact_match,first-number"] == sum(s["exact_match"] for s in samples) / 5
+    assert "samples" not in saved
+
+
+def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
+    cmd = [sys.executable, "-m", "koaml.cli", "evaluate", "--config", bench_config(), "--model", str(tiny_model), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+    time.sleep(6)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monkeypatch):
+    import importlib.util
+
+    from koaml.config import ConfigError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    path = bench_config(model={"backend": "vllm"})
+    with pytest.raises(ConfigError, match=r"model.backend: vllm needs the vllm package"):
+        evaluate(path, str(tiny_model), str(tmp_path / "out"), threads=1)
