@@ -60,3 +60,15 @@ def test_tracking_is_local_and_wandb_needs_a_key(tmp_path, monkeypatch):
     assert env["MLFLOW_TRACKING_URI"] == (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("WANDB_API_KEY", "x")
     assert tracking(["wandb"], tmp_path) == (["wandb"], {"WANDB_DIR": str(tmp_path)})
+
+
+def test_flash_attention_falls_back_to_sdpa_with_a_warning(monkeypatch, caplog):
+    import importlib.util
+
+    from koaml.modeling import attn_implementation
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a))
+    assert attn_implementation("flash_attention_2") == "sdpa"
+    assert "falling back to sdpa" in caplog.text
+    assert attn_implementation("eager") == "eager"

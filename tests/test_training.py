@@ -130,3 +130,10 @@ def test_tensorboard_tracking_writes_local_event_files(tmp_path, tiny_model):
     config, _ = setup_run(tmp_path, tiny_model, max_steps=5, report_to=["tensorboard"])
     subprocess.run(train_cmd(tmp_path, tiny_model, config), check=True, capture_output=True)
     assert list((tmp_path / "tracking/tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_packed_training_runs(tmp_path, tiny_model):
+    config, _ = setup_run(tmp_path, tiny_model, max_steps=5, packing=True)
+    proc = subprocess.run(train_cmd(tmp_path, tiny_model, config), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "trained/train_summary.json").read_text())["global_step"] == 5
