@@ -1,17 +1,23 @@
 """Comparison tables from lm-eval result files."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
 
-from koaml.compare import COLUMNS, summarize, write_summary
+from koaml.compare import COLUMNS, compare, summarize, write_summary
 from koaml.evaluate import gen_kwargs, metric_rows
 
 
-def results_dir(tmp_path, name, acc, em):
+def results_dir(tmp_path, name, acc, em, mc_items=None):
+    """An evaluation folder like `koaml evaluate` writes; ``mc_items`` are per-document 0/1 scores."""
     folder = tmp_path / name
     folder.mkdir()
+    if mc_items is not None:
+        acc = sum(mc_items) / len(mc_items)
+        rows = [{"doc_id": i, "filter": "none", "acc": v} for i, v in enumerate(mc_items)]
+        (folder / "samples_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = {
         "results": {
             "mc": {"alias": "mc", "acc,none": acc, "acc_stderr,none": 0.01, "sample_len": 100},
@@ -51,9 +57,45 @@ def test_write_summary_csv_and_markdown(tmp_path):
     write_summary(pairs, tmp_path / "s.csv", tmp_path / "s.md")
     assert pd.read_csv(tmp_path / "s.csv").delta.round(3).tolist() == [0.25, -0.05]
     md = (tmp_path / "s.md").read_text()
-    assert "| r | b | bench | mc | acc | none | 25.0 | 50.0 | +25.0 |" in md and "-5.0" in md
+    assert "| r | b | bench | mc | acc | 25.0 | 50.0 | +25.0 |" in md and "exact_match (first-number)" in md
 
 
 def test_greedy_generation_by_default():
     assert gen_kwargs({"temperature": 0.0, "max_new_tokens": 8}) == {"max_gen_toks": 8, "do_sample": False, "temperature": 0.0}
     assert gen_kwargs({"temperature": 0.7, "max_new_tokens": 8})["do_sample"] is True
+
+
+def test_paired_statistics_from_per_sample_logs(tmp_path):
+    base_items = [0] * 60 + [1] * 40
+    tuned_items = [1] * 30 + [0] * 30 + [1] * 38 + [0] * 2  # 30 fixed, 2 broken
+    base = results_dir(tmp_path, "base", 0, 0, mc_items=base_items)
+    run = results_dir(tmp_path, "run", 0, 0, mc_items=tuned_items)
+    row = compare(run, base).query("task == 'mc'").iloc[0]
+    assert row.delta == pytest.approx(0.28) and row.test == "mcnemar" and row.significant
+    assert row.ci_low < 0.28 < row.ci_high and row.ci_low > 0
+    exact = 2 * sum(math.comb(32, i) for i in range(3)) / 2**32
+    assert row.p_value == pytest.approx(exact) and row.status == "ok"
+
+
+def test_missing_evaluation_is_a_row_not_a_gap(tmp_path):
+    base = results_dir(tmp_path, "base", acc=0.25, em=0.1)
+    table = summarize([{"run": "r", "base_model": "b", "benchmark": "bench", "run_results": tmp_path / "nope", "base_results": base}])
+    assert set(table.status) == {"missing"} and len(table) == 2 and table.score.isna().all()
+
+
+def test_lm_eval_native_output_layout(tmp_path):
+    folder = tmp_path / "lm_eval_out" / "model__name"
+    folder.mkdir(parents=True)
+    (folder / "results_2026-01-01T00-00-00.json").write_text(json.dumps({"results": {"t": {"acc,none": 0.5}}}))
+    assert compare(folder.parent, folder / "results_2026-01-01T00-00-00.json").iloc[0].delta == 0
+
+
+def test_compare_cli(tmp_path, capsys):
+    from koaml.cli import main
+
+    base = results_dir(tmp_path, "base", 0, 0, mc_items=[0, 1] * 50)
+    run = results_dir(tmp_path, "run", 0, 0, mc_items=[1, 1] * 50)
+    assert main(["compare", base, run, "--csv", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "| mc | acc | 50.0 | 100.0 | +50.0 |" in out and "| yes |" in out
+    assert pd.read_csv(tmp_path / "c.csv").iloc[0].test == "mcnemar"

@@ -47,6 +47,15 @@ def _evaluate(a):
     evaluate(a.config, a.model, a.out, a.threads, a.adapter)
 
 
+def _compare(a):
+    from koaml.compare import NOTE, compare, to_markdown
+
+    table = compare(a.finetuned, a.base, run=a.finetuned, base_model=a.base)
+    if a.csv:
+        table.to_csv(a.csv, index=False)
+    print(NOTE + to_markdown(table), end="")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="koaml", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,6 +94,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser(
+        "compare",
+        help="compare two lm-eval results (files or folders) with paired statistics",
+        description="Compare a fine-tuned model's lm-eval results with its base's. Each argument is a "
+        "results JSON or a folder holding one (koaml's results.json or lm-eval's results_*.json); the "
+        "per-sample logs next to it (samples_<task>*.jsonl, from --log_samples) enable the paired CI and test.",
+    )
+    s.add_argument("base")
+    s.add_argument("finetuned")
+    s.add_argument("--csv", help="also write the table as CSV")
+    s.set_defaults(func=_compare)
     return p
 
 
