@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
@@ -19,4 +22,5 @@ include: "workflow/rules/compare.smk"
 rule all:
     input:
         rules.compare.output,
+        rules.report.output,
     default_target: True

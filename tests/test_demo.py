@@ -29,7 +29,16 @@ def test_summary_shows_fine_tuning_helped(finished_demo):
     assert full_mc.base_score < 0.4, "the untrained base should be near chance (25%)"
     assert full_mc.delta >= 0.20, f"full fine-tuning gained only {full_mc.delta:.3f}"
     assert (table.delta == table.score - table.base_score).all()
+    assert full_mc.significant and full_mc.test == "mcnemar" and full_mc.ci_low > 0 and (table.status == "ok").all()
     assert "| tiny-full | tiny | demo_arith_mc |" in (finished_demo / "results/compare/summary.md").read_text()
+
+
+def test_html_report_and_snakemake_report(finished_demo):
+    page = (finished_demo / "results/report/index.html").read_text()
+    assert "tiny-full" in page and page.count("data:image/png;base64,") == 3  # 2 benchmarks + losses
+    assert 'src="http' not in page
+    snakemake(finished_demo, "--report", "snakemake-report.html")
+    assert (finished_demo / "snakemake-report.html").stat().st_size > 10_000
 
 
 def test_scores_come_from_per_sample_logs(finished_demo):
@@ -76,6 +85,7 @@ def test_editing_a_recipe_reruns_only_that_run(finished_demo):
         [
             ("all", ""),
             ("compare", ""),
+            ("report", ""),
             ("evaluate", "model=tiny-lora, bench=demo_arith_gen"),
             ("evaluate", "model=tiny-lora, bench=demo_arith_mc"),
             ("merge", "run=tiny-lora"),
@@ -95,14 +105,14 @@ def test_editing_a_benchmark_reruns_only_its_evaluations(finished_demo):
     finally:
         bench.write_text(original)
     assert jobs == sorted(
-        [("all", ""), ("compare", ""), ("benchmark_config", "bench=demo_arith_gen")]
+        [("all", ""), ("compare", ""), ("report", ""), ("benchmark_config", "bench=demo_arith_gen")]
         + [("evaluate", f"model={m}, bench=demo_arith_gen") for m in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full")]
     )
 
 
 def test_unmerged_adapter_evaluates_like_the_merged_model(finished_demo):
     jobs = planned_jobs(snakemake(finished_demo, "-n", "--config", "evaluate_adapters=true").stdout)
-    assert sorted(r for r, _ in jobs) == ["all", "compare"] + ["evaluate"] * 4
+    assert sorted(r for r, _ in jobs) == ["all", "compare"] + ["evaluate"] * 4 + ["report"]
     snakemake(finished_demo, "--config", "evaluate_adapters=true")
     for bench, metric in (("demo_arith_mc", "acc"), ("demo_arith_gen", "exact_match")):
         merged = finished_demo / "results/eval/tiny-lora" / bench / f"samples_{bench}.jsonl"

@@ -17,6 +17,7 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
         "merge": 2,  # LoRA and QLoRA; full fine-tuning has nothing to merge
         "evaluate": 8,  # (1 base + 3 runs) x 2 benchmarks
         "compare": 1,
+        "report": 1,
         "all": 1,
     }
     assert ("evaluate", "model=tiny, bench=demo_arith_mc") in jobs

@@ -171,6 +171,7 @@ class Run:
     base: str  # a base model's name, or "run:<name>" to start from another run (multi-stage)
     recipe_path: str
     recipe: dict = field(hash=False)
+    sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
 
     @property
     def method(self) -> str:
@@ -261,6 +262,7 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
     for values in itertools.product(*sweep.values()):
         point = dict(spec, overrides=copy.deepcopy(spec.get("overrides", {})))
         point.pop("sweep")
+        point["_sweep"] = {"group": name, "point": dict(zip(sweep, values))}
         suffix = []
         for key, value in zip(sweep, values):
             point["overrides"] = set_dotted(point["overrides"], key, value)
@@ -323,7 +325,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
             hint = difflib.get_close_matches(base, list(bases), n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
             raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
-        runs[name] = Run(name, base, spec["recipe"], recipe)
+        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"))
     _check_chains(runs, source)
 
     clash = sorted(set(bases) & set(runs))

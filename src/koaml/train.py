@@ -6,10 +6,12 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from koaml.config import load_yaml
@@ -209,6 +211,7 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
+    started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
     if guard.terminated:
         log.warning("stopped at step %d by SIGTERM; rerun the workflow to resume", trainer.state.global_step)
@@ -222,6 +225,8 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         "train_loss": result.training_loss,
         "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),
+        "config_hash": config_hash(recipe),
+        **resource_usage(time.monotonic() - started, trainer.args.world_size),
     }
     if not trainer.is_world_process_zero():
         return
@@ -233,6 +238,21 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         write_json(tmp / "train_summary.json", summary)
         (tmp / "README.md").write_text(model_card(recipe, data_stats, summary))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def resource_usage(wall_time_s: float, world_size: int) -> dict:
+    """Wall time, peak memory and, under SLURM, the job ID and GPU-hours of this training."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    usage = {
+        "wall_time_s": round(wall_time_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpus else None,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    usage["gpu_hours"] = round(wall_time_s / 3600 * max(gpus, world_size if gpus else 0), 3) if gpus else 0.0
+    return usage
 
 
 def model_card(recipe: dict, data_stats: dict, summary: dict) -> str:

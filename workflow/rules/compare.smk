@@ -19,7 +19,7 @@ rule compare:
     input:
         [eval_dir(model, bench) for model in EXP.evaluated_models for bench in EXP.benchmarks],
     output:
-        csv="results/compare/summary.csv",
+        csv=report("results/compare/summary.csv", caption="../report/summary.rst", category="Comparison"),
         md="results/compare/summary.md",
     params:
         pairs=comparison_pairs(),
@@ -28,3 +28,27 @@ rule compare:
         "logs/compare.log",
     script:
         "../scripts/compare.py"
+
+
+rule report:
+    """Self-contained HTML report: tables, plots (scores, losses, sweeps), configs and provenance."""
+    input:
+        summary="results/compare/summary.csv",
+        trained=[f"results/runs/{run}/trained" for run in EXP.runs],
+        configs=[f"results/runs/{run}/config.yaml" for run in EXP.runs],
+    output:
+        html="results/report/index.html",
+        plots=report(
+            directory("results/report/plots"), patterns=["{name}.png"], caption="../report/plots.rst", category="Plots"
+        ),
+    params:
+        runs={
+            name: {"trained": f"results/runs/{name}/trained", "config": f"results/runs/{name}/config.yaml", "sweep": run.sweep}
+            for name, run in EXP.runs.items()
+        },
+        experiment=EXP.name,
+    localrule: True
+    log:
+        "logs/report.log",
+    script:
+        "../scripts/report.py"

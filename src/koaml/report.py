@@ -1,0 +1,223 @@
+"""Plots and a self-contained HTML report (images inlined: it opens from disk, without network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.metadata
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from koaml.compare import NOTE
+
+PACKAGES = ("koaml", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "snakemake")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(row) -> str:
+    return f"{row.task}\n{row.metric}" + ("" if row["filter"] == "none" else f" ({row['filter']})")
+
+
+def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One grouped bar chart per benchmark: base and each run, with 95% error bars (1.96 x stderr)."""
+    plt = _pyplot()
+    paths = []
+    for bench, rows in table[table.status != "missing"].groupby("benchmark", sort=False):
+        labels = list(dict.fromkeys(_label(r) for _, r in rows.iterrows()))
+        base = rows.drop_duplicates(["task", "metric", "filter"])
+        series = {f"{base.base_model.iloc[0]} (base)": (base.base_score.tolist(), base.base_stderr.tolist())}
+        for run, run_rows in rows.groupby("run", sort=False):
+            series[run] = (run_rows.score.tolist(), run_rows.stderr.tolist())
+        width = 0.8 / len(series)
+        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) * len(series) / 2), 3.6))
+        for i, (name, (scores, stderrs)) in enumerate(series.items()):
+            errors = [1.96 * e if pd.notna(e) else 0 for e in stderrs]
+            x = [j + (i - (len(series) - 1) / 2) * width for j in range(len(scores))]
+            ax.bar(x, [100 * s for s in scores], width, yerr=[100 * e for e in errors], capsize=3, label=name)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel("score (%)")
+        ax.set_title(bench)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+        paths.append(_save(fig, out_dir / f"scores_{bench}.png"))
+    return paths
+
+
+def plot_losses(histories: dict[str, list[dict]], out_dir: Path) -> Path | None:
+    """Training loss (solid) and eval loss (dashed) of every run against the optimizer step."""
+    if not histories:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, (run, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        train = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
+        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+        if train:
+            ax.plot(*zip(*train), color=color, label=f"{run} train")
+        if evals:
+            ax.plot(*zip(*evals), color=color, linestyle="--", marker="o", markersize=3, label=f"{run} eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    return _save(fig, out_dir / "losses.png")
+
+
+def plot_sweeps(table: pd.DataFrame, sweeps: dict[str, dict[str, dict]], out_dir: Path) -> list[Path]:
+    """For each single-key sweep: each metric against the swept value, with the base as a line."""
+    plt = _pyplot()
+    paths = []
+    for group, points in sweeps.items():
+        keys = {k for point in points.values() for k in point}
+        if len(keys) != 1:
+            continue
+        key = keys.pop()
+        rows = table[table.run.isin(points) & (table.status == "ok")]
+        for (bench, task, metric, filt), sub in rows.groupby(["benchmark", "task", "metric", "filter"], sort=False):
+            values = sorted((points[r.run][key], r.score, r.ci_low, r.ci_high, r.base_score) for _, r in sub.iterrows())
+            x = [v[0] for v in values]
+            fig, ax = plt.subplots(figsize=(5, 3.4))
+            ax.plot(x, [100 * v[1] for v in values], marker="o", label=group)
+            ax.axhline(100 * values[0][4], color="gray", linestyle=":", label="base")
+            if all(isinstance(v, (int, float)) for v in x) and min(x) > 0 and max(x) / min(x) >= 8:
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_title(f"{bench}: {task}")
+            ax.legend(fontsize="small")
+            paths.append(_save(fig, out_dir / f"sweep_{group}_{bench}_{task}_{metric}.png".replace(",", "_")))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def provenance(workdir: str | Path = ".") -> dict:
+    """Git commit of the workflow and versions of the packages that produced the results."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=workdir, capture_output=True, text=True).stdout.strip())
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {"git_commit": commit, "packages": versions, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
+table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th{background:#f3f3f3}td:nth-child(-n+5){text-align:left}.sig{background:#e6f4ea}.missing{background:#fdecea}
+.wide{overflow-x:auto}img{max-width:100%}figure{display:inline-block;margin:.5rem}pre{background:#f7f7f7;padding:.5rem;overflow:auto;font-size:.8rem}
+"""
+
+
+def _table_html(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
+    """An HTML table, each row with its CSS class (significant deltas and missing results stand out)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>")
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str | Path, experiment: str) -> None:
+    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info."""
+    out_html = Path(out_html)
+    plots_dir = out_html.parent / "plots"
+    table = pd.read_csv(summary_csv, keep_default_na=True)
+    summaries, histories = {}, {}
+    for run, info in runs.items():
+        trained = Path(info["trained"])
+        summaries[run] = json.loads((trained / "train_summary.json").read_text())
+        histories[run] = json.loads((trained / "log_history.json").read_text())
+    sweeps: dict[str, dict] = {}
+    for run, info in runs.items():
+        if info.get("sweep"):
+            sweeps.setdefault(info["sweep"]["group"], {})[run] = info["sweep"]["point"]
+
+    figures = plot_scores(table, plots_dir)
+    losses = plot_losses(histories, plots_dir)
+    figures += [losses] if losses else []
+    figures += plot_sweeps(table, sweeps, plots_dir)
+
+    shown = table.copy()
+    for col in ("base_score", "score", "ci_low", "ci_high", "base_stderr", "stderr"):
+        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    shown["delta"] = table.delta.map(lambda v: "" if pd.isna(v) else f"{100 * v:+.1f}")
+    shown["p_value"] = table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    marks = ["missing" if st == "missing" else ("sig" if str(s) == "True" else "") for s, st in zip(table.significant, table.status)]
+    rows_html = _table_html(shown.fillna(""), marks)
+
+    prov = provenance()
+    training_rows = pd.DataFrame(
+        [
+            {
+                "run": run,
+                "method": s["method"],
+                "steps": s["global_step"],
+                "train loss": f"{s['train_loss']:.4f}",
+                "eval loss": "" if s.get("final_eval_loss") is None else f"{s['final_eval_loss']:.4f}",
+                "config hash": s.get("config_hash", ""),
+                "wall time (s)": s.get("wall_time_s", ""),
+                "peak RSS (MB)": s.get("peak_rss_mb", ""),
+                "peak GPU memory (MB)": s.get("peak_gpu_memory_mb") or "",
+                "SLURM job": s.get("slurm_job_id") or "",
+                "GPU-hours": s.get("gpu_hours", ""),
+            }
+            for run, s in summaries.items()
+        ]
+    )
+    configs = "".join(
+        f"<details><summary>{html.escape(run)}: resolved recipe</summary><pre>{html.escape(Path(info['config']).read_text())}</pre></details>"
+        for run, info in runs.items()
+    )
+    packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>koa-ml report: {html.escape(experiment)}</title>
+<style>{STYLE}</style></head><body>
+<h1>koa-ml report: {html.escape(experiment)}</h1>
+<p>Generated {prov['generated']} from workflow commit <code>{html.escape(prov['git_commit'])}</code>.</p>
+<h2>Base vs fine-tuned</h2><p>{html.escape(NOTE.strip())}</p>
+{rows_html}
+<h2>Plots</h2>
+{''.join(_img(p, p.stem.replace('_', ' ')) for p in figures)}
+<h2>Training</h2>
+{_table_html(training_rows)}
+{configs}
+<h2>Provenance</h2><p>{html.escape(packages)}</p>
+</body></html>
+"""
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_html.with_name(f".{out_html.name}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(out_html)
