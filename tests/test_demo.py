@@ -122,3 +122,36 @@ def test_unmerged_adapter_evaluates_like_the_merged_model(finished_demo):
         assert agreement >= 0.99, f"{bench}: unmerged adapter agrees with the merged model on {agreement:.0%} of items"
     table = pd.read_csv(finished_demo / "results/compare/summary.csv")
     assert {"tiny-lora_adapter", "tiny-qlora_adapter"} <= set(table.run)
+
+
+def test_killed_workflow_resumes_training_from_its_checkpoint(tmp_path):
+    """Kill the whole workflow mid-training; the next run resumes the run from its checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import copy_workflow
+
+    workdir = copy_workflow(tmp_path)
+    config = workdir / "config/config.yaml"
+    config.write_text(config.read_text().split("  tiny-lora:")[0] + "  tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n"
+                      "benchmarks: [config/benchmarks/demo_arith_mc.yaml]\n")
+    overrides = "recipe_overrides={training: {max_steps: 300, save_steps: 40}}"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    target = "results/runs/tiny-full/trained"
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", target, "--config", overrides]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list((workdir / "results/checkpoints/tiny-full").glob("*/checkpoint-80/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "training ended before the checkpoint"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "results/runs/tiny-full/trained").exists()
+    snakemake(workdir, "--unlock")  # the killed controller left its lock, as after a power loss
+    snakemake(workdir, target, "--rerun-incomplete", "--config", overrides)
+    summary = json.loads((workdir / "results/runs/tiny-full/trained/train_summary.json").read_text())
+    assert summary["global_step"] == 300 and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 80
