@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv browser slurm clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,7 @@ demo: $(STAMP)
 	@echo
 	@cat results/compare/summary.md
 
-test: $(STAMP) browser
+test: $(STAMP) browser slurm
 	$(BIN)/pytest
 
 # Headless Chromium renders the HTML report in a test; installed with apt-get where we may.
@@ -39,6 +39,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium is not installed: the browser test will be skipped"
+
+# A real local SLURM (Debian's slurmctld, slurmd, munge) for the SLURM tests; installed where we may.
+slurm:
+	@command -v slurmctld >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && tests/slurm/local-slurm.sh install; } \
+		|| echo "SLURM is not installed: the SLURM tests will be skipped"
 
 clean:
 	rm -rf results logs .snakemake

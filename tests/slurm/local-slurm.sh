@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on localhost that mirrors KOA's partitions and GPU types, for tests.
+#   tests/slurm/local-slurm.sh install   # Debian packages slurmctld, slurmd, munge, slurm-client (root)
+#   tests/slurm/local-slurm.sh start     # prints the SLURM_CONF to export
+#   tests/slurm/local-slurm.sh stop
+# GPUs are fake: GRES backed by plain files (no CUDA). Needs root (slurmd runs jobs as their users).
+set -euo pipefail
+DIR=${KOAML_SLURM_DIR:-/tmp/koaml-slurm}
+HOST=$(hostname -s)
+MEM_MB=${KOAML_SLURM_MEM_MB:-16000}
+
+install() {
+  command -v slurmctld >/dev/null && command -v munged >/dev/null && return
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+}
+
+write_config() {
+  mkdir -p "$DIR/state" "$DIR/spool" "$DIR/gpus"
+  for i in 0 1 2 3; do : > "$DIR/gpus/gpu$i"; done
+  cat > "$DIR/slurm.conf" <<CONF
+ClusterName=koa-local
+SlurmctldHost=$HOST
+AuthType=auth/munge
+CredType=cred/munge
+SlurmUser=root
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/slurmctld.pid
+SlurmdPidFile=$DIR/slurmd.pid
+SlurmctldLogFile=$DIR/slurmctld.log
+SlurmdLogFile=$DIR/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+GresTypes=gpu
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+# No accounting database: finished jobs stay visible to squeue/scontrol for an hour.
+MinJobAge=3600
+ReturnToService=2
+SchedulerType=sched/backfill
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+NodeName=$HOST CPUs=$(nproc) RealMemory=$MEM_MB Gres=gpu:NV-A30:2,gpu:nvidia_a30_1g.6gb:1,gpu:nvidia_h100_nvl:1 State=UNKNOWN
+# KOA's partitions (sinfo on koa.its.hawaii.edu), all on this one node.
+PartitionName=sandbox Nodes=$HOST MaxTime=04:00:00 State=UP
+PartitionName=shared Nodes=$HOST Default=YES MaxTime=3-00:00:00 State=UP
+PartitionName=shared-long Nodes=$HOST MaxTime=7-00:00:00 State=UP
+PartitionName=exclusive Nodes=$HOST MaxTime=3-00:00:00 State=UP
+PartitionName=exclusive-long Nodes=$HOST MaxTime=7-00:00:00 State=UP
+PartitionName=gpu Nodes=$HOST MaxTime=3-00:00:00 State=UP
+PartitionName=gpu-sandbox Nodes=$HOST MaxTime=04:00:00 State=UP
+PartitionName=kill-shared Nodes=$HOST MaxTime=3-00:00:00 PreemptMode=REQUEUE State=UP
+PartitionName=kill-exclusive Nodes=$HOST MaxTime=3-00:00:00 PreemptMode=REQUEUE State=UP
+CONF
+  cat > "$DIR/gres.conf" <<CONF
+NodeName=$HOST Name=gpu Type=NV-A30 File=$DIR/gpus/gpu[0-1]
+NodeName=$HOST Name=gpu Type=nvidia_a30_1g.6gb File=$DIR/gpus/gpu2
+NodeName=$HOST Name=gpu Type=nvidia_h100_nvl File=$DIR/gpus/gpu3
+CONF
+}
+
+start() {
+  install
+  stop >/dev/null 2>&1 || true
+  write_config
+  if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+  fi
+  chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+  mkdir -p /run/munge && chown munge:munge /run/munge
+  pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+  export SLURM_CONF=$DIR/slurm.conf
+  slurmctld -f "$SLURM_CONF"
+  slurmd -f "$SLURM_CONF"
+  for _ in $(seq 1 30); do
+    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+      echo "export SLURM_CONF=$SLURM_CONF"
+      return
+    fi
+    sleep 1
+  done
+  echo "local SLURM did not come up; see $DIR/slurmctld.log and $DIR/slurmd.log" >&2
+  exit 1
+}
+
+stop() {
+  for daemon in slurmd slurmctld; do
+    if [ -f "$DIR/$daemon.pid" ]; then kill "$(cat "$DIR/$daemon.pid")" 2>/dev/null || true; fi
+  done
+  sleep 1
+  pkill -9 -x slurmd 2>/dev/null || true
+  pkill -9 -x slurmctld 2>/dev/null || true
+  rm -rf "$DIR/state" "$DIR/spool"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+esac
