@@ -10,14 +10,35 @@ from conftest import planned_jobs, snakemake
 pytestmark = pytest.mark.slow
 
 
+CANARIES = {name: f"canary-{name.lower()}-5f3a9c" for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")}
+
+
 @pytest.fixture(scope="module")
 def finished_demo(tmp_path_factory):
-    """The demo experiment run once to completion in a scratch copy of the workflow."""
+    """The demo experiment run once to completion in a scratch copy of the workflow, with secrets set."""
+    import os
+
     from conftest import copy_workflow
 
     workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir)
+    saved = {name: os.environ.get(name) for name in CANARIES}
+    os.environ.update(CANARIES)
+    try:
+        snakemake(workdir)
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
     return workdir
+
+
+def test_no_secret_leaks_into_outputs_logs_or_metadata(finished_demo):
+    leaks = []
+    for folder in ("results", "logs", ".snakemake"):
+        for path in (finished_demo / folder).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                leaks += [f"{path}: {name}" for name, value in CANARIES.items() if value.encode() in data]
+    assert not leaks, leaks
 
 
 def test_summary_shows_fine_tuning_helped(finished_demo):
