@@ -1,0 +1,122 @@
+"""DAG planning time: `snakemake -n` on a generated experiment of 40 runs x 24 benchmarks (~1,000 jobs)
+versus a bare Snakefile with the same DAG shape and trivial rules, timed alternately.
+
+    .venv/bin/python bench/plan_dag.py        # prints the figures, writes bench/results/plan_dag.json
+"""
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS, BENCHMARKS, REPEATS = 40, 24, 5
+
+BARE_SNAKEFILE = f"""
+RUNS = [f"run{{i}}" for i in range({RUNS})]
+MODELS = ["base"] + RUNS
+BENCHES = [f"bench{{i}}" for i in range({BENCHMARKS})]
+rule all:
+    input: "results/compare/summary.csv"
+rule base:
+    output: directory("results/base/base/model")
+    shell: "mkdir -p {{output}}"
+rule run_config:
+    output: "results/runs/{{run}}/config.yaml"
+    shell: "touch {{output}}"
+rule bench_config:
+    output: "results/benchmarks/{{bench}}.yaml"
+    shell: "touch {{output}}"
+rule prepare:
+    input: "results/runs/{{run}}/config.yaml", "results/base/base/model"
+    output: directory("results/data/{{run}}")
+    shell: "mkdir -p {{output}}"
+rule train:
+    input: "results/runs/{{run}}/config.yaml", "results/data/{{run}}"
+    output: directory("results/runs/{{run}}/trained")
+    shell: "mkdir -p {{output}}"
+rule merge:
+    input: "results/runs/{{run}}/trained"
+    output: directory("results/runs/{{run}}/merged")
+    shell: "mkdir -p {{output}}"
+def model_dir(w):
+    return "results/base/base/model" if w.model == "base" else f"results/runs/{{w.model}}/merged"
+rule evaluate:
+    input: model_dir, "results/benchmarks/{{bench}}.yaml"
+    output: directory("results/eval/{{model}}/{{bench}}")
+    shell: "mkdir -p {{output}}"
+rule compare:
+    input: expand("results/eval/{{model}}/{{bench}}", model=MODELS, bench=BENCHES)
+    output: "results/compare/summary.csv"
+    shell: "touch {{output}}"
+"""
+
+
+def koaml_workdir(root: Path) -> Path:
+    root.mkdir()
+    for name in ("Snakefile", "workflow", "config", "resources"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    benches = []
+    for i in range(BENCHMARKS):
+        path = root / f"config/benchmarks/gen_{i}.yaml"
+        path.write_text((REPO / "config/benchmarks/demo_arith_mc.yaml").read_text())
+        benches.append(f"config/benchmarks/gen_{i}.yaml")
+    runs = "\n".join(
+        f"  run{i}: {{base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {{training: {{seed: {i}}}}}}}"
+        for i in range(RUNS)
+    )
+    (root / "config/config.yaml").write_text(
+        "experiment: bench\nbase_models:\n  tiny: {build: resources/demo/tiny_model.yaml}\nruns:\n"
+        + runs + "\nbenchmarks:\n" + "\n".join(f"  - {b}" for b in benches) + "\n"
+    )
+    return root
+
+
+def plan(workdir: Path) -> tuple[float, int]:
+    snakemake = Path(sys.executable).parent / "snakemake"
+    start = time.perf_counter()
+    out = subprocess.run([str(snakemake), "-n", "--cores", "1", "--quiet", "rules"], cwd=workdir, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(out.stdout + out.stderr)
+    totals = [int(line.split()[-1]) for line in out.stdout.splitlines() if line.startswith("total")]
+    jobs = totals[0]  # the job-stats table's total
+    return elapsed, jobs
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        koaml = koaml_workdir(Path(tmp) / "koaml")
+        bare = Path(tmp) / "bare"
+        bare.mkdir()
+        (bare / "Snakefile").write_text(BARE_SNAKEFILE)
+        plan(koaml), plan(bare)  # warm caches (lm-eval task index, Python bytecode)
+        times = {"koaml": [], "bare": []}
+        jobs = {}
+        for _ in range(REPEATS):
+            for name, workdir in (("koaml", koaml), ("bare", bare)):
+                elapsed, jobs[name] = plan(workdir)
+                times[name].append(elapsed)
+    result = {
+        "runs": RUNS,
+        "benchmarks": BENCHMARKS,
+        "jobs": jobs,
+        "koaml_s": statistics.median(times["koaml"]),
+        "bare_s": statistics.median(times["bare"]),
+        "all_s": times,
+    }
+    result["ratio"] = result["koaml_s"] / result["bare_s"]
+    print(f"snakemake -n, {jobs['koaml']} jobs: koa-ml {result['koaml_s']:.2f} s, bare {result['bare_s']:.2f} s "
+          f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {REPEATS}, alternating)")
+    out = REPO / "bench/results/plan_dag.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
