@@ -3,11 +3,17 @@
 #   tests/slurm/local-slurm.sh install   # Debian packages slurmctld, slurmd, munge, slurm-client (root)
 #   tests/slurm/local-slurm.sh start     # prints the SLURM_CONF to export
 #   tests/slurm/local-slurm.sh stop
-# GPUs are fake: GRES backed by plain files (no CUDA). Needs root (slurmd runs jobs as their users).
+# GPUs are fake: GRES backed by character devices like /dev/null (no CUDA). The node declares a KOA-sized
+# GPU node (32 CPUs, 256 GB; SlurmdParameters=config_overrides lets slurmd accept more than the
+# hardware has), so the KOA profile's requests fit unchanged. Needs root (slurmd runs jobs as their users).
+# The configuration is linked at /etc/slurm/slurm.conf, where srun inside jobs looks for it, as on a
+# real cluster (the SLURM executor strips SLURM_* variables, SLURM_CONF included, from job steps).
 set -euo pipefail
 DIR=${KOAML_SLURM_DIR:-/tmp/koaml-slurm}
 HOST=$(hostname -s)
-MEM_MB=${KOAML_SLURM_MEM_MB:-16000}
+CPUS=${KOAML_SLURM_CPUS:-32}
+MEM_MB=${KOAML_SLURM_MEM_MB:-256000}
+ETC=/etc/slurm
 
 install() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return
@@ -17,7 +23,7 @@ install() {
 
 write_config() {
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/gpus"
-  for i in 0 1 2 3; do : > "$DIR/gpus/gpu$i"; done
+  for i in 0 1 2 3; do [ -c "$DIR/gpus/gpu$i" ] || { rm -f "$DIR/gpus/gpu$i"; mknod "$DIR/gpus/gpu$i" c 1 3; }; done  # like /dev/null
   cat > "$DIR/slurm.conf" <<CONF
 ClusterName=koa-local
 SlurmctldHost=$HOST
@@ -41,10 +47,13 @@ JobAcctGatherType=jobacct_gather/none
 # No accounting database: finished jobs stay visible to squeue/scontrol for an hour.
 MinJobAge=3600
 ReturnToService=2
+SlurmdParameters=config_overrides
+# Preemption sends SIGTERM, then SIGKILL after KillWait seconds: time to save a checkpoint.
+KillWait=60
 SchedulerType=sched/backfill
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-NodeName=$HOST CPUs=$(nproc) RealMemory=$MEM_MB Gres=gpu:NV-A30:2,gpu:nvidia_a30_1g.6gb:1,gpu:nvidia_h100_nvl:1 State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:NV-A30:2,gpu:nvidia_a30_1g.6gb:1,gpu:nvidia_h100_nvl:1 State=UNKNOWN
 # KOA's partitions (sinfo on koa.its.hawaii.edu), all on this one node.
 PartitionName=sandbox Nodes=$HOST MaxTime=04:00:00 State=UP
 PartitionName=shared Nodes=$HOST Default=YES MaxTime=3-00:00:00 State=UP
@@ -63,6 +72,18 @@ NodeName=$HOST Name=gpu Type=nvidia_h100_nvl File=$DIR/gpus/gpu3
 CONF
 }
 
+# srun inside a job reads /etc/slurm/slurm.conf; refuse to replace a configuration that is not ours.
+link_config() {
+  mkdir -p "$ETC"
+  for f in slurm.conf gres.conf; do
+    if [ -e "$ETC/$f" ] && [ ! -L "$ETC/$f" ]; then
+      echo "$ETC/$f exists and is not a koa-ml test link: not replacing a real SLURM configuration" >&2
+      exit 1
+    fi
+    ln -sfn "$DIR/$f" "$ETC/$f"
+  done
+}
+
 start() {
   install
   stop >/dev/null 2>&1 || true
@@ -73,6 +94,7 @@ start() {
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge
   pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+  link_config
   export SLURM_CONF=$DIR/slurm.conf
   slurmctld -f "$SLURM_CONF"
   slurmd -f "$SLURM_CONF"
@@ -95,6 +117,9 @@ stop() {
   pkill -9 -x slurmd 2>/dev/null || true
   pkill -9 -x slurmctld 2>/dev/null || true
   rm -rf "$DIR/state" "$DIR/spool"
+  for f in slurm.conf gres.conf; do
+    if [ "$(readlink "$ETC/$f" 2>/dev/null)" = "$DIR/$f" ]; then rm -f "$ETC/$f"; fi
+  done
 }
 
 case "${1:-}" in
