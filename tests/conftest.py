@@ -12,12 +12,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "profiles")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["KOAML_CACHE_DIR"] = tempfile.mkdtemp(prefix="koaml-cache-")  # keep the user's cache clean
+
+
+# Fake secrets set while a test runs the workflow; none may appear in any file it writes.
+CANARIES = {name: f"canary-{name.lower()}-5f3a9c" for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")}
+
+
+def secret_leaks(workdir: Path, extra: dict[str, str] | None = None) -> list[str]:
+    """``file: SECRET`` for every canary found in the workflow's outputs, logs and metadata (and in
+    ``extra``: name -> text, e.g. SLURM job scripts)."""
+    texts = {str(p): p.read_bytes() for d in ("results", "logs", ".snakemake") for p in (workdir / d).rglob("*") if p.is_file()}
+    texts |= {name: text.encode() for name, text in (extra or {}).items()}
+    return [f"{where}: {name}" for where, data in texts.items() for name, value in CANARIES.items() if value.encode() in data]
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -83,3 +95,19 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
     if rule is not None:
         jobs.append((rule, ""))
     return sorted(jobs)
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory) -> dict:
+    """A real single-node SLURM cluster with KOA's partitions (tests/slurm/local-slurm.sh); yields the
+    environment to run SLURM commands with. Skips where it cannot run (it needs root)."""
+    if os.geteuid() != 0 or (shutil.which("slurmctld") is None and shutil.which("apt-get") is None):
+        pytest.skip("a local SLURM needs root and Debian's slurm packages (`make test` installs them as root)")
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, KOAML_SLURM_DIR=str(state))
+    script = str(REPO / "tests/slurm/local-slurm.sh")
+    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    yield env
+    subprocess.run([script, "stop"], env=env, timeout=60)

@@ -5,12 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import planned_jobs, snakemake
+from conftest import CANARIES, planned_jobs, secret_leaks, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-CANARIES = {name: f"canary-{name.lower()}-5f3a9c" for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +29,7 @@ def finished_demo(tmp_path_factory):
 
 
 def test_no_secret_leaks_into_outputs_logs_or_metadata(finished_demo):
-    leaks = []
-    for folder in ("results", "logs", ".snakemake"):
-        for path in (finished_demo / folder).rglob("*"):
-            if path.is_file():
-                data = path.read_bytes()
-                leaks += [f"{path}: {name}" for name, value in CANARIES.items() if value.encode() in data]
-    assert not leaks, leaks
+    assert not secret_leaks(finished_demo), secret_leaks(finished_demo)
 
 
 def test_summary_shows_fine_tuning_helped(finished_demo):

@@ -56,6 +56,16 @@ def _compare(a):
     print(NOTE + to_markdown(table), end="")
 
 
+def _doctor(a):
+    from koaml.doctor import doctor
+
+    checks = doctor(a.profile)
+    print("\n".join(map(str, checks)))
+    failed = sum(c.status == "FAIL" for c in checks)
+    if failed:
+        raise ConfigError(f"{failed} check(s) failed for profile {a.profile}; fix them before submitting jobs")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="koaml", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("finetuned")
     s.add_argument("--csv", help="also write the table as CSV")
     s.set_defaults(func=_compare)
+
+    s = sub.add_parser("doctor", help="check a SLURM profile against the live cluster before submitting")
+    s.add_argument("--profile", default="profiles/koa", help="profile folder (default: profiles/koa)")
+    s.set_defaults(func=_doctor)
     return p
 
 

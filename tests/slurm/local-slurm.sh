@@ -14,6 +14,9 @@ HOST=$(hostname -s)
 CPUS=${KOAML_SLURM_CPUS:-32}
 MEM_MB=${KOAML_SLURM_MEM_MB:-256000}
 ETC=/etc/slurm
+# Every GPU type KOA's sinfo shows (type:count), each backed by its own fake device.
+GPUS="NV-A30:2 NV-V100-SXM2:1 NV-RTX5000:1 NV-RTX-A4000:1 NV-RTX2080Ti:1 NV-RTX2070:1 NV-L40:1 NV-H100:1
+nvidia_h100_pcie:1 nvidia_h100_nvl:1 nvidia_h200_nvl:1 nvidia_a30_2g.12gb:1 nvidia_a30_1g.6gb:4"
 
 install() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null && return
@@ -23,7 +26,16 @@ install() {
 
 write_config() {
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/gpus"
-  for i in 0 1 2 3; do [ -c "$DIR/gpus/gpu$i" ] || { rm -f "$DIR/gpus/gpu$i"; mknod "$DIR/gpus/gpu$i" c 1 3; }; done  # like /dev/null
+  local gres="" lines="" n=0 type count first
+  for spec in $GPUS; do
+    type=${spec%:*} count=${spec#*:} first=$n
+    for _ in $(seq "$count"); do
+      [ -c "$DIR/gpus/gpu$n" ] || { rm -f "$DIR/gpus/gpu$n"; mknod "$DIR/gpus/gpu$n" c 1 3; }  # like /dev/null
+      n=$((n + 1))
+    done
+    gres+="${gres:+,}gpu:$type:$count"
+    lines+="NodeName=$HOST Name=gpu Type=$type File=$DIR/gpus/gpu[$first-$((n - 1))]"$'\n'
+  done
   cat > "$DIR/slurm.conf" <<CONF
 ClusterName=koa-local
 SlurmctldHost=$HOST
@@ -53,7 +65,7 @@ KillWait=60
 SchedulerType=sched/backfill
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:NV-A30:2,gpu:nvidia_a30_1g.6gb:1,gpu:nvidia_h100_nvl:1 State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB Gres=$gres State=UNKNOWN
 # KOA's partitions (sinfo on koa.its.hawaii.edu), all on this one node.
 PartitionName=sandbox Nodes=$HOST MaxTime=04:00:00 State=UP
 PartitionName=shared Nodes=$HOST Default=YES MaxTime=3-00:00:00 State=UP
@@ -65,11 +77,7 @@ PartitionName=gpu-sandbox Nodes=$HOST MaxTime=04:00:00 State=UP
 PartitionName=kill-shared Nodes=$HOST MaxTime=3-00:00:00 PreemptMode=REQUEUE State=UP
 PartitionName=kill-exclusive Nodes=$HOST MaxTime=3-00:00:00 PreemptMode=REQUEUE State=UP
 CONF
-  cat > "$DIR/gres.conf" <<CONF
-NodeName=$HOST Name=gpu Type=NV-A30 File=$DIR/gpus/gpu[0-1]
-NodeName=$HOST Name=gpu Type=nvidia_a30_1g.6gb File=$DIR/gpus/gpu2
-NodeName=$HOST Name=gpu Type=nvidia_h100_nvl File=$DIR/gpus/gpu3
-CONF
+  printf "%s" "$lines" > "$DIR/gres.conf"
 }
 
 # srun inside a job reads /etc/slurm/slurm.conf; refuse to replace a configuration that is not ours.

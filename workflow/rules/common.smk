@@ -4,6 +4,7 @@ import re
 from koaml.config import ConfigError, load_experiment, load_yaml
 from koaml.data import is_local
 from koaml.fetch import requirements as fetch_requirements
+from koaml.slurm import MIN_HOST_MEM_MB
 
 
 try:
@@ -80,3 +81,55 @@ def local_dataset_files(run):
 
 def eval_dir(model, bench):
     return f"results/eval/{model}/{bench}"
+
+
+# Cluster resources: a GPU sized from the model (koaml.sizing) and host memory, for SLURM. A model the
+# workflow has not built yet is sized when its job is about to run. Off a cluster the sizing is only
+# informative (shown by a dry run): a model that cannot be sized there requests nothing.
+def on_cluster():
+    plugin = workflow.executor_plugin
+    return plugin is not None and not workflow.local_exec and not workflow.remote_exec
+
+
+def sized(request, empty):
+    """A resource callable from ``request(wildcards, is_built)``: strict on a cluster, lenient locally."""
+    from koaml.sizing import SizingError
+
+    def resource(wildcards, input, attempt):
+        try:
+            return request(wildcards, lambda model: model in input, attempt)
+        except SizingError:
+            if on_cluster():
+                raise
+            return empty
+
+    return resource
+
+
+def _shape(model, is_built):
+    from koaml.slurm import shape_of
+
+    return shape_of(model, built_by_workflow=is_built(model))
+
+
+def train_gpu(wildcards, is_built, attempt):
+    from koaml.slurm import training_gpu
+
+    return training_gpu(EXP.runs[wildcards.run].recipe, _shape(start_model_path(wildcards.run), is_built)).gres
+
+
+def evaluate_gpu(wildcards, is_built, attempt):
+    from koaml.slurm import evaluation_gpu
+
+    return evaluation_gpu(EXP.benchmarks[wildcards.bench].config, _shape(model_path(wildcards.model), is_built)).gres
+
+
+def host_memory(model_of):
+    """mem_mb of a job that loads the model ``model_of(wildcards)``, doubled on each retry."""
+
+    def mem_mb(wildcards, is_built, attempt):
+        from koaml.slurm import host_mem_mb
+
+        return host_mem_mb(_shape(model_of(wildcards), is_built), attempt)
+
+    return sized(mem_mb, empty=MIN_HOST_MEM_MB)

@@ -29,6 +29,9 @@ rule evaluate:
         model=lambda w: model_path(w.model),
         adapter=lambda w: adapter_option(w.model),
     threads: 4
+    resources:
+        gres=sized(evaluate_gpu, empty=""),
+        mem_mb=host_memory(lambda w: model_path(w.model)),
     log:
         "logs/evaluate/{model}/{bench}.log",
     shell:

@@ -39,6 +39,9 @@ rule train:
         model=lambda w: start_model_path(w.run),
         checkpoints="results/checkpoints/{run}",
     threads: 4
+    resources:
+        gres=sized(train_gpu, empty=""),
+        mem_mb=host_memory(lambda w: start_model_path(w.run)),
     log:
         "logs/train/{run}.log",
     shell:
@@ -56,6 +59,8 @@ rule merge:
         directory("results/runs/{run}/merged"),
     params:
         base=lambda w: start_model_path(w.run),
+    resources:
+        mem_mb=host_memory(lambda w: start_model_path(w.run)),
     log:
         "logs/merge/{run}.log",
     shell:

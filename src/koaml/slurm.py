@@ -1,0 +1,46 @@
+"""What a training or evaluation job asks SLURM for: a GPU sized from the model, and host memory.
+
+The rules call these from their ``resources:`` callables when the workflow runs on a cluster executor;
+the KOA profile maps the GPU type to a partition (``profiles/koa/partitions.yaml``).
+"""
+
+from __future__ import annotations
+
+import errno
+from functools import lru_cache
+from pathlib import Path
+
+from koaml.sizing import GpuChoice, ModelShape, choose_gpu, estimate_eval_memory, estimate_training_memory, model_shape
+
+MIN_HOST_MEM_MB = 8000
+
+
+@lru_cache(maxsize=None)
+def _shape(model: str) -> ModelShape:
+    return model_shape(model)
+
+
+def shape_of(model: str, built_by_workflow: bool) -> ModelShape:
+    """The model's shape; a model the workflow has not built yet raises FileNotFoundError naming it, which
+    Snakemake takes as "resources to be determined" and asks again once the model exists."""
+    if built_by_workflow and not (Path(model) / "config.json").is_file():
+        raise FileNotFoundError(errno.ENOENT, "model not built yet", model)
+    return _shape(model)
+
+
+def training_gpu(recipe: dict, shape: ModelShape) -> GpuChoice:
+    """The GPUs a training job needs (preemptible partitions allowed: training resumes from checkpoints)."""
+    return choose_gpu(estimate_training_memory(recipe, shape))
+
+
+def evaluation_gpu(benchmark: dict, shape: ModelShape) -> GpuChoice:
+    """The GPU an evaluation job needs (it restarts from scratch when preempted, so the `gpu` partition
+    is preferred and a preemptible one is used only for models no other GPU holds)."""
+    return choose_gpu(estimate_eval_memory(benchmark, shape))
+
+
+def host_mem_mb(shape: ModelShape, attempt: int = 1) -> int:
+    """Host memory for loading, training, merging or evaluating the model: 1.5x its 16-bit weights
+    (safetensors loading and saving hold a copy), at least 8 GB, doubled on each retry."""
+    need = 1.5 * shape.n_params * 2 / 2**20
+    return int(max(MIN_HOST_MEM_MB, need) * 2 ** (attempt - 1))
