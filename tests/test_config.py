@@ -1,4 +1,4 @@
-"""Config loading and validation: defaults, overrides, and errors that name the file and key."""
+"""Config loading: defaults, overrides, sweeps, multi-stage runs. Bad configs are in the catalog, tests/test_bad_inputs.py."""
 
 import pytest
 import yaml
@@ -50,25 +50,6 @@ def test_yaml_12_floats_are_numbers(tmp_path):
     assert load_recipe(path)["training"]["learning_rate"] == pytest.approx(3e-4)
 
 
-def test_unknown_key_names_file_key_and_suggestion(tmp_path):
-    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "training": {"lerning_rate": 1e-4}})
-    with pytest.raises(ConfigError) as err:
-        load_recipe(path)
-    assert f"{path}: training.lerning_rate: unknown key; did you mean 'learning_rate'?" in str(err.value)
-
-
-def test_wrong_type_names_key_and_expected_type(tmp_path):
-    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "training": {"num_train_epochs": "three"}})
-    with pytest.raises(ConfigError, match=r"training.num_train_epochs: 'three' is not of type 'number'"):
-        load_recipe(path)
-
-
-def test_unknown_enum_value_lists_choices(tmp_path):
-    path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {"dataset_name": "x.jsonl"}}, "peft": {"type": "lorra"}})
-    with pytest.raises(ConfigError, match=r"peft.type: 'lorra' is not allowed; expected one of: none, lora, qlora"):
-        load_recipe(path)
-
-
 def test_all_errors_are_reported_at_once(tmp_path):
     path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {}}, "training": {"seed": "x", "foo": 1}})
     message = str(pytest.raises(ConfigError, load_recipe, path).value)
@@ -76,34 +57,13 @@ def test_all_errors_are_reported_at_once(tmp_path):
     assert "training.seed" in message and "training.foo: unknown key" in message
 
 
-def test_run_overrides_are_merged_and_validated():
+def test_run_overrides_are_merged():
     config = demo_experiment()
     config["runs"]["tiny-lora"]["overrides"] = {"peft": {"lora_r": 4}}
-    assert load_experiment(config).runs["tiny-lora"].recipe["peft"]["lora_r"] == 4
-    config["runs"]["tiny-lora"]["overrides"] = {"peft": {"lora_r": 0}}
-    with pytest.raises(ConfigError, match=r"with run overrides\): peft.lora_r: 0 is less than the minimum of 1"):
-        load_experiment(config)
-
-
-def test_unknown_base_gets_did_you_mean():
-    config = demo_experiment()
-    config["runs"]["tiny-lora"]["base"] = "tinny"
-    with pytest.raises(ConfigError, match=r"runs.tiny-lora.base: unknown base model 'tinny'; did you mean 'tiny'\?"):
-        load_experiment(config, "config/config.yaml")
-
-
-def test_run_name_must_be_safe_as_a_path():
-    config = demo_experiment()
-    config["runs"]["../evil"] = config["runs"].pop("tiny-lora")
-    with pytest.raises(ConfigError, match=r"'../evil' must use only letters"):
-        load_experiment(config)
-
-
-def test_base_and_run_names_must_differ():
-    config = demo_experiment()
-    config["runs"]["tiny"] = config["runs"].pop("tiny-lora")
-    with pytest.raises(ConfigError, match="names used for both a base model and a run: tiny"):
-        load_experiment(config)
+    config["runs"]["tiny-full"]["overrides"] = {"peft": {"type": "lora", "lora_r": 2}}  # a full recipe made LoRA
+    runs = load_experiment(config).runs
+    assert runs["tiny-lora"].recipe["peft"]["lora_r"] == 4
+    assert runs["tiny-full"].method == "lora" and runs["tiny-full"].recipe["peft"]["lora_r"] == 2
 
 
 def test_base_defaults_to_the_recipe_model_name(tmp_path):
@@ -113,19 +73,6 @@ def test_base_defaults_to_the_recipe_model_name(tmp_path):
     exp = load_experiment({"experiment": "x", "runs": {"a": {"recipe": path}, "b": {"recipe": path}}, "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"]})
     assert exp.runs["a"].base == exp.runs["b"].base == "meta-llama-Llama-3.1-8B-Instruct"
     assert exp.base_models[exp.runs["a"].base].model_name == "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def test_missing_recipe_file_is_named():
-    config = demo_experiment()
-    config["runs"]["tiny-lora"]["recipe"] = "config/recipes/nope.yaml"
-    with pytest.raises(ConfigError, match=r"config/recipes/nope.yaml: file not found"):
-        load_experiment(config)
-
-
-def test_broken_yaml_names_the_line(tmp_path):
-    path = write(tmp_path, "r.yaml", "data:\n  train_dataset: [unclosed\n")
-    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
-        load_recipe(path)
 
 
 def test_benchmark_defaults():
@@ -166,13 +113,6 @@ def test_sweep_expands_to_a_grid_with_readable_names():
     assert run.recipe["peft"]["lora_r"] == 8 and run.recipe["training"]["learning_rate"] == 3e-4
 
 
-def test_sweep_needs_dotted_keys():
-    config = demo_experiment()
-    config["runs"]["tiny-lora"]["sweep"] = {"lora_r": [4]}
-    with pytest.raises(ConfigError, match=r"runs.tiny-lora.sweep"):
-        load_experiment(config)
-
-
 def test_multi_stage_chain_and_root_base():
     config = demo_experiment()
     config["runs"]["stage2"] = {"base": "run:tiny-full", "recipe": DEMO_RECIPE}
@@ -180,21 +120,6 @@ def test_multi_stage_chain_and_root_base():
     exp = load_experiment(config)
     assert exp.runs["stage3"].parent_run == "stage2"
     assert exp.root_base("stage3") == "tiny"
-
-
-def test_multi_stage_reference_to_a_missing_run():
-    config = demo_experiment()
-    config["runs"]["stage2"] = {"base": "run:tiny-ful", "recipe": DEMO_RECIPE}
-    with pytest.raises(ConfigError, match=r"runs.stage2.base: no run named 'tiny-ful'; did you mean 'run:tiny-full'\?"):
-        load_experiment(config)
-
-
-def test_multi_stage_cycle():
-    config = demo_experiment()
-    config["runs"]["a"] = {"base": "run:b", "recipe": DEMO_RECIPE}
-    config["runs"]["b"] = {"base": "run:a", "recipe": DEMO_RECIPE}
-    with pytest.raises(ConfigError, match=r"multi-stage cycle: a -> b -> a"):
-        load_experiment(config)
 
 
 def test_command_line_overrides_arrive_as_strings_and_are_typed():

@@ -1,10 +1,9 @@
-"""Dataset preparation: formats, templates, file:line errors, stats."""
+"""Dataset preparation: formats, templates, stats. Bad data is in the catalog, tests/test_bad_inputs.py."""
 
 import json
 
 import pytest
 
-from koaml.config import ConfigError
 from koaml.data import detect_format, prepare, read_rows, to_training_row
 
 
@@ -12,29 +11,6 @@ def jsonl(tmp_path, rows, name="d.jsonl"):
     path = tmp_path / name
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return str(path)
-
-
-def test_malformed_jsonl_names_file_and_line(tmp_path):
-    path = jsonl(tmp_path, [{"text": "ok"}, '{"text": broken'])
-    with pytest.raises(ConfigError, match=rf"{path}:2: not valid JSON"):
-        read_rows({"dataset_name": path})
-
-
-def test_missing_column_names_the_row(tmp_path):
-    path = jsonl(tmp_path, [{"prompt": "a", "completion": "b"}, {"prompt": "c"}])
-    with pytest.raises(ConfigError, match=rf"{path}:2: missing 'completion'"):
-        detect_format(read_rows({"dataset_name": path}), "text")
-
-
-def test_unknown_format_lists_the_columns(tmp_path):
-    path = jsonl(tmp_path, [{"question": "a", "answer": "b"}])
-    with pytest.raises(ConfigError, match=r"no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column.*found: question, answer"):
-        detect_format(read_rows({"dataset_name": path}), "text")
-
-
-def test_missing_local_file(tmp_path):
-    with pytest.raises(ConfigError, match="file not found"):
-        read_rows({"dataset_name": str(tmp_path / "nope.jsonl")})
 
 
 @pytest.mark.parametrize(
@@ -65,22 +41,18 @@ def test_model_template_keeps_chat_messages():
     assert to_training_row({"messages": messages, "_source": "x:1"}, "messages", "model", "text") == {"messages": messages}
 
 
-def test_chat_data_needs_a_template():
-    with pytest.raises(ConfigError, match="x:1: chat 'messages' need a template"):
-        to_training_row({"messages": [], "_source": "x:1"}, "messages", "none", "text")
-
-
 def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
     rows = [{"prompt": f"Question: What is {i} plus 1?\nAnswer:", "completion": f" {i + 1}"} for i in range(40)]
-    rows.append({"prompt": "Question: " + "very long " * 40, "completion": " x"})
+    rows.append({"prompt": "Question:", "completion": " very long" * 40})  # truncated, still learnable
+    rows.append({"prompt": "Question: " + "very long " * 40, "completion": " x"})  # nothing left to learn: dropped
     path = jsonl(tmp_path, rows)
     recipe = {
         "model": {"model_max_length": 32},
         "data": {"train_dataset": {"dataset_name": path}, "eval_fraction": 0.1, "template": "none", "target_column": "text"},
-        "training": {"seed": 1},
+        "training": {"seed": 1, "completion_only_loss": True},
     }
     stats = prepare(recipe, str(tiny_model), tmp_path / "out")
-    assert stats["rows"] + stats["eval_rows"] == 41 and stats["eval_rows"] == 4
+    assert stats["rows"] + stats["eval_rows"] == 41 and stats["too_long_rows"] == 1
     assert stats["truncated_rows"] == 1 and stats["format"] == "prompt_completion"
     train = [json.loads(l) for l in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert len(train) == stats["rows"] and set(train[0]) == {"prompt", "completion"}

@@ -28,7 +28,17 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as ``3e-4`` (PyYAML reads them as strings)."""
+    """SafeLoader that also reads YAML 1.2 floats such as ``3e-4`` (PyYAML reads them as strings),
+    and rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -78,20 +88,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "pattern":
-        return f"{where}: {error.instance!r} must use only letters, digits, '.', '_' and '-' (it becomes a file name)"
+        return f"{where}: {error.instance!r}: expected {error.schema.get('description', 'to match ' + error.validator_value)}"
     if error.validator == "oneOf" and error.context:
         best = jsonschema.exceptions.best_match(error.context)
         return f"{where}: {best.message}"
+    if error.validator == "not":
+        return f"{where}: {error.instance!r} is not allowed ({error.schema.get('description', 'see the schema')})"
     return f"{where}: {error.message}"
+
+
+def _fail(schema_name: str, source: str | Path, problems: list[str]) -> None:
+    """Raise one ConfigError listing ``problems`` (lines ``key: what is wrong``) of a file, if any."""
+    if problems:
+        lines = "\n".join(f"  {source}: {p}" for p in problems)
+        raise ConfigError(f"invalid {schema_name} config:\n{lines}")
 
 
 def validate(data: Any, schema_name: str, source: str | Path) -> None:
     """Validate ``data`` against a schema, raising one ConfigError that lists every problem."""
     validator = jsonschema.Draft202012Validator(schema(schema_name))
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  {source}: {_describe(e)}" for e in errors)
-        raise ConfigError(f"invalid {schema_name} config:\n{lines}")
+    _fail(schema_name, source, [line for e in errors for line in _describe(e).split("\n")])
 
 
 def fill_defaults(data: dict, schema_node: dict) -> dict:
@@ -134,6 +151,7 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> dict:
     source = f"{path} (with run overrides)" if overrides else path
     validate(merged, "recipe", source)
     recipe = fill_defaults(merged, schema("recipe"))
+    _fail("recipe", source, _recipe_contradictions(raw, merged, recipe))
     deepspeed = recipe["training"].get("deepspeed")
     if deepspeed and not Path(deepspeed).is_file():
         raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")
@@ -142,14 +160,56 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> dict:
     return canonical(recipe)
 
 
+def _recipe_contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
+    """Settings that cannot all hold. ``given`` is the recipe file ``raw`` with the run's overrides,
+    before defaults, so that a default never counts as a setting the user chose."""
+    problems = []
+    peft, training, data = recipe["peft"], recipe["training"], recipe["data"]
+    lora_keys = ", ".join(f"peft.{k}" for k in sorted(given.get("peft", {})) if k != "type")
+    if lora_keys and peft["type"] == "none":
+        problems.append(
+            f"{lora_keys}: LoRA settings, but peft.type is none (full fine-tuning); "
+            "remove the peft section or set peft.type: lora|qlora"
+        )
+    elif lora_keys and "peft" not in raw and "type" not in given["peft"]:
+        problems.append(
+            f"{lora_keys}: overrides on a full fine-tuning recipe (no peft section) would silently make it LoRA; "
+            "set peft.type: lora|qlora in the overrides too, or drop them"
+        )
+    if peft["type"] == "qlora":
+        for key in ("fsdp", "deepspeed"):
+            if training[key]:
+                problems.append(
+                    f"training.{key}: not supported with peft.type qlora (its 4-bit base is loaded whole on one GPU); "
+                    f"use peft.type lora, or remove training.{key}"
+                )
+    if training["fsdp"] and training["deepspeed"]:
+        problems.append("training.deepspeed: cannot be combined with training.fsdp; choose one")
+    if "warmup_steps" in given.get("training", {}) and training["warmup_ratio"] > 0:
+        problems.append(
+            "training.warmup_steps: given together with training.warmup_ratio; set only one (warmup_ratio: 0 to count warmup in steps)"
+        )
+    if data.get("eval_dataset") and data["eval_fraction"] > 0:
+        problems.append("data.eval_fraction: has no effect when data.eval_dataset is given; remove one of them")
+    if training["eval_steps"] and not data.get("eval_dataset") and data["eval_fraction"] == 0:
+        problems.append(
+            "training.eval_steps: there is no eval data (data.eval_fraction is 0 and no data.eval_dataset); "
+            "remove eval_steps or add eval data"
+        )
+    return problems
+
+
 def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict:
     """A benchmark suite with overrides applied, validated and with defaults filled in."""
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model / generation / tasks sections")
     raw = deep_merge(raw, overrides or {})
-    validate(raw, "benchmark", f"{path} (with overrides)" if overrides else path)
+    source = f"{path} (with overrides)" if overrides else path
+    validate(raw, "benchmark", source)
     bench = fill_defaults(raw, schema("benchmark"))
+    if bench["generation"]["fewshot_as_multiturn"] and not bench["generation"]["apply_chat_template"]:
+        _fail("benchmark", source, ["generation.fewshot_as_multiturn: needs generation.apply_chat_template: true"])
     bench["tasks"] = [fill_defaults(t, schema("benchmark")["properties"]["tasks"]["items"]) for t in bench["tasks"]]
     return canonical(bench)
 
@@ -271,6 +331,21 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
     return runs
 
 
+def _is_local_path(model_name: str) -> bool:
+    """True when ``model_name`` can only be a local path: hub IDs are ``name`` or ``org/name``."""
+    return Path(model_name).is_absolute() or model_name.startswith((".", "~")) or model_name.count("/") > 1
+
+
+def _check_model(model: BaseModel, key: str, source: str) -> None:
+    """A base model's local files must exist (hub IDs are checked by ``snakemake fetch``)."""
+    if model.build and not Path(model.build).is_file():
+        raise ConfigError(f"{source}: {key}.build: {model.build}: file not found")
+    if model.model_name and _is_local_path(model.model_name) and not Path(model.model_name).expanduser().exists():
+        raise ConfigError(
+            f"{source}: {key}.model_name: {model.model_name}: folder not found (a local path; hub IDs look like org/name)"
+        )
+
+
 def _check_chains(runs: dict[str, Run], source: str) -> None:
     """Multi-stage references must name existing runs and must not loop."""
     for run in runs.values():
@@ -288,7 +363,14 @@ def _check_chains(runs: dict[str, Run], source: str) -> None:
 
 
 def load_experiment(config: dict, source: str = "config") -> Experiment:
-    """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks."""
+    """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks.
+
+    ``source`` names the config file(s), comma-separated; existing ones are re-read to catch duplicate
+    keys (two runs of the same name), which the YAML parser Snakemake uses silently merges.
+    """
+    for path in source.split(", "):
+        if Path(path).is_file():
+            load_yaml(path)
     config = {  # `snakemake --config evaluate_base=false` passes a string
         key: typed(value) if schema("experiment")["properties"].get(key, {}).get("type") in ("boolean", "integer", "number") else value
         for key, value in config.items()
@@ -300,6 +382,10 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     bases = {
         name: BaseModel(name, spec.get("model_name"), spec.get("build")) for name, spec in config["base_models"].items()
     }
+    for name, model in bases.items():
+        _check_model(model, f"base_models.{name}", source)
+
+    from koaml.data import check_local_data  # here: koaml.data imports this module
 
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
@@ -320,12 +406,15 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                     f"{source}: runs.{name}: no 'base' given and {spec['recipe']} has no model.model_name"
                 )
             base = next((b.name for b in bases.values() if b.model_name == model_name), _slug(model_name))
-            bases.setdefault(base, BaseModel(base, model_name=model_name))
+            if base not in bases:
+                bases[base] = BaseModel(base, model_name=model_name)
+                _check_model(bases[base], "model", spec["recipe"])
         elif not base.startswith(RUN_PREFIX) and base not in bases:
             hint = difflib.get_close_matches(base, list(bases), n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
             raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
         runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"))
+        check_local_data(recipe["data"], spec["recipe"])
     _check_chains(runs, source)
 
     clash = sorted(set(bases) & set(runs))
@@ -335,12 +424,13 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     from koaml.tasks import check_benchmark  # here: koaml.tasks imports this module
 
     benchmarks: dict[str, Benchmark] = {}
+    name_rule = schema("experiment")["$defs"]["name"]
     for path in config["benchmarks"]:
         name = Path(path).stem
         if name in benchmarks:
             raise ConfigError(f"{source}: benchmarks: two files are named '{name}' ({benchmarks[name].path}, {path})")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ConfigError(f"{source}: benchmarks: file name '{name}' must use only letters, digits, '.', '_', '-'")
+        if not re.match(name_rule["pattern"], name):
+            raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {name_rule['description']}")
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, benchmark_overrides))
         check_benchmark(path, benchmarks[name].config)
 

@@ -8,13 +8,17 @@ Rows come in one of four formats, detected from their keys: ``messages`` (chat),
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
 from koaml.config import ConfigError
 from koaml.io import write_json
 
+log = logging.getLogger(__name__)
+
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+PEEK_ROWS = 1000  # rows of a local JSONL file checked when the workflow is parsed; prepare_data checks all
 
 # Prompt formats for template names other than 'none' and 'model' (the tokenizer's own chat template).
 # Each maps a list of chat messages to (prompt, completion_suffix): the prompt ends where the reply starts.
@@ -46,29 +50,66 @@ def is_local(dataset_name: str) -> bool:
     return Path(dataset_name).suffix in LOCAL_SUFFIXES or Path(dataset_name).exists()
 
 
-def read_rows(spec: dict) -> list[dict]:
-    """Rows of a dataset spec (``dataset_name``, ``split``, ``subset``), each with its ``_source``."""
+def _local_file(spec: dict, key: str) -> Path:
+    path = Path(spec["dataset_name"])
+    if not path.is_file():
+        raise ConfigError(f"{key}.dataset_name: {path}: file not found")
+    return path
+
+
+def _is_jsonl(path: Path) -> bool:
+    """JSON lines: ``.jsonl``, or ``.json`` that is not one JSON array."""
+    if path.suffix != ".json":
+        return path.suffix == ".jsonl"
+    with open(path, encoding="utf-8") as f:
+        return f.read(1) != "["
+
+
+def _nonempty(rows: list[dict], name: str, key: str) -> list[dict]:
+    if not rows:
+        raise ConfigError(f"{key}.dataset_name: {name}: the dataset is empty (no rows)")
+    return rows
+
+
+def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
+    """Rows of the dataset spec at recipe key ``key`` (``dataset_name``, ``split``, ``subset``), each with its ``_source``."""
     name = spec["dataset_name"]
     if is_local(name):
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"data.train_dataset.dataset_name: {name}: file not found")
-        if path.suffix == ".jsonl" or (path.suffix == ".json" and not path.read_text()[:1] == "["):
-            return _read_jsonl(path)
+        path = _local_file(spec, key)
+        if _is_jsonl(path):
+            return _nonempty(_read_jsonl(path), name, key)
         import datasets
 
         table = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
-        return [dict(row, _source=f"{path}:row {i + 1}") for i, row in enumerate(table)]
+        return _nonempty([dict(row, _source=f"{path}:row {i + 1}") for i, row in enumerate(table)], name, key)
     import datasets
 
     table = datasets.load_dataset(name, spec.get("subset"), split=spec.get("split", "train"))
-    return [dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)]
+    return _nonempty([dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)], name, key)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def check_local_data(data: dict, source: str) -> None:
+    """Cheap checks of a recipe's local JSONL datasets, run when the workflow is parsed: the file
+    exists, is not empty, and its first PEEK_ROWS rows parse, share a known format and fit the template."""
+    for key in ("train_dataset", "eval_dataset"):
+        spec = data.get(key)
+        if not spec or not is_local(spec["dataset_name"]):
+            continue
+        path = _local_file(spec, f"{source}: data.{key}")
+        if not _is_jsonl(path):
+            continue
+        rows = _nonempty(_read_jsonl(path, limit=PEEK_ROWS), spec["dataset_name"], f"{source}: data.{key}")
+        fmt = detect_format(rows, data["target_column"])
+        for row in rows:
+            to_training_row(row, fmt, data["template"], data["target_column"])
+
+
+def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
+            if limit is not None and lineno > limit:
+                break
             if not line.strip():
                 continue
             try:
@@ -83,9 +124,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def detect_format(rows: list[dict], target_column: str) -> str:
-    """'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must agree."""
-    if not rows:
-        raise ConfigError("dataset is empty")
+    """'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must agree
+    and hold text (``messages``: a list of ``{role, content}`` objects)."""
     first = rows[0]
     if "messages" in first:
         fmt, keys = "messages", ("messages",)
@@ -105,7 +145,21 @@ def detect_format(rows: list[dict], target_column: str) -> str:
         for key in keys:
             if key not in row or row[key] is None:
                 raise ConfigError(f"{row['_source']}: missing '{key}' (the first row is in {fmt} format)")
+            if not (_is_chat(row[key]) if key == "messages" else _is_text(row[key])):
+                expected = "a list of {role, content} objects" if key == "messages" else "a string (or a number)"
+                raise ConfigError(f"{row['_source']}: '{key}' must be {expected}, got {type(row[key]).__name__}: {str(row[key])[:40]}")
     return fmt
+
+
+def _is_text(value) -> bool:
+    """A string, or a number (converted to a string)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _is_chat(messages) -> bool:
+    return isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    )
 
 
 def _render(messages: list[dict], template: str) -> str:
@@ -120,11 +174,11 @@ def _render(messages: list[dict], template: str) -> str:
 def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> dict:
     """Convert one raw row to what the trainer reads: ``text``, ``prompt``/``completion`` or ``messages``."""
     if fmt == "text":
-        return {"text": row[target_column]}
+        return {"text": str(row[target_column])}
     if fmt in ("prompt_completion", "alpaca"):
         if fmt == "alpaca":
-            prompt = "\n\n".join(p for p in (row["instruction"], row.get("input")) if p)
-            completion = row["output"]
+            prompt = "\n\n".join(str(p) for p in (row["instruction"], row.get("input")) if p)
+            completion = str(row["output"])
         else:
             prompt, completion = str(row["prompt"]), str(row["completion"])
         if template == "none":
@@ -149,19 +203,29 @@ def _token_count(row: dict, tokenizer) -> int:
     return len(tokenizer(text)["input_ids"])
 
 
+def _learnable(rows: list[dict], tokenizer, max_len: int, completion_only: bool) -> list[dict]:
+    """The rows that keep a token to learn from once cut to ``max_len`` tokens: with the loss on
+    completions only, a prompt of ``max_len`` tokens or more leaves none (and NaN losses)."""
+    if not completion_only:
+        return rows
+    return [r for r in rows if "prompt" not in r or len(tokenizer(r["prompt"])["input_ids"]) < max_len]
+
+
 def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     """Write ``train.jsonl``, ``eval.jsonl`` and ``stats.json`` for a recipe's data section; return the stats."""
     from transformers import AutoTokenizer
 
     data = recipe["data"]
+    name = data["train_dataset"]["dataset_name"]
     rows = read_rows(data["train_dataset"])
     fmt = detect_format(rows, data["target_column"])
     train = [to_training_row(r, fmt, data["template"], data["target_column"]) for r in rows]
     if data.get("max_samples"):
         train = train[: data["max_samples"]]
+    dropped = len(rows) - len(train)
 
     if data.get("eval_dataset"):
-        eval_rows = read_rows(data["eval_dataset"])
+        eval_rows = read_rows(data["eval_dataset"], "data.eval_dataset")
         eval_fmt = detect_format(eval_rows, data["target_column"])
         evals = [to_training_row(r, eval_fmt, data["template"], data["target_column"]) for r in eval_rows]
     elif data["eval_fraction"] > 0:
@@ -169,29 +233,43 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
         random.Random(recipe["training"]["seed"]).shuffle(shuffled)
         n_eval = max(1, round(len(shuffled) * data["eval_fraction"]))
         evals, train = shuffled[:n_eval], shuffled[n_eval:]
+        if not train:
+            raise ConfigError(f"{name}: no training rows left after holding out {n_eval} for evaluation (data.eval_fraction); add rows or lower it")
     else:
         evals = []
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     max_len = recipe["model"]["model_max_length"]
+    completion_only = recipe["training"]["completion_only_loss"]
+    kept = _learnable(train, tokenizer, max_len, completion_only)
+    if not kept:
+        raise ConfigError(
+            f"{name}: every row was truncated away: the prompts of all {len(train)} training rows are "
+            f"model.model_max_length ({max_len} tokens) or longer, which leaves no completion token to learn from "
+            f"({len(train)} rows dropped); raise model.model_max_length or shorten the prompts"
+        )
+    kept_evals = _learnable(evals, tokenizer, max_len, completion_only)
+    too_long = len(train) - len(kept) + len(evals) - len(kept_evals)
+    if too_long:
+        log.warning("%s: %d rows dropped: their prompts fill model.model_max_length (%d tokens)", name, too_long, max_len)
+    train, evals = kept, kept_evals
     lengths = [_token_count(r, tokenizer) for r in train]
     stats = {
         "format": fmt,
         "template": data["template"],
         "rows": len(train),
         "eval_rows": len(evals),
-        "dropped_rows": len(rows) - len(train) - len(evals) if not data.get("eval_dataset") else len(rows) - len(train),
+        "dropped_rows": dropped,
+        "too_long_rows": too_long,
         "tokens": sum(min(n, max_len) for n in lengths),
         "truncated_rows": sum(n > max_len for n in lengths),
         "max_tokens": max(lengths),
     }
-    if stats["rows"] == 0:
-        raise ConfigError(f"{data['train_dataset']['dataset_name']}: no training rows left")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train.jsonl", train), ("eval.jsonl", evals)):
-        with open(out_dir / name, "w", encoding="utf-8") as f:
+    for file_name, split in (("train.jsonl", train), ("eval.jsonl", evals)):
+        with open(out_dir / file_name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in split)
     write_json(out_dir / "stats.json", stats)
     return stats

@@ -1,0 +1,341 @@
+"""The catalog of bad inputs (docs/errors.md): each stops with its own message, naming the file and
+key (or file:line), before any job starts. Config-level cases go through `snakemake -n`, as users do."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_workflow, planned_jobs, snakemake
+from koaml.config import ConfigError, deep_merge, load_recipe, load_yaml
+from koaml.data import prepare
+
+CONFIG = "config/config.yaml"
+LORA = "config/recipes/demo_lora.yaml"
+QLORA = "config/recipes/demo_qlora.yaml"
+FULL = "config/recipes/demo_full.yaml"
+MC = "config/benchmarks/demo_arith_mc.yaml"
+DATA = "resources/demo/data/arith_train.jsonl"
+PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"}\n'
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad input: ``changes`` maps files of the demo workflow to a dict merged into the YAML, a
+    function that edits the parsed YAML in place, or the file's new text."""
+
+    id: str
+    changes: dict[str, dict | Callable[[Any], None] | str]
+    message: str
+
+
+def runs(**specs):
+    """An edit that replaces the demo's runs."""
+    return lambda c: c.update(runs=specs)
+
+
+def sed(path: str, old: str, new: str) -> str:
+    """The text of a repository file with ``old`` replaced by ``new``."""
+    text = (REPO / path).read_text()
+    assert old in text, (path, old)
+    return text.replace(old, new, 1)
+
+
+def _rename_run(c):
+    c["runs"]["../evil"] = c["runs"].pop("tiny-lora")
+
+
+def _misspell_recipe_key(c):
+    c["runs"]["tiny-lora"]["recipie"] = c["runs"]["tiny-lora"].pop("recipe")
+
+
+def _drop_train_dataset(r):
+    del r["data"]["train_dataset"]
+
+
+CASES = [
+    # experiment: config/config.yaml
+    Bad("experiment-unknown-key", {CONFIG: {"evaluate_bases": False}}, f"{CONFIG}: evaluate_bases: unknown key; did you mean 'evaluate_base'?"),
+    Bad("experiment-wrong-type", {CONFIG: {"evaluate_base": "maybe"}}, f"{CONFIG}: evaluate_base: 'maybe' is not of type 'boolean'"),
+    Bad("experiment-name-unsafe", {CONFIG: {"experiment": "my demo"}}, f"{CONFIG}: experiment: 'my demo': expected letters, digits, '.', '_' and '-', not starting with a symbol"),
+    Bad("no-runs", {CONFIG: runs()}, f"{CONFIG}: runs: {{}} should be non-empty"),
+    Bad("no-benchmarks", {CONFIG: lambda c: c.update(benchmarks=[])}, f"{CONFIG}: benchmarks: [] should be non-empty"),
+    Bad("run-unknown-key", {CONFIG: _misspell_recipe_key}, f"{CONFIG}: runs.tiny-lora.recipie: unknown key; did you mean 'recipe'?"),
+    Bad("run-name-unsafe", {CONFIG: _rename_run}, f"{CONFIG}: runs: '../evil': expected letters, digits, '.', '_' and '-', not starting with a symbol (it becomes a file name)"),
+    Bad(
+        "run-name-duplicate",
+        {CONFIG: sed(CONFIG, "  tiny-full:", "  tiny-lora:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n  tiny-full:")},
+        f"{CONFIG}:12: not valid YAML: duplicate key 'tiny-lora'",
+    ),
+    Bad(
+        "sweep-name-duplicate",
+        {CONFIG: runs(a_lora_r4={"base": "tiny", "recipe": LORA}, a={"base": "tiny", "recipe": LORA, "sweep": {"peft.lora_r": [4, 8]}})},
+        f"{CONFIG}: runs: sweep of 'a' makes a run name that exists already: a_lora_r4",
+    ),
+    Bad("sweep-key-not-dotted", {CONFIG: {"runs": {"tiny-lora": {"sweep": {"lora_r": [4, 8]}}}}}, f"{CONFIG}: runs.tiny-lora.sweep: 'lora_r': expected a dotted recipe key such as peft.lora_r"),
+    Bad("run-named-like-a-base", {CONFIG: runs(tiny={"base": "tiny", "recipe": LORA})}, f"{CONFIG}: names used for both a base model and a run: tiny"),
+    Bad(
+        "adapter-name-taken",
+        {CONFIG: {"evaluate_adapters": True, "runs": {"tiny-lora_adapter": {"base": "tiny", "recipe": FULL}}}},
+        f"{CONFIG}: evaluate_adapters: the names tiny-lora_adapter are taken by other models",
+    ),
+    Bad("unknown-base", {CONFIG: {"runs": {"tiny-lora": {"base": "tinny"}}}}, f"{CONFIG}: runs.tiny-lora.base: unknown base model 'tinny'; did you mean 'tiny'? (or run:<name>)"),
+    Bad(
+        "missing-run-reference",
+        {CONFIG: {"runs": {"stage2": {"base": "run:tiny-ful", "recipe": FULL}}}},
+        f"{CONFIG}: runs.stage2.base: no run named 'tiny-ful'; did you mean 'run:tiny-full'?",
+    ),
+    Bad(
+        "multi-stage-cycle",
+        {CONFIG: {"runs": {"a": {"base": "run:b", "recipe": FULL}, "b": {"base": "run:a", "recipe": FULL}}}},
+        f"{CONFIG}: runs.a.base: multi-stage cycle: a -> b -> a",
+    ),
+    Bad(
+        "base-model-without-source",
+        {CONFIG: lambda c: c["base_models"].update(tiny={})},
+        f"{CONFIG}: base_models.tiny: 'model_name' is a required property",
+    ),
+    Bad(
+        "missing-model-path",
+        {CONFIG: {"base_models": {"mine": {"model_name": "./models/mine"}}}},
+        f"{CONFIG}: base_models.mine.model_name: ./models/mine: folder not found (a local path; hub IDs look like org/name)",
+    ),
+    Bad(
+        "missing-model-spec",
+        {CONFIG: {"base_models": {"tiny": {"build": "resources/demo/tiny.yaml"}}}},
+        f"{CONFIG}: base_models.tiny.build: resources/demo/tiny.yaml: file not found",
+    ),
+    Bad("missing-recipe-file", {CONFIG: {"runs": {"tiny-lora": {"recipe": "config/recipes/lora.yaml"}}}}, "config/recipes/lora.yaml: file not found"),
+    Bad(
+        "missing-benchmark-file",
+        {CONFIG: lambda c: c["benchmarks"].append("config/benchmarks/gsm8.yaml")},
+        "config/benchmarks/gsm8.yaml: file not found",
+    ),
+    Bad(
+        "benchmark-name-twice",
+        {CONFIG: lambda c: c["benchmarks"].append("resources/demo_arith_mc.yaml"), "resources/demo_arith_mc.yaml": (REPO / MC).read_text()},
+        f"{CONFIG}: benchmarks: two files are named 'demo_arith_mc' ({MC}, resources/demo_arith_mc.yaml)",
+    ),
+    Bad(
+        "benchmark-file-name-unsafe",
+        {CONFIG: lambda c: c["benchmarks"].append("resources/demo arith.yaml"), "resources/demo arith.yaml": (REPO / MC).read_text()},
+        f"{CONFIG}: benchmarks: file name 'demo arith': expected letters, digits",
+    ),
+    # recipes: config/recipes/*.yaml, and run overrides
+    Bad("recipe-not-yaml", {LORA: "data:\n  train_dataset: [unclosed\n"}, f"{LORA}:3: not valid YAML"),
+    Bad("recipe-unknown-key", {LORA: {"training": {"lerning_rate": 1e-4}}}, f"{LORA}: training.lerning_rate: unknown key; did you mean 'learning_rate'?"),
+    Bad("recipe-wrong-type", {LORA: {"training": {"num_train_epochs": "three"}}}, f"{LORA}: training.num_train_epochs: 'three' is not of type 'number'"),
+    Bad("recipe-out-of-range", {LORA: {"peft": {"lora_dropout": 1.5}}}, f"{LORA}: peft.lora_dropout: 1.5 is greater than the maximum of 1"),
+    Bad("recipe-missing-key", {LORA: _drop_train_dataset}, f"{LORA}: data: 'train_dataset' is a required property"),
+    Bad(
+        "override-out-of-range",
+        {CONFIG: {"runs": {"tiny-lora": {"overrides": {"peft": {"lora_r": 0}}}}}},
+        f"{LORA} (with run overrides): peft.lora_r: 0 is less than the minimum of 1",
+    ),
+    Bad("unknown-method", {LORA: {"peft": {"type": "lorra"}}}, f"{LORA}: peft.type: 'lorra' is not allowed; expected one of: none, lora, qlora"),
+    Bad("unknown-trainer", {LORA: {"training": {"trainer_type": "dpo"}}}, f"{LORA}: training.trainer_type: 'dpo' is not allowed; expected one of: sft"),
+    Bad("unknown-template", {LORA: {"data": {"template": "llama2"}}}, f"{LORA}: data.template: 'llama2' is not allowed; expected one of: none, model, llama3, chatml, alpaca"),
+    Bad("unknown-scheduler", {LORA: {"training": {"lr_scheduler_type": "cosin"}}}, f"{LORA}: training.lr_scheduler_type: 'cosin' is not allowed; expected one of: linear, cosine,"),
+    Bad("max-steps-zero", {LORA: {"training": {"max_steps": 0}}}, f"{LORA}: training.max_steps: 0 is not allowed (Stop after this many optimizer steps; -1 runs all epochs, 0 would train nothing.)"),
+    Bad(
+        "lora-settings-with-full-fine-tuning",
+        {FULL: {"peft": {"type": "none", "lora_r": 8}}},
+        f"{FULL}: peft.lora_r: LoRA settings, but peft.type is none (full fine-tuning); remove the peft section or set peft.type: lora|qlora",
+    ),
+    Bad(
+        "lora-override-on-full-fine-tuning",
+        {CONFIG: {"runs": {"tiny-full": {"overrides": {"peft": {"lora_r": 4}}}}}},
+        f"{FULL} (with run overrides): peft.lora_r: overrides on a full fine-tuning recipe (no peft section) would silently make it LoRA",
+    ),
+    Bad(
+        "qlora-with-fsdp",
+        {QLORA: {"training": {"fsdp": "full_shard auto_wrap"}}},
+        f"{QLORA}: training.fsdp: not supported with peft.type qlora (its 4-bit base is loaded whole on one GPU)",
+    ),
+    Bad(
+        "qlora-with-deepspeed",
+        {QLORA: {"training": {"deepspeed": "config/deepspeed/zero3.json"}}},
+        f"{QLORA}: training.deepspeed: not supported with peft.type qlora",
+    ),
+    Bad(
+        "fsdp-with-deepspeed",
+        {LORA: {"training": {"fsdp": "full_shard auto_wrap", "deepspeed": "config/deepspeed/zero3.json"}}},
+        f"{LORA}: training.deepspeed: cannot be combined with training.fsdp; choose one",
+    ),
+    Bad(
+        "warmup-ratio-and-steps",
+        {LORA: {"training": {"warmup_steps": 10}}},
+        f"{LORA}: training.warmup_steps: given together with training.warmup_ratio; set only one",
+    ),
+    Bad(
+        "eval-steps-without-eval-data",
+        {LORA: {"data": {"eval_fraction": 0}, "training": {"eval_steps": 10}}},
+        f"{LORA}: training.eval_steps: there is no eval data (data.eval_fraction is 0 and no data.eval_dataset)",
+    ),
+    Bad(
+        "eval-fraction-with-eval-dataset",
+        {LORA: {"data": {"eval_dataset": {"dataset_name": DATA}}}},
+        f"{LORA}: data.eval_fraction: has no effect when data.eval_dataset is given; remove one of them",
+    ),
+    Bad(
+        "missing-deepspeed-file",
+        {LORA: {"training": {"deepspeed": "config/deepspeed/zero2.json"}}},
+        f"{LORA}: training.deepspeed: config/deepspeed/zero2.json: file not found",
+    ),
+    Bad(
+        "missing-dataset-file",
+        {LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/train.jsonl"}}}},
+        f"{LORA}: data.train_dataset.dataset_name: resources/demo/data/train.jsonl: file not found",
+    ),
+    # benchmarks: config/benchmarks/*.yaml
+    Bad("benchmark-unknown-key", {MC: {"generation": {"temprature": 0}}}, f"{MC}: generation.temprature: unknown key; did you mean 'temperature'?"),
+    Bad("benchmark-no-tasks", {MC: {"tasks": []}}, f"{MC}: tasks: [] should be non-empty"),
+    Bad("unknown-backend", {MC: {"model": {"backend": "vlm"}}}, f"{MC}: model.backend: 'vlm' is not allowed; expected one of: hf, vllm"),
+    Bad("unknown-task", {MC: sed(MC, "task: demo_arith_mc", "task: demo_arith_mcq")}, f"{MC}: tasks.0.task: unknown lm-eval task 'demo_arith_mcq'; did you mean 'demo_arith_mc'"),
+    Bad(
+        "code-execution-without-opt-in",
+        {CONFIG: lambda c: c["benchmarks"].append("config/benchmarks/humaneval.yaml")},
+        "config/benchmarks/humaneval.yaml: tasks.0.task: 'humaneval' executes code written by the model; set allow_code_execution: true",
+    ),
+    Bad("missing-task-folder", {MC: {"include_path": "resources/demo/task"}}, f"{MC}: include_path: resources/demo/task: folder not found"),
+    Bad(
+        "multiturn-without-chat-template",
+        {MC: {"generation": {"fewshot_as_multiturn": True}}},
+        f"{MC}: generation.fewshot_as_multiturn: needs generation.apply_chat_template: true",
+    ),
+    # data: local JSONL files, checked (first rows) when the workflow is parsed
+    Bad("malformed-jsonl", {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", completion: " 4"}\n'}, f"{DATA}:2: not valid JSON (Expecting property name enclosed in double quotes, column"),
+    Bad("jsonl-row-not-an-object", {DATA: PROMPT + '["Question: 2 plus 2?", " 4"]\n'}, f"{DATA}:2: expected a JSON object, got list"),
+    Bad("empty-dataset", {DATA: "\n"}, f"{LORA}: data.train_dataset.dataset_name: {DATA}: the dataset is empty (no rows)"),
+    Bad(
+        "unknown-columns",
+        {DATA: '{"question": "2 plus 2?", "answer": "4"}\n'},
+        f"{DATA}:1: no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column (data.target_column); found: question, answer",
+    ),
+    Bad("missing-column", {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?"}\n'}, f"{DATA}:2: missing 'completion' (the first row is in prompt_completion format)"),
+    Bad(
+        "wrong-column-type",
+        {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", "completion": {"answer": 4}}\n'},
+        f"{DATA}:2: 'completion' must be a string (or a number), got dict: {{'answer': 4}}",
+    ),
+    Bad(
+        "chat-data-without-template",
+        {DATA: '{"messages": [{"role": "user", "content": "2 plus 2?"}, {"role": "assistant", "content": "4"}]}\n'},
+        f"{DATA}:1: chat 'messages' need a template (data.template: model, llama3, ...)",
+    ),
+]
+
+
+def apply(workdir, changes: dict) -> None:
+    for name, change in changes.items():
+        path = workdir / name
+        if isinstance(change, str):
+            path.write_text(change)
+            continue
+        data = load_yaml(path)
+        if callable(change):
+            change(data)
+        else:
+            data = deep_merge(data, change)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# `snakemake -n` in each given workflow folder: snakemake's command-line entry point (what the
+# `snakemake` command calls), in a fork of one process that imports snakemake once, since the
+# import takes most of a dry run's time. Output and exit status go next to the folder.
+DRY_RUNS = """
+import os, sys
+from snakemake.cli import main
+
+for workdir in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(workdir)
+        log = os.open("../dry-run.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        code = 1
+        try:
+            main(["--cores", "2", "-n"])
+        except SystemExit as exit:
+            code = exit.code
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    open(os.path.join(workdir, "../dry-run.rc"), "w").write(str(status))
+"""
+
+
+@pytest.fixture(scope="module")
+def dry_runs(request, tmp_path_factory) -> dict:
+    """``{case id: (workflow folder, exit status, output)}`` of `snakemake -n` for each selected case."""
+    cases = [item.callspec.params["case"] for item in request.session.items if item.originalname == "test_bad_input_stops_before_any_job"]
+    folders = {}
+    for case in cases:
+        folders[case.id] = tmp_path_factory.mktemp(case.id) / "workflow"
+        folders[case.id].mkdir()
+        apply(copy_workflow(folders[case.id]), case.changes)
+    subprocess.run([sys.executable, "-c", DRY_RUNS, *map(str, folders.values())], check=True)
+    return {case_id: (d, int((d.parent / "dry-run.rc").read_text()), (d.parent / "dry-run.log").read_text()) for case_id, d in folders.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_stops_before_any_job(case, dry_runs):
+    workdir, status, output = dry_runs[case.id]
+    assert status != 0
+    assert case.message in output, output[-3000:]
+    assert planned_jobs(output) == []
+    assert not (workdir / "results").exists()
+    assert not any((workdir / ".snakemake/metadata").glob("*"))
+
+
+def test_the_snakemake_command_prints_the_same(workflow_dir):
+    """The forks above run what the `snakemake` command runs."""
+    case = CASES[0]
+    apply(workflow_dir, case.changes)
+    proc = snakemake(workflow_dir, "-n", check=False)
+    assert proc.returncode != 0 and case.message in proc.stdout
+
+
+# Here ``changes`` are changes to the data section of a recipe reading 3 rows with overlong prompts.
+PREPARE_CASES = [
+    Bad(
+        "every-row-truncated-away",
+        {"eval_fraction": 0},
+        "{path}: every row was truncated away: the prompts of all 3 training rows are model.model_max_length (64 tokens) "
+        "or longer, which leaves no completion token to learn from (3 rows dropped)",
+    ),
+    Bad("no-rows-left-for-training", {"eval_fraction": 0.9}, "{path}: no training rows left after holding out 3 for evaluation (data.eval_fraction)"),
+]
+
+
+@pytest.mark.parametrize("case", PREPARE_CASES, ids=lambda c: c.id)
+def test_bad_data_found_by_prepare_data(case, tmp_path, tiny_model):
+    """What needs the tokenizer, or every row, is found by the prepare_data job."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "Question: " + "very long " * 40, "completion": " x"}) + "\n" for _ in range(3)))
+    recipe = load_recipe(REPO / LORA, {"data": {"train_dataset": {"dataset_name": str(path)}, **case.changes}})
+    with pytest.raises(ConfigError, match=re.escape(case.message.format(path=path))):
+        prepare(recipe, str(tiny_model), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+PLACEHOLDERS = {CONFIG: "<config>", LORA: "<recipe>", QLORA: "<recipe>", FULL: "<recipe>", MC: "<benchmark>", DATA: "<data>", "{path}": "<data>"}
+
+
+def test_every_case_is_documented():
+    """docs/errors.md has a row per case, with its message (file names as placeholders)."""
+    rows = {line.split("`")[1]: line for line in (REPO / "docs/errors.md").read_text().splitlines() if line.startswith("| `")}
+    for case in CASES + PREPARE_CASES:
+        message = re.sub("|".join(map(re.escape, PLACEHOLDERS)), lambda m: PLACEHOLDERS[m[0]], case.message)
+        assert case.id in rows, f"docs/errors.md has no row for {case.id}"
+        assert message.replace("|", "\\|") in rows[case.id], f"docs/errors.md: {case.id}: the message is not {message!r}"
