@@ -219,3 +219,47 @@ def test_no_secret_in_job_scripts_logs_or_results_on_slurm(slurm_demo):
             assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
             scripts[f"batch script of job {job['JobId']}"] = proc.stdout
     assert not secret_leaks(workdir, extra=scripts)
+
+
+# ------------------------------------------------------------------------------ planning (no cluster)
+
+LLAMA_70B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
+    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+}  # fmt: skip
+
+
+def plan_with_profile(workdir: Path, recipe: str, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake --profile profiles/koa -n` on an experiment training a 70B model (config.json only) with ``recipe``."""
+    model = workdir / "llama70b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA_70B))
+    (workdir / "experiment.yaml").write_text(yaml.safe_dump({
+        "experiment": "koa-70b", "base_models": {"llama70b": {"model_name": str(model)}},
+        "runs": {"big": {"base": "llama70b", "recipe": recipe, "overrides": {"data": {
+            "train_dataset": {"dataset_name": "resources/demo/data/arith_train.jsonl", "split": "train"}}}}},
+        "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+    }))  # fmt: skip
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "SLURM_ACCOUNT": "koa-test"}
+    return subprocess.run([str(VENV_BIN / "snakemake"), "--profile", "profiles/koa", "--configfile", "experiment.yaml",
+                           "-n", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_dry_run_shows_each_jobs_gpu(workflow_dir):
+    proc = plan_with_profile(workflow_dir, "config/recipes/llama_70b_qlora.yaml", "--config", "benchmark_overrides={model: {dtype: bfloat16}}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planned = proc.stdout + proc.stderr
+    gres = {line.split("gres=")[1].split(",")[0] for line in planned.splitlines() if "gres=gpu" in line}
+    assert gres == {"gpu:NV-H100:1", "gpu:NV-H100:2"}, planned[-3000:]  # QLoRA training; bf16 evaluation
+
+
+def test_a_job_that_fits_no_koa_gpu_stops_before_anything_runs(workflow_dir):
+    recipe = workflow_dir / "full70b.yaml"
+    recipe.write_text((workflow_dir / "config/recipes/llama_8b_full.yaml").read_text())
+    proc = plan_with_profile(workflow_dir, str(recipe), "--config", "benchmark_overrides={model: {dtype: bfloat16}}")
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "needs ~" in message and "more than the largest bfloat16-capable KOA GPU (nvidia_h200_nvl, 141 GB)" in message, message[-3000:]
+    assert "To use less memory: peft.type: qlora" in message
+    assert not (workflow_dir / "results").exists()

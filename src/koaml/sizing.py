@@ -364,11 +364,12 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     return _with_overhead(parts, num_gpus=n, dtype=dtype, kind="training")
 
 
-def estimate_eval_memory(benchmark: dict, shape: ModelShape) -> MemoryEstimate:
-    """Peak memory of evaluating ``shape`` with a resolved benchmark: weights, KV cache and logits.
+def estimate_eval_memory(benchmark: dict, shape: ModelShape, num_gpus: int = 1) -> MemoryEstimate:
+    """Peak memory per GPU of evaluating ``shape`` with a resolved benchmark: weights, KV cache and logits.
 
     ``per_device_batch_size: auto`` counts as 1: lm-eval then finds the largest batch that fits, so
-    this is the minimum the job needs.
+    this is the minimum the job needs. Over ``num_gpus`` GPUs the layers (weights and KV cache) are
+    split between them (lm-eval's ``parallelize``, vLLM's tensor parallelism); the logits are not.
     """
     model = benchmark["model"]
     dtype = _dtype(model["dtype"])
@@ -378,8 +379,9 @@ def estimate_eval_memory(benchmark: dict, shape: ModelShape) -> MemoryEstimate:
     s = model["model_max_length"]
     kv_cache = 2 * shape.n_layers * shape.num_key_value_heads * shape.head_dim * s * b * wbytes
     logits = b * s * shape.vocab_size * 4  # 16-bit logits and their log-softmax, or one fp32 copy
-    parts = {"weights": shape.n_params * wbytes, "gradients": 0, "optimizer": 0, "activations": kv_cache + logits}
-    return _with_overhead(parts, dtype=dtype, kind="evaluation")
+    weights = shape.n_params * wbytes / num_gpus
+    parts = {"weights": weights, "gradients": 0, "optimizer": 0, "activations": kv_cache / num_gpus + logits}
+    return _with_overhead(parts, num_gpus=num_gpus, dtype=dtype, kind="evaluation")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ import errno
 from functools import lru_cache
 from pathlib import Path
 
-from koaml.sizing import GpuChoice, ModelShape, choose_gpu, estimate_eval_memory, estimate_training_memory, model_shape
+from koaml.sizing import GpuChoice, ModelShape, SizingError, choose_gpu, estimate_eval_memory, estimate_training_memory, model_shape
 
 MIN_HOST_MEM_MB = 8000
+EVAL_GPU_COUNTS = (1, 2, 4)
 
 
 @lru_cache(maxsize=None)
@@ -34,9 +35,14 @@ def training_gpu(recipe: dict, shape: ModelShape) -> GpuChoice:
 
 
 def evaluation_gpu(benchmark: dict, shape: ModelShape) -> GpuChoice:
-    """The GPU an evaluation job needs (it restarts from scratch when preempted, so the `gpu` partition
-    is preferred and a preemptible one is used only for models no other GPU holds)."""
-    return choose_gpu(estimate_eval_memory(benchmark, shape))
+    """The GPUs an evaluation job needs: one if any GPU holds the model, else the layers split over 2 or 4
+    (the `gpu` partition is preferred: an evaluation restarts from scratch when preempted)."""
+    for num_gpus in EVAL_GPU_COUNTS:
+        try:
+            return choose_gpu(estimate_eval_memory(benchmark, shape, num_gpus))
+        except SizingError:
+            if num_gpus == EVAL_GPU_COUNTS[-1]:
+                raise
 
 
 def host_mem_mb(shape: ModelShape, attempt: int = 1) -> int:

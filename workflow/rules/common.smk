@@ -85,10 +85,15 @@ def eval_dir(model, bench):
 
 # Cluster resources: a GPU sized from the model (koaml.sizing) and host memory, for SLURM. A model the
 # workflow has not built yet is sized when its job is about to run. Off a cluster the sizing is only
-# informative (shown by a dry run): a model that cannot be sized there requests nothing.
+# informative: a model that cannot be sized there requests nothing.
 def on_cluster():
-    plugin = workflow.executor_plugin
-    return plugin is not None and not workflow.local_exec and not workflow.remote_exec
+    """Jobs go to SLURM, or a dry run plans for it (the profile sets slurm_* default resources)."""
+    if workflow.remote_exec:
+        return False
+    if workflow.executor_plugin is not None and not workflow.local_exec:
+        return True
+    defaults = workflow.resource_settings.default_resources
+    return defaults is not None and any(name.startswith("slurm_") for name in defaults.keys())
 
 
 def sized(request, empty):
