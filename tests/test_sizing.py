@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from koaml.sizing import (
     SizingError,
     choose_gpu,
     estimate_eval_memory,
+    estimate_training_disk_gb,
     estimate_training_memory,
     model_shape,
     shape_from_config,
@@ -316,3 +318,24 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_training_disk_counts_checkpoints_and_the_final_model():
+    full = load_recipe(RECIPES / "llama_8b_full.yaml")
+    lora = load_recipe(RECIPES / "llama_8b_lora.yaml")
+    shape = shape_from_config(LLAMA_8B)
+    # full: (save_total_limit 2 + 1) checkpoints of bf16 weights + bf16 AdamW states (6 bytes/param), + the model
+    expected = 1.1 * (3 * 6 + 2) * shape.n_params / 2**30
+    assert estimate_training_disk_gb(full, shape) == pytest.approx(expected)
+    assert estimate_training_disk_gb(lora, shape) < 1  # an adapter of a few MB
+    fewer = {**full, "training": {**full["training"], "save_total_limit": 1}}
+    assert estimate_training_disk_gb(fewer, shape) < estimate_training_disk_gb(full, shape)
+
+
+def test_not_enough_disk_is_refused_before_training(tmp_path, monkeypatch):
+    from koaml.io import DiskSpaceError, ensure_free_disk
+
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(100 * 2**30, 95 * 2**30, 5 * 2**30))
+    ensure_free_disk(tmp_path / "not/yet/there", 4.0, "training")  # the nearest existing folder is measured
+    with pytest.raises(DiskSpaceError, match=r"not/yet/there: 5\.0 GB free, but training needs about 179\.1 GB"):
+        ensure_free_disk(tmp_path / "not/yet/there", 179.1, "training")

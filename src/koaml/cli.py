@@ -7,6 +7,7 @@ import logging
 import sys
 
 from koaml.config import ConfigError
+from koaml.io import DiskSpaceError
 
 
 def _build_model(a):
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, DiskSpaceError) as exc:
         print(f"koaml {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -54,3 +54,20 @@ def write_yaml(path: str | Path, data: Any) -> None:
 def config_hash(data: Any) -> str:
     """Stable short hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough free disk for a job's outputs; raised before the job starts writing."""
+
+
+def ensure_free_disk(folder: str | Path, need_gb: float, what: str) -> None:
+    """Raise DiskSpaceError naming ``folder`` when its filesystem has less than ``need_gb`` GB free."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free_gb = shutil.disk_usage(existing).free / 2**30
+    if free_gb < need_gb:
+        raise DiskSpaceError(
+            f"{folder}: {free_gb:.1f} GB free, but {what} needs about {need_gb:.1f} GB; free some space "
+            "(e.g. old results/checkpoints), lower training.save_total_limit, or put results/ on scratch"
+        )

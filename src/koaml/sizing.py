@@ -364,6 +364,21 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     return _with_overhead(parts, num_gpus=n, dtype=dtype, kind="training")
 
 
+def estimate_training_disk_gb(recipe: dict, shape: ModelShape) -> float:
+    """Disk a training job needs: ``save_total_limit`` checkpoints plus the one being written (trainable
+    weights and their AdamW states) and the final model or adapter, with a 10% margin."""
+    training = recipe["training"]
+    peft = recipe.get("peft") or {"type": "none"}
+    if peft["type"] == "none":
+        trainable, weight_bytes = shape.n_params, DTYPE_BYTES[_dtype(recipe["model"]["dtype"])]
+    else:
+        trainable, weight_bytes = shape.lora_params(peft["lora_r"], peft["lora_target_modules"]), 4
+    state_bytes = _optimizer_state_bytes(training["optim"], weight_bytes)
+    checkpoint = trainable * (weight_bytes + state_bytes)
+    final = trainable * weight_bytes
+    return (1 + FRAGMENTATION) * ((training["save_total_limit"] + 1) * checkpoint + final) / GB
+
+
 def estimate_eval_memory(benchmark: dict, shape: ModelShape, num_gpus: int = 1) -> MemoryEstimate:
     """Peak memory per GPU of evaluating ``shape`` with a resolved benchmark: weights, KV cache and logits.
 

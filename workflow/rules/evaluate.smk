@@ -24,7 +24,8 @@ rule evaluate:
         model=lambda w: model_input(w.model),
         tasks=lambda w: custom_task_files(w.bench),
     output:
-        directory("results/eval/{model}/{bench}"),
+        # update(): not deleted before the job, and restored if a rerun fails (earlier results are kept).
+        update(directory("results/eval/{model}/{bench}")),
     params:
         model=lambda w: model_path(w.model),
         adapter=lambda w: adapter_option(w.model),

@@ -1,0 +1,72 @@
+"""Faults: a second workflow on the same folder, a failed job among many, a failed rerun."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+EVAL_TARGET = "results/eval/tiny/demo_arith_mc"
+LIMIT = ["--config", "benchmark_overrides={limit: 20}"]
+
+
+def test_second_workflow_on_the_same_folder_is_refused(workflow_dir):
+    bin_dir = Path(sys.executable).parent
+    first = subprocess.Popen([str(bin_dir / "snakemake"), "--cores", "1", EVAL_TARGET, *LIMIT], cwd=workflow_dir,
+                             env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    locks = workflow_dir / ".snakemake/locks"
+    deadline = time.time() + 120
+    while not (locks.is_dir() and any(locks.iterdir())):
+        assert first.poll() is None and time.time() < deadline, "the first workflow never locked the folder"
+        time.sleep(0.2)
+    second = snakemake(workflow_dir, EVAL_TARGET, *LIMIT, check=False)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stdout and "--unlock" in second.stdout
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    assert (workflow_dir / EVAL_TARGET / "results.json").is_file()  # the first one finished unharmed
+
+
+def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
+    """tiny-full's prepare_data fails on a malformed row past the rows checked at parse time; the
+    other runs' jobs finish. Once the row is fixed, only the failed job runs again."""
+    targets = [f"results/data/{run}" for run in ("tiny-lora", "tiny-qlora", "tiny-full")]
+    rows = (workflow_dir / "resources/demo/data/arith_train.jsonl").read_text().splitlines()
+    data = workflow_dir / "full_train.jsonl"
+    data.write_text("\n".join(rows[:2000] + ["{not json"] + rows[2000:]) + "\n")
+    config = workflow_dir / "config/config.yaml"
+    config.write_text(config.read_text().replace(
+        "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}",
+        "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml, "
+        "overrides: {data: {train_dataset: {dataset_name: full_train.jsonl}}}}",
+    ))  # fmt: skip
+    failed = snakemake(workflow_dir, "--keep-going", *targets, check=False)
+    assert failed.returncode != 0 and "Error in rule prepare_data" in failed.stdout
+    assert "full_train.jsonl:2001" in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
+    assert not (workflow_dir / "results/data/tiny-full").exists()
+    done = {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in ("tiny-lora", "tiny-qlora")}
+
+    data.write_text("\n".join(rows) + "\n")
+    assert planned_jobs(snakemake(workflow_dir, "-n", *targets).stdout) == [("prepare_data", "run=tiny-full")]
+    snakemake(workflow_dir, *targets)
+    assert {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in done} == done
+
+
+def test_a_failed_rerun_keeps_the_earlier_results(workflow_dir):
+    snakemake(workflow_dir, EVAL_TARGET, *LIMIT)
+    result = workflow_dir / EVAL_TARGET / "results.json"
+    before = json.loads(result.read_text())
+
+    task = workflow_dir / "resources/demo/tasks/demo_arith_mc.yaml"  # an input of the evaluation: it reruns
+    task.write_text(task.read_text().replace("data/arith_test.jsonl", "data/no_such_file.jsonl"))
+    failed = snakemake(workflow_dir, EVAL_TARGET, *LIMIT, check=False)
+    assert failed.returncode != 0 and "Error in rule evaluate" in failed.stdout
+    assert "Restored previous version" in failed.stdout
+    assert json.loads(result.read_text()) == before
