@@ -81,3 +81,10 @@ def test_code_executing_benchmark_needs_opt_in(workflow_dir):
     bench = workflow_dir / "config/benchmarks/humaneval.yaml"
     bench.write_text(bench.read_text().replace("allow_code_execution: false", "allow_code_execution: true"))
     assert snakemake(workflow_dir, "-n").returncode == 0
+
+
+def test_an_experiment_file_replaces_the_demo(workflow_dir):
+    """--configfile names the whole experiment: the demo's runs are not merged into it."""
+    jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
+    runs = {wildcards for rule, wildcards in jobs if rule == "train"}
+    assert runs == {f"run=rank_lora_r{r}" for r in (4, 8, 16, 32)}
