@@ -1,20 +1,19 @@
 """DAG planning time: `snakemake -n` on a generated experiment of 40 runs x 24 benchmarks (~1,000 jobs)
 versus a bare Snakefile with the same DAG shape and trivial rules, timed alternately.
 
-    .venv/bin/python bench/plan_dag.py        # prints the figures, writes bench/results/plan_dag.json
+    .venv/bin/python bench/plan_dag.py [--smoke]   # prints the figures, writes bench/results/plan_dag.json
 """
 
-import json
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RUNS, BENCHMARKS, REPEATS = 40, 24, 5
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BIN, REPO, alternate, copy_workflow, env, median, repeats, smoke, write_result  # noqa: E402
+
+RUNS, BENCHMARKS = (2, 2) if smoke() else (40, 24)
 
 BARE_SNAKEFILE = f"""
 RUNS = [f"run{{i}}" for i in range({RUNS})]
@@ -57,10 +56,7 @@ rule compare:
 
 
 def koaml_workdir(root: Path) -> Path:
-    root.mkdir()
-    for name in ("Snakefile", "workflow", "config", "resources"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    copy_workflow(root)
     benches = []
     for i in range(BENCHMARKS):
         path = root / f"config/benchmarks/gen_{i}.yaml"
@@ -78,9 +74,9 @@ def koaml_workdir(root: Path) -> Path:
 
 
 def plan(workdir: Path) -> tuple[float, int]:
-    snakemake = Path(sys.executable).parent / "snakemake"
     start = time.perf_counter()
-    out = subprocess.run([str(snakemake), "-n", "--cores", "1", "--quiet", "rules"], cwd=workdir, capture_output=True, text=True)
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"], cwd=workdir, env=env(),
+                         capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr)
@@ -90,32 +86,33 @@ def plan(workdir: Path) -> tuple[float, int]:
 
 
 def main() -> None:
+    rounds = repeats(5)
+    jobs = {}
+
+    def timed_plan(name: str, workdir: Path) -> float:
+        elapsed, jobs[name] = plan(workdir)
+        return elapsed
+
     with tempfile.TemporaryDirectory() as tmp:
         koaml = koaml_workdir(Path(tmp) / "koaml")
         bare = Path(tmp) / "bare"
         bare.mkdir()
         (bare / "Snakefile").write_text(BARE_SNAKEFILE)
         plan(koaml), plan(bare)  # warm caches (lm-eval task index, Python bytecode)
-        times = {"koaml": [], "bare": []}
-        jobs = {}
-        for _ in range(REPEATS):
-            for name, workdir in (("koaml", koaml), ("bare", bare)):
-                elapsed, jobs[name] = plan(workdir)
-                times[name].append(elapsed)
+        times = alternate({"koaml": lambda: timed_plan("koaml", koaml), "bare": lambda: timed_plan("bare", bare)}, rounds)
     result = {
         "runs": RUNS,
         "benchmarks": BENCHMARKS,
         "jobs": jobs,
-        "koaml_s": statistics.median(times["koaml"]),
-        "bare_s": statistics.median(times["bare"]),
+        "koaml_s": median(times["koaml"]),
+        "bare_s": median(times["bare"]),
         "all_s": times,
+        "repeats": rounds,
     }
     result["ratio"] = result["koaml_s"] / result["bare_s"]
     print(f"snakemake -n, {jobs['koaml']} jobs: koa-ml {result['koaml_s']:.2f} s, bare {result['bare_s']:.2f} s "
-          f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {REPEATS}, alternating)")
-    out = REPO / "bench/results/plan_dag.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+          f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {rounds}, alternating)")
+    write_result("plan_dag", result)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
 
 def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
     cmd = [sys.executable, "-m", "koaml.cli", "evaluate", "--config", bench_config(), "--model", str(tiny_model), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
-    time.sleep(6)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=REPO)
+    deadline = time.time() + 300
+    for line in proc.stderr:  # kill it while lm-eval runs the model, before any result is written
+        assert time.time() < deadline
+        if "Running loglikelihood requests" in line:
+            break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out").exists()
@@ -54,3 +58,27 @@ def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monke
     path = bench_config(model={"backend": "vllm"})
     with pytest.raises(ConfigError, match=r"model.backend: vllm needs the vllm package"):
         evaluate(path, str(tiny_model), str(tmp_path / "out"), threads=1)
+
+
+def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch):
+    import lm_eval.tasks
+
+    from koaml.config import load_yaml
+    from koaml.evaluate import task_manager
+
+    built = []
+    real = lm_eval.tasks.TaskManager
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("include_defaults", True))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Spy)
+    local = load_yaml(bench_config())
+    assert "demo_arith_mc" in task_manager(local).all_subtasks and built == [False]
+    built.clear()
+    mixed = dict(local, tasks=[*local["tasks"], {**local["tasks"][0], "task": "arc_easy"}])
+    manager = task_manager(mixed)
+    assert built == [False, True], "a task outside include_path needs lm-eval's own index"
+    assert {"demo_arith_mc", "arc_easy"} <= set(manager.all_subtasks)

@@ -32,6 +32,23 @@ def gen_kwargs(generation: dict) -> dict:
     return kwargs
 
 
+def task_manager(bench: dict):
+    """lm-eval's task index for a benchmark.
+
+    Indexing lm-eval's own task YAMLs (over 10,000 files) takes seconds per job; when every task of the suite
+    is a task (not a group or tag) under the suite's ``include_path``, only that folder is indexed, which
+    finds the same tasks: lm-eval lets ``include_path`` tasks override its own of the same name anyway.
+    """
+    from lm_eval.tasks import TaskManager
+
+    include_path = bench.get("include_path")
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(task["task"] in local.all_subtasks for task in bench["tasks"]):
+            return local
+    return TaskManager(include_path=include_path)
+
+
 def load_lm(bench: dict, model_path: str, adapter: str | None = None):
     """The lm-eval model for a benchmark's backend; ``adapter`` evaluates a LoRA adapter unmerged."""
     model, generation = bench["model"], bench["generation"]
@@ -65,7 +82,6 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
     """Run every task of a benchmark suite on a model; return the merged results (without samples)."""
     import lm_eval
     import torch
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     torch.set_num_threads(threads)
@@ -73,7 +89,7 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
     generation = bench["generation"]
     if bench["allow_code_execution"]:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # read by the code-execution metrics
-    task_manager = TaskManager(include_path=bench.get("include_path"))
+    tasks = task_manager(bench)
     lm = load_lm(bench, model_path, adapter)
 
     merged: dict = {section: {} for section in _PER_TASK_SECTIONS}
@@ -88,7 +104,7 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
             gen_kwargs=gen_kwargs(generation),
             apply_chat_template=generation["apply_chat_template"],
             fewshot_as_multiturn=generation["fewshot_as_multiturn"],
-            task_manager=task_manager,
+            task_manager=tasks,
             random_seed=generation["seed"],
             numpy_random_seed=generation["seed"],
             torch_random_seed=generation["seed"],

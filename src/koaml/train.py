@@ -33,7 +33,6 @@ _PASSTHROUGH = (
     "save_steps",
     "save_total_limit",
     "logging_steps",
-    "packing",
     "completion_only_loss",
     "seed",
     "optim",
@@ -48,10 +47,61 @@ def _checkpointing_key() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
-def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool) -> dict:
-    """Map a recipe (the guide's keys) to ``trl.SFTConfig`` keyword arguments (transformers 5 names)."""
+# Attention implementations whose kernels take a padding-free batch as separate sequences (cu_seq_lens from
+# TRL's collator): packed rows never attend to each other, whatever the model, at no cost over unpacked rows.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def packing_decision(setting: bool | str, attn_implementation: str, trust_remote_code: bool = False) -> tuple[bool, str]:
+    """Whether to pack the training rows, and why (for the train log).
+
+    Packing is TRL's best-fit-decreasing strategy, which is padding-free: a batch is flattened into one row
+    whose ``position_ids`` restart at every packed sequence. ``auto`` packs exactly where that is both correct
+    and cheap: with flash-attention, whose varlen kernels keep the sequences apart. With sdpa/eager,
+    transformers' built-in architectures derive a block-diagonal mask from the ``position_ids`` (correct: a
+    packed row's loss equals its unpacked loss, see tests/test_train.py), but remote-code models may not, and
+    attention then spans the whole flattened batch, so ``auto`` leaves it off there; ``true`` forces it.
+    """
+    varlen = attn_implementation in VARLEN_ATTENTION
+    if setting == "auto":
+        if varlen:
+            return True, f"on (auto: {attn_implementation} keeps packed rows apart with varlen kernels)"
+        return False, (
+            f"off (auto: packing needs flash_attention_2 to be free; with {attn_implementation} set "
+            "training.packing: true to force it)"
+        )
+    if not setting:
+        return False, "off (training.packing: false)"
+    if varlen:
+        return True, f"on (training.packing: true; {attn_implementation} keeps packed rows apart)"
+    if trust_remote_code:
+        return True, (
+            f"on (training.packing: true) with {attn_implementation} on a remote-code model: packed rows are kept "
+            "apart only if its attention mask honours position_ids; check, or use flash_attention_2"
+        )
+    return True, (
+        f"on (training.packing: true; {attn_implementation}: transformers masks packed rows apart from their "
+        "position_ids, attention spans the flattened batch)"
+    )
+
+
+def sft_config_kwargs(
+    recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool, attn_implementation: str | None = None
+) -> dict:
+    """Map a recipe (the guide's keys) to ``trl.SFTConfig`` keyword arguments (transformers 5 names).
+
+    ``attn_implementation`` is the loaded model's (after any fallback); by default the recipe's, with
+    flash-attention falling back to sdpa off the GPU as the model loader does.
+    """
     t = recipe["training"]
     kwargs = {key: t[key] for key in _PASSTHROUGH}
+    if attn_implementation is None:
+        attn_implementation = recipe["model"]["attn_implementation"]
+        if attn_implementation in VARLEN_ATTENTION and not on_gpu:
+            attn_implementation = "sdpa"
+    kwargs["packing"], _ = packing_decision(t["packing"], attn_implementation, recipe["model"].get("trust_remote_code", False))
+    if kwargs["packing"]:
+        kwargs["packing_strategy"] = "bfd"  # padding-free: position_ids restart at each packed row
     # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
     kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
     kwargs[_checkpointing_key()] = t["gradient_checkpointing"]
@@ -196,9 +246,15 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if method == "qlora" else None)
     on_gpu = device() == "cuda"
+    attn = getattr(model.config, "_attn_implementation", None) or recipe["model"]["attn_implementation"]
+    remote_code = recipe["model"].get("trust_remote_code", False)
+    packing, why = packing_decision(recipe["training"]["packing"], attn, remote_code)
+    unchecked = packing and remote_code and attn not in VARLEN_ATTENTION
+    log.log(logging.WARNING if unchecked else logging.INFO, "packing: %s", why)
     report_to, env = tracking(recipe["training"]["report_to"], Path(out_dir).parent / "tracking")
     os.environ.update(env)
-    args = SFTConfig(**{**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu), "report_to": report_to or "none"})
+    kwargs = sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, attn_implementation=attn)
+    args = SFTConfig(**{**kwargs, "report_to": report_to or "none"})
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -222,6 +278,7 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         "resumed_from": last,
         "global_step": trainer.state.global_step,
         "world_size": trainer.args.world_size,
+        "packing": packing,
         "train_loss": result.training_loss,
         "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),

@@ -1,0 +1,104 @@
+"""Helpers shared by the bench scripts: smoke mode, the environment, alternating timings, JSON results.
+
+Every script prints its figure and writes ``bench/results/<name>.json`` (``$KOAML_BENCH_OUT/<name>.json`` when
+that is set, as the smoke tests do). ``--smoke`` (or ``KOAML_BENCH_SMOKE=1``) cuts sizes and repeats so that a
+script runs in seconds: its figures then mean nothing, only the shape of its JSON does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
+SHARED_NOTE = "timings on a shared machine (other processes compete for its CPUs): medians of alternating runs"
+
+
+def smoke() -> bool:
+    return "--smoke" in sys.argv[1:] or os.environ.get("KOAML_BENCH_SMOKE") == "1"
+
+
+def repeats(default: int) -> int:
+    """How many alternating rounds to time: ``default``, or ``KOAML_BENCH_REPEATS``; 1 in smoke mode."""
+    return 1 if smoke() else int(os.environ.get("KOAML_BENCH_REPEATS", default))
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment for a bench subprocess: offline, the venv's executables first on PATH."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        **extra,
+    }
+
+
+def run(cmd: list[str], cwd: str | Path | None = None, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run ``cmd``; stop the benchmark with its output when it fails."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env(**extra_env), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}")
+    return proc
+
+
+def timed(cmd: list[str], cwd: str | Path | None = None, **extra_env: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of ``cmd`` in seconds, and its finished process."""
+    start = time.perf_counter()
+    proc = run(cmd, cwd, **extra_env)
+    return time.perf_counter() - start, proc
+
+
+def alternate(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Call each variant in turn, ``repeats`` rounds, so that load on the machine hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A scratch copy of the workflow (as tests/conftest.py makes), without results or caches."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "note": SHARED_NOTE,
+    }
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Write ``result`` (plus the machine and smoke flag) as ``<name>.json``; return its path."""
+    out_dir = Path(os.environ.get("KOAML_BENCH_OUT") or REPO / "bench/results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps({**result, "smoke": smoke(), "machine": machine()}, indent=2) + "\n")
+    return path

@@ -1,0 +1,76 @@
+"""Each bench script runs in smoke mode (tiny sizes, one repeat) and writes JSON with its expected fields.
+
+Only the shape of the results is checked: speed is measured by the scripts themselves, never asserted here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def bench(name: str, tmp_path) -> dict:
+    env = dict(os.environ, KOAML_BENCH_OUT=str(tmp_path), KOAML_BENCH_SMOKE="1")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.strip(), "a bench script prints its figure"
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["smoke"] is True and result["machine"]["cpus"] >= 1 and "shared" in result["machine"]["note"]
+    return result
+
+
+def test_gpu_throughput_skips_cleanly_without_a_gpu(tmp_path):
+    import torch
+
+    result = bench("gpu_throughput", tmp_path)
+    if torch.cuda.is_available():
+        assert {"tokens_per_s", "mfu", "model_tflops"} <= set(result["packed"]) and result["device"]
+    else:
+        assert "no CUDA GPU" in result["skipped"]
+
+
+def test_plan_dag(tmp_path):
+    result = bench("plan_dag", tmp_path)
+    assert result["jobs"]["koaml"] > result["runs"] and result["ratio"] > 0
+    assert len(result["all_s"]["koaml"]) == len(result["all_s"]["bare"]) == result["repeats"]
+
+
+@pytest.mark.slow
+def test_noop_rerun(tmp_path):
+    result = bench("noop_rerun", tmp_path)
+    assert result["koaml_s"] > 0 and result["bare_s"] > 0 and result["target_s"] == 3.0
+    assert isinstance(result["target_met"], bool) and result["output_files"] > 0
+
+
+@pytest.mark.slow
+def test_packing_throughput(tmp_path):
+    result = bench("packing_throughput", tmp_path)
+    for variant in ("packed", "unpacked"):
+        run = result[variant]
+        assert run["tokens_per_s"] > 0 and run["steps"] == result["optimizer_steps"]
+        assert all(run[k] > 0 for k in ("first_loss", "final_loss", "mean_loss"))
+    assert result["packed"]["tokens_per_step"] > result["unpacked"]["tokens_per_step"], "packing fills the batches"
+    assert result["speedup"] > 0 and result["packing_forced"] and result["data"]["rows"] > 0
+
+
+@pytest.mark.slow
+def test_eval_overhead(tmp_path):
+    result = bench("eval_overhead", tmp_path)
+    assert result["koaml_s"] > 0 and result["lm_eval_s"] > 0 and result["ratio"] > 0
+    assert result["same_accuracy"], "koaml evaluate and raw lm_eval must score the model alike"
+    assert result["task_index_saving_s"] > 0
+
+
+@pytest.mark.slow
+def test_train_memory(tmp_path):
+    result = bench("train_memory", tmp_path)
+    assert set(result["methods"]) == {"qlora", "lora", "full"}
+    for method in result["methods"].values():
+        assert method["peak_rss_mb"] > result["baseline_rss_mb"] > 0 and method["training_rss_mb"] > 0
+        assert method["steps"] == result["optimizer_steps"]
+        assert method["estimate"] is None or method["estimate"]["total_mb"] > 0
