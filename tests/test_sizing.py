@@ -339,3 +339,18 @@ def test_not_enough_disk_is_refused_before_training(tmp_path, monkeypatch):
     ensure_free_disk(tmp_path / "not/yet/there", 4.0, "training")  # the nearest existing folder is measured
     with pytest.raises(DiskSpaceError, match=r"not/yet/there: 5\.0 GB free, but training needs about 179\.1 GB"):
         ensure_free_disk(tmp_path / "not/yet/there", 179.1, "training")
+
+
+def test_koaml_train_refuses_to_start_without_disk(tiny_model, tmp_path, monkeypatch, capsys):
+    from koaml.cli import main
+    from koaml.io import write_yaml
+
+    config = tmp_path / "config.yaml"
+    write_yaml(config, load_recipe(RECIPES / "demo_full.yaml"))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    argv = ["train", "--config", str(config), "--model", str(tiny_model), "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ckpt")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"koaml train: error: {tmp_path / 'ckpt'}: 0.0 GB free, but training (2 checkpoints + 1 being written" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()

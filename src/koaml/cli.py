@@ -25,11 +25,29 @@ def _prepare_data(a):
     logging.info("prepared %s", stats)
 
 
+def _check_training_disk(recipe: dict, model: str, checkpoints: str) -> None:
+    """Refuse to start training without disk for its checkpoints and final model (estimated from the model)."""
+    from koaml.io import ensure_free_disk
+    from koaml.sizing import SizingError, estimate_training_disk_gb, model_shape
+
+    try:
+        need_gb = estimate_training_disk_gb(recipe, model_shape(model))
+    except SizingError as exc:
+        logging.warning("free disk not checked: %s", exc)
+        return
+    what = f"training ({recipe['training']['save_total_limit']} checkpoints + 1 being written, and the final model)"
+    ensure_free_disk(checkpoints, need_gb, what)
+    logging.info("disk: about %.1f GB needed for %s", need_gb, what)
+
+
 def _train(a):
     from koaml.config import load_yaml
     from koaml.train import is_distributed_worker, launch, train
 
-    num_processes = load_yaml(a.config)["training"]["num_processes"]
+    recipe = load_yaml(a.config)
+    if not is_distributed_worker():
+        _check_training_disk(recipe, a.model, a.checkpoints)
+    num_processes = recipe["training"]["num_processes"]
     if num_processes > 1 and not is_distributed_worker():
         launch(a.argv, num_processes)
     else:
