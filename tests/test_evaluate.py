@@ -82,3 +82,17 @@ def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch)
     manager = task_manager(mixed)
     assert built == [False, True], "a task outside include_path needs lm-eval's own index"
     assert {"demo_arith_mc", "arc_easy"} <= set(manager.all_subtasks)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "backend", "expected"),
+    [(0, "hf", {"device": "cpu"}), (1, "vllm", {}), (2, "hf", {"parallelize": True}), (4, "vllm", {"tensor_parallel_size": 4})],
+)
+def test_a_model_too_big_for_one_gpu_is_spread_over_the_jobs_gpus(gpus, backend, expected, monkeypatch):
+    import torch
+
+    from koaml.evaluate import multi_gpu_kwargs
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert multi_gpu_kwargs(backend) == expected

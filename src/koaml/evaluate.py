@@ -49,6 +49,17 @@ def task_manager(bench: dict):
     return TaskManager(include_path=include_path)
 
 
+def multi_gpu_kwargs(backend: str) -> dict:
+    """How lm-eval spreads a model over the job's GPUs (several when one cannot hold it; koaml.slurm
+    sizes the request): vLLM's tensor parallelism, or HF's ``parallelize`` (layers over the GPUs)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return {"device": device()} if backend == "hf" else {}
+    return {"tensor_parallel_size": gpus} if backend == "vllm" else {"parallelize": True}
+
+
 def load_lm(bench: dict, model_path: str, adapter: str | None = None):
     """The lm-eval model for a benchmark's backend; ``adapter`` evaluates a LoRA adapter unmerged."""
     model, generation = bench["model"], bench["generation"]
@@ -65,6 +76,7 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
             batch_size=generation["per_device_batch_size"],
             seed=generation["seed"],
             **kwargs,
+            **multi_gpu_kwargs("vllm"),
         )
     from lm_eval.models.huggingface import HFLM
 
@@ -74,7 +86,7 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
         dtype=model["dtype"],
         max_length=model["model_max_length"],
         batch_size=generation["per_device_batch_size"],
-        device=device(),
+        **multi_gpu_kwargs("hf"),
     )
 
 
