@@ -53,6 +53,12 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    return copy.deepcopy(_parse_yaml(path, path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=256)
+def _parse_yaml(path: Path, mtime_ns: int) -> Any:
+    """The parsed file, once per version (an experiment's runs often share one recipe)."""
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as exc:

@@ -96,12 +96,17 @@ def check_local_data(data: dict, source: str) -> None:
         if not spec or not is_local(spec["dataset_name"]):
             continue
         path = _local_file(spec, f"{source}: data.{key}")
-        if not _is_jsonl(path):
+        checked = (path.resolve(), path.stat().st_mtime_ns, data["target_column"], data["template"])
+        if not _is_jsonl(path) or checked in _CHECKED:
             continue
         rows = _nonempty(_read_jsonl(path, limit=PEEK_ROWS), spec["dataset_name"], f"{source}: data.{key}")
         fmt = detect_format(rows, data["target_column"])
         for row in rows:
             to_training_row(row, fmt, data["template"], data["target_column"])
+        _CHECKED.add(checked)
+
+
+_CHECKED: set[tuple] = set()  # datasets that passed check_local_data (file, mtime, column, template): many runs share one
 
 
 def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:

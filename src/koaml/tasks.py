@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from koaml.config import ConfigError
@@ -48,7 +49,12 @@ def task_index(include_path: str | None = None) -> dict[str, dict]:
         folder = Path(include_path).resolve()
         stamp = sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*.yaml"))
         key = f"custom-{hashlib.sha256(json.dumps([version, str(folder), stamp]).encode()).hexdigest()[:16]}"
-    path = cache_dir() / f"{key}.json"
+    return _index(cache_dir() / f"{key}.json", include_path)
+
+
+@lru_cache(maxsize=None)
+def _index(path: Path, include_path: str | None) -> dict[str, dict]:
+    """The index cached in ``path`` (read once per process: every benchmark of an experiment asks)."""
     if path.is_file():
         return json.loads(path.read_text())
     index = _build_index(include_path)
