@@ -6,8 +6,11 @@ realistic length spread: prompt/completion rows whose lengths are lognormal (lon
 not the demo's uniform short rows. Loss parity: the per-token training loss of both variants (the first
 step, where both start from the same weights, the final step and the mean over the run).
 
-On the CPU, packing is forced on (`training.packing: true`): the recipe default (`auto`) packs only with
-flash-attention (see the JSON's `auto_note`).
+Packing is set explicitly (`training.packing: true`); the recipe default (`auto`) does the same here (CPU, sdpa,
+a built-in architecture). With sdpa/eager each packed row is a batch row whose sequences transformers masks apart
+from their position_ids (koaml.train.sft_trainer), so attention costs what it does over unpacked rows of that
+length. Besides the medians, `speedup_best` compares each variant's fastest run (the machine is shared: a run that
+meets another job's load can take several times longer).
 
     .venv/bin/python bench/packing_throughput.py [--smoke]    # writes bench/results/packing_throughput.json
 """
@@ -122,6 +125,8 @@ def compare(results: dict[str, list[dict]]) -> dict:
             "runs": runs,
         }
     summary["speedup"] = summary["packed"]["tokens_per_s"] / summary["unpacked"]["tokens_per_s"]
+    best = {name: max(r["tokens_per_s"] for r in runs) for name, runs in results.items()}
+    summary["speedup_best"] = best["packed"] / best["unpacked"]
     return summary
 
 
@@ -175,9 +180,11 @@ def main() -> None:
     result.update(
         device="cpu",
         packing_forced=True,
-        auto_note="training.packing: auto packs only with flash_attention_2 (varlen kernels); with sdpa/eager the "
-        "packed, flattened batch is masked correctly (tests/test_train.py) but attention spans the whole flattened batch",
-        by_max_length={str(r["max_length"]): {k: r[k] for k in ("speedup", "packed", "unpacked", "data")} for r in runs},
+        auto_note="training.packing: auto packs here too (sdpa, a built-in architecture): each packed row is a batch "
+        "row, its sequences masked apart from their position_ids (tests/test_train.py); auto leaves packing off only "
+        "for trust_remote_code models with sdpa/eager",
+        by_max_length={str(r["max_length"]): {k: r[k] for k in ("speedup", "speedup_best", "packed", "unpacked", "data")}
+                       for r in runs},
         target_speedup=1.5,
     )
     result["target_met"] = result["speedup"] >= 1.5
@@ -185,8 +192,9 @@ def main() -> None:
         packed, unpacked = r["packed"], r["unpacked"]
         print(
             f"packing, useful tokens/s (median of {r['repeats']}, {steps} steps, batch {batch}, max_length {r['max_length']} "
-            f"({r['data']['truncated_rows']} rows truncated), CPU sdpa, packing forced on): packed {packed['tokens_per_s']:.0f}, "
-            f"unpacked {unpacked['tokens_per_s']:.0f}, speedup {r['speedup']:.2f}x (target 1.5x); train loss/token "
+            f"({r['data']['truncated_rows']} rows truncated), CPU sdpa, packing on): packed {packed['tokens_per_s']:.0f}, "
+            f"unpacked {unpacked['tokens_per_s']:.0f}, speedup {r['speedup']:.2f}x (target 1.5x; fastest runs "
+            f"{r['speedup_best']:.2f}x); train loss/token "
             f"packed vs unpacked: first step {packed['first_loss']:.3f} vs {unpacked['first_loss']:.3f}, mean "
             f"{packed['mean_loss']:.3f} vs {unpacked['mean_loss']:.3f}, final {packed['final_loss']:.3f} vs "
             f"{unpacked['final_loss']:.3f}"

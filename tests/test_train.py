@@ -75,37 +75,45 @@ def test_flash_attention_falls_back_to_sdpa_with_a_warning(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize(
-    "setting, attn, expected",
+    "setting, attn, remote_code, expected",
     [
-        ("auto", "flash_attention_2", True),
-        ("auto", "flash_attention_3", True),
-        ("auto", "sdpa", False),
-        ("auto", "eager", False),
-        (True, "sdpa", True),
-        (True, "flash_attention_2", True),
-        (False, "flash_attention_2", False),
-        (False, "sdpa", False),
+        ("auto", "flash_attention_2", False, True),
+        ("auto", "flash_attention_3", False, True),
+        ("auto", "sdpa", False, True),
+        ("auto", "eager", False, True),
+        ("auto", "flash_attention_2", True, True),
+        ("auto", "sdpa", True, False),
+        ("auto", "eager", True, False),
+        (True, "sdpa", False, True),
+        (True, "sdpa", True, True),
+        (True, "flash_attention_2", False, True),
+        (False, "flash_attention_2", False, False),
+        (False, "sdpa", False, False),
     ],
 )
-def test_packing_decision(setting, attn, expected):
+def test_packing_decision(setting, attn, remote_code, expected):
     from koaml.train import packing_decision
 
-    packing, why = packing_decision(setting, attn)
+    packing, why = packing_decision(setting, attn, remote_code)
     assert packing is expected
     assert why.startswith("on" if expected else "off") and (setting != "auto" or "auto" in why)
+    assert not remote_code or attn in ("flash_attention_2", "flash_attention_3") or "remote-code" in why
 
 
-def test_packing_defaults_to_auto_and_is_off_with_sdpa(recipe):
+def test_packing_defaults_to_auto_and_is_on_with_sdpa(recipe):
     assert recipe["training"]["packing"] == "auto"
+    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
+    assert kwargs["packing"] is True and kwargs["packing_strategy"] == "bfd"
+    recipe["model"]["trust_remote_code"] = True  # its masks may ignore position_ids: not packed unless forced
     kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
     assert kwargs["packing"] is False and "packing_strategy" not in kwargs
 
 
-def test_auto_packs_padding_free_with_flash_attention_on_a_gpu(recipe):
-    recipe["model"]["attn_implementation"] = "flash_attention_2"
+def test_auto_packs_with_flash_attention_on_a_gpu_and_sdpa_off_it(recipe):
+    recipe["model"].update(attn_implementation="flash_attention_2", trust_remote_code=True)
     on_gpu = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=True)
     assert on_gpu["packing"] is True and on_gpu["packing_strategy"] == "bfd"
-    # off the GPU the loader falls back to sdpa, and so does the decision
+    # off the GPU the loader falls back to sdpa, and so does the decision (a remote-code model: not packed)
     assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)["packing"] is False
     # the loaded model's implementation wins over the recipe's
     assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=True, attn_implementation="sdpa")["packing"] is False
@@ -132,42 +140,62 @@ def test_packing_schema_accepts_auto_and_booleans_only():
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recipe, attn):
-    """The strongest check that packing is correct: in a packed batch the trainer really builds, every row's
-    logits and the batch loss equal those of the rows run one at a time (no attention across rows)."""
+    """The strongest check that packing is correct: in the packed batches the trainer really builds (several
+    rows, each holding several sequences, right-padded to the longest row), every sequence's logits and the
+    batch loss equal those of the sequences run one at a time (no attention across sequences, none from padding)."""
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from koaml.modeling import load_causal_lm, load_tokenizer
+    from koaml.train import sft_trainer
 
-    rows = [{"prompt": f"What is {a} plus {b}? " * (1 + a % 3), "completion": str(a + b)} for a, b in
-            [(3, 4), (120, 7), (55, 901), (8, 8), (77, 13), (402, 96)]]
+    rows = [{"prompt": f"What is {a} plus {b}? " * (1 + a % 4), "completion": str(a + b)} for a, b in
+            [(3, 4), (120, 7), (55, 901), (8, 8), (77, 13), (402, 96), (1, 2), (30, 3), (9, 90), (11, 5)]]
     recipe["model"]["attn_implementation"] = attn
-    recipe["training"].update(packing=True, per_device_train_batch_size=2, max_steps=1)
+    recipe["training"].update(packing=True, per_device_train_batch_size=3, max_steps=1)
     model = load_causal_lm(str(tiny_model), recipe["model"])
-    trainer = SFTTrainer(
+    trainer = sft_trainer(
         model=model,
         args=SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False)),
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(str(tiny_model)),
     )
-    batch = next(iter(trainer.get_train_dataloader()))
-    position_ids = batch["position_ids"][0]
-    starts = (position_ids == 0).nonzero().flatten().tolist() + [len(position_ids)]
-    assert "attention_mask" not in batch and len(starts) - 1 > 2, "expected several rows flattened into one"
-
+    packed_rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    assert all(len(r["input_ids"]) <= recipe["model"]["model_max_length"] for r in packed_rows)
+    assert len(packed_rows) >= 3 and max(len(r["seq_lengths"]) for r in packed_rows) >= 3
     model.eval()
-    with torch.no_grad():
-        packed = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0]
-        crossed = model(input_ids=batch["input_ids"], use_cache=False).logits[0]  # the same tokens, no boundaries
-        loss_sum, n_tokens, crossing = 0.0, 0, 0.0
-        for begin, end in zip(starts, starts[1:]):
-            ids, labels = batch["input_ids"][:, begin:end], batch["labels"][:, begin:end]
-            alone = model(input_ids=ids, labels=labels, use_cache=False)
-            torch.testing.assert_close(packed[begin:end], alone.logits[0], atol=1e-4, rtol=1e-4)
-            crossing = max(crossing, (crossed[begin:end] - alone.logits[0]).abs().max().item())
-            n = int((labels[0, 1:] != -100).sum())
-            loss_sum, n_tokens = loss_sum + alone.loss.item() * n, n_tokens + n
-        assert crossing > 1e-2, "without position_ids the rows would see each other: the check must notice"
-        loss = trainer.compute_loss(model, dict(batch))
-    assert loss.item() == pytest.approx(loss_sum / n_tokens, rel=1e-4)
+    padded = 0
+    for first in range(0, len(packed_rows) - 1, 3):
+        examples = packed_rows[first:first + 3]
+        batch = trainer.data_collator(examples)
+        width = batch["input_ids"].shape[1]
+        assert "attention_mask" not in batch and batch["input_ids"].shape[0] == len(examples) > 1
+        assert batch["num_real_tokens"] == sum(len(e["input_ids"]) for e in examples)
+        padded += sum(width - len(e["input_ids"]) for e in examples)
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids")}
+        with torch.no_grad():
+            packed = model(**inputs, use_cache=False).logits
+            crossed = model(input_ids=batch["input_ids"], use_cache=False).logits  # the same tokens, no boundaries
+            loss_sum, n_tokens, crossing = 0.0, 0, 0.0
+            for row, example in enumerate(examples):
+                begin = 0
+                for length in example["seq_lengths"]:
+                    end = begin + length
+                    ids, labels = batch["input_ids"][row:row + 1, begin:end], batch["labels"][row:row + 1, begin:end]
+                    assert batch["position_ids"][row, begin:end].tolist() == list(range(length))
+                    alone = model(input_ids=ids, labels=labels, use_cache=False)
+                    torch.testing.assert_close(packed[row, begin:end], alone.logits[0], atol=1e-4, rtol=1e-4)
+                    crossing = max(crossing, (crossed[row, begin:end] - alone.logits[0]).abs().max().item())
+                    n = int((labels[0, 1:] != -100).sum())
+                    loss_sum, n_tokens = loss_sum + alone.loss.item() * n, n_tokens + n
+                    begin = end
+                assert (batch["labels"][row, begin:] == -100).all(), "padding must not count in the loss"
+            assert crossing > 1e-2, "without position_ids the sequences would see each other: the check must notice"
+            model.train()  # compute_loss counts the tokens of training batches only (the tiny model has no dropout)
+            counted = trainer._total_train_tokens
+            loss = trainer.compute_loss(model, dict(batch))
+            model.eval()
+        assert loss.item() == pytest.approx(loss_sum / n_tokens, rel=1e-4)
+        assert trainer._total_train_tokens - counted == batch["num_real_tokens"], "num_tokens counts real tokens"
+    assert padded > 0, "expected rows of different lengths, padded to the longest"

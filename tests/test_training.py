@@ -136,4 +136,10 @@ def test_packed_training_runs(tmp_path, tiny_model):
     config, _ = setup_run(tmp_path, tiny_model, max_steps=5, packing=True)
     proc = subprocess.run(train_cmd(tmp_path, tiny_model, config), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "trained/train_summary.json").read_text())["global_step"] == 5
+    summary = json.loads((tmp_path / "trained/train_summary.json").read_text())
+    assert summary["global_step"] == 5 and summary["packing"] is True
+    # num_tokens counts every packed row of a batch (TRL alone would count one row per mask-less batch)
+    history = json.loads((tmp_path / "trained/log_history.json").read_text())
+    num_tokens = [e["num_tokens"] for e in history if "num_tokens" in e][-1]
+    max_length = load_recipe("config/recipes/demo_full.yaml")["model"]["model_max_length"]
+    assert num_tokens > 5 * max_length * 8

@@ -48,41 +48,97 @@ def _checkpointing_key() -> str:
 
 
 # Attention implementations whose kernels take a padding-free batch as separate sequences (cu_seq_lens from
-# TRL's collator): packed rows never attend to each other, whatever the model, at no cost over unpacked rows.
+# TRL's collator): packed sequences never attend to each other, whatever the model.
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 def packing_decision(setting: bool | str, attn_implementation: str, trust_remote_code: bool = False) -> tuple[bool, str]:
     """Whether to pack the training rows, and why (for the train log).
 
-    Packing is TRL's best-fit-decreasing strategy, which is padding-free: a batch is flattened into one row
-    whose ``position_ids`` restart at every packed sequence. ``auto`` packs exactly where that is both correct
-    and cheap: with flash-attention, whose varlen kernels keep the sequences apart. With sdpa/eager,
-    transformers' built-in architectures derive a block-diagonal mask from the ``position_ids`` (correct: a
-    packed row's loss equals its unpacked loss, see tests/test_train.py), but remote-code models may not, and
-    attention then spans the whole flattened batch, so ``auto`` leaves it off there; ``true`` forces it.
+    Packing is TRL's best-fit-decreasing strategy: sequences are packed into rows of up to max_length tokens,
+    with ``position_ids`` restarting at every packed sequence. With flash-attention a batch is flattened into one
+    padding-free row, whose varlen kernels keep the sequences apart. With sdpa/eager each packed row stays a batch
+    row (see ``sft_trainer``) and transformers' built-in architectures derive a per-sequence causal mask from the
+    ``position_ids`` (a packed sequence's loss equals its unpacked loss, see tests/test_train.py), so attention
+    costs no more than over unpacked rows of that length, and fewer, fuller rows waste no compute on padding.
+    ``auto`` packs in both cases, but not for remote-code models with sdpa/eager: their own modeling code may
+    ignore the ``position_ids`` when masking, letting packed sequences attend to each other; ``true`` forces it.
     """
     varlen = attn_implementation in VARLEN_ATTENTION
     if setting == "auto":
         if varlen:
-            return True, f"on (auto: {attn_implementation} keeps packed rows apart with varlen kernels)"
-        return False, (
-            f"off (auto: packing needs flash_attention_2 to be free; with {attn_implementation} set "
-            "training.packing: true to force it)"
+            return True, f"on (auto: {attn_implementation} keeps packed sequences apart with varlen kernels)"
+        if trust_remote_code:
+            return False, (
+                f"off (auto: with {attn_implementation}, a remote-code model's attention mask may ignore the "
+                "position_ids that keep packed sequences apart; check it and set training.packing: true, or use "
+                "flash_attention_2)"
+            )
+        return True, (
+            f"on (auto: {attn_implementation}: transformers masks packed sequences apart from their position_ids, "
+            "one packed row per batch row)"
         )
     if not setting:
         return False, "off (training.packing: false)"
     if varlen:
-        return True, f"on (training.packing: true; {attn_implementation} keeps packed rows apart)"
+        return True, f"on (training.packing: true; {attn_implementation} keeps packed sequences apart)"
     if trust_remote_code:
         return True, (
-            f"on (training.packing: true) with {attn_implementation} on a remote-code model: packed rows are kept "
-            "apart only if its attention mask honours position_ids; check, or use flash_attention_2"
+            f"on (training.packing: true) with {attn_implementation} on a remote-code model: packed sequences are "
+            "kept apart only if its attention mask honours position_ids; check, or use flash_attention_2"
         )
     return True, (
-        f"on (training.packing: true; {attn_implementation}: transformers masks packed rows apart from their "
-        "position_ids, attention spans the flattened batch)"
+        f"on (training.packing: true; {attn_implementation}: transformers masks packed sequences apart from their "
+        "position_ids, one packed row per batch row)"
     )
+
+
+def sft_trainer(**kwargs):
+    """A ``trl.SFTTrainer`` (same arguments) that packs into separate rows unless the attention is varlen.
+
+    TRL's ``bfd`` packing is always padding-free: a batch becomes ONE flattened row, and TRL refuses a custom
+    collator then. That is right for flash-attention (varlen kernels), but with sdpa/eager attention spans the
+    whole flattened batch, its cost growing with (batch * max_length)^2. So here each packed row stays a batch
+    row (up to max_length, several sequences whose ``position_ids`` restart at 0, right-padded to the longest row)
+    and no attention mask is passed: transformers' built-in architectures then derive a per-sequence causal
+    (block-diagonal) mask from the ``position_ids`` (``masking_utils.find_packed_sequence_indices``; only when the
+    attention mask is None). Padding positions (position 0, label -100) come after every real token, which the
+    causal mask keeps from seeing them. TRL counts a mask-less batch's tokens as ``position_ids.size(1)`` (one
+    row), so the collator also hands the real token count to ``compute_loss`` for the ``num_tokens`` metric.
+    """
+    import torch
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class PackedRowsCollator(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)  # padded rows, position_ids from the packed seq_lengths
+            real = batch.pop("attention_mask")  # its presence would turn transformers' packed-sequence masking off
+            batch["labels"][batch["position_ids"] == 0] = -100  # no row's first token is predicted from another's
+            batch["num_real_tokens"] = int(real.sum())
+            return batch
+
+    class Trainer(SFTTrainer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            attn = getattr(self.model.config, "_attn_implementation", None)
+            if self.padding_free and self.args.packing and attn not in VARLEN_ATTENTION:
+                flat = self.data_collator
+                self.data_collator = PackedRowsCollator(
+                    pad_token_id=flat.pad_token_id, return_position_ids=True, pad_to_multiple_of=flat.pad_to_multiple_of
+                )
+
+        def compute_loss(self, model, inputs, *args, **kw):
+            real = inputs.pop("num_real_tokens", None)
+            counted = self._total_train_tokens
+            result = super().compute_loss(model, inputs, *args, **kw)
+            if real is not None and self._total_train_tokens != counted:  # TRL counted position_ids.size(1)
+                device = inputs["input_ids"].device
+                self._total_train_tokens = counted + int(self.accelerator.gather_for_metrics(torch.tensor([real], device=device)).sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return result
+
+    return Trainer(**kwargs)
 
 
 def sft_config_kwargs(
@@ -101,7 +157,7 @@ def sft_config_kwargs(
             attn_implementation = "sdpa"
     kwargs["packing"], _ = packing_decision(t["packing"], attn_implementation, recipe["model"].get("trust_remote_code", False))
     if kwargs["packing"]:
-        kwargs["packing_strategy"] = "bfd"  # padding-free: position_ids restart at each packed row
+        kwargs["packing_strategy"] = "bfd"  # position_ids restart at each packed sequence (see sft_trainer)
     # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
     kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
     kwargs[_checkpointing_key()] = t["gradient_checkpointing"]
@@ -230,7 +286,7 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     import torch
     from datasets import load_dataset
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     recipe = load_yaml(config_path)
     torch.set_num_threads(max(1, threads // recipe["training"]["num_processes"]))
@@ -255,7 +311,7 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     os.environ.update(env)
     kwargs = sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, attn_implementation=attn)
     args = SFTConfig(**{**kwargs, "report_to": report_to or "none"})
-    trainer = SFTTrainer(
+    trainer = sft_trainer(
         model=model,
         args=args,
         train_dataset=data["train"],
