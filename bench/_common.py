@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,8 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from workflow_copy import copy_workflow  # noqa: E402,F401 (the tests' scratch copy, used by the scripts)
+
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
 SHARED_NOTE = "timings on a shared machine (other processes compete for its CPUs): medians of alternating runs"
 
 
@@ -72,18 +73,6 @@ def alternate(variants: dict[str, Callable[[], float]], repeats: int) -> dict[st
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def copy_workflow(dest: Path) -> Path:
-    """A scratch copy of the workflow (as tests/conftest.py makes), without results or caches."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def machine() -> dict:

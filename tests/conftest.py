@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "profiles")
+from workflow_copy import REPO, copy_workflow  # noqa: F401 (test modules import both from here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -30,17 +29,6 @@ def secret_leaks(workdir: Path, extra: dict[str, str] | None = None) -> list[str
     texts = {str(p): p.read_bytes() for d in ("results", "logs", ".snakemake") for p in (workdir / d).rglob("*") if p.is_file()}
     texts |= {name: text.encode() for name, text in (extra or {}).items()}
     return [f"{where}: {name}" for where, data in texts.items() for name, value in CANARIES.items() if value.encode() in data]
-
-
-def copy_workflow(dest: Path) -> Path:
-    """Copy the workflow (not its results) into ``dest`` so a test can run and edit it freely."""
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 @pytest.fixture
