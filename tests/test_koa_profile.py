@@ -81,6 +81,7 @@ def test_doctor_rejects_what_the_cluster_cannot_run(local_slurm, tmp_path):
     profile_file = workdir / "profiles/koa/config.v8+.yaml"
     profile = yaml.safe_load(profile_file.read_text())
     profile["set-resources"]["evaluate"]["runtime"] = "2000 * attempt"  # 6000 min at the 3rd attempt > 3 days
+    del profile["slurm-requeue"]  # kill-shared without requeue: a preempted job would just fail
     profile_file.write_text(yaml.safe_dump(profile))
     hf_home = tmp_path / "hf"
     hf_home.write_text("a file, not a folder")
@@ -96,11 +97,12 @@ def test_doctor_rejects_what_the_cluster_cannot_run(local_slurm, tmp_path):
         "rule evaluate: runtime at attempt 3 is 6000 minutes, more than any partition allows (4320 minutes on gpu, kill-shared)",
         "slurm_account '$SLURM_ACCOUNT' is not set: export SLURM_ACCOUNT=",
         f"Hugging Face cache {hf_home} is not a writable folder",
+        "partition(s) kill-shared are preemptible: set slurm-requeue: true",
     ]
     assert len(failures) == len(expected), proc.stdout
     for fragment in expected:
         assert any(fragment in line for line in failures), (fragment, proc.stdout)
-    assert "5 check(s) failed for profile profiles/koa" in proc.stderr
+    assert "6 check(s) failed for profile profiles/koa" in proc.stderr
 
 
 def test_controller_job_runs_snakemake_with_the_profile(local_slurm, tmp_path):

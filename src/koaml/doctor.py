@@ -152,6 +152,19 @@ def check_rule_resources(settings: dict, partitions: dict, cluster: dict[str, Pa
     return checks
 
 
+def check_preemption(settings: dict, partitions: dict) -> Check:
+    """Jobs may go to preemptible partitions only if SLURM requeues them (training then resumes)."""
+    from koaml.sizing import PREEMPTIBLE_PARTITIONS
+
+    preemptible = sorted(set(partitions) & set(PREEMPTIBLE_PARTITIONS))
+    if not preemptible:
+        return Check("ok", "no preemptible partition in the partition file")
+    if not settings.get("slurm-requeue"):
+        return Check("FAIL", f"partition(s) {', '.join(preemptible)} are preemptible: set slurm-requeue: true so that "
+                             "SLURM requeues preempted jobs (training resumes from its checkpoint)")
+    return Check("ok", f"preempted jobs on {', '.join(preemptible)} are requeued; training resumes from checkpoints")
+
+
 def check_account(settings: dict) -> Check:
     """The account from the profile (usually ``$SLURM_ACCOUNT``) is set and known to SLURM's accounting."""
     raw = str((settings.get("default-resources") or {}).get("slurm_account", ""))
@@ -195,6 +208,7 @@ def doctor(profile_dir: str | Path) -> list[Check]:
     return [
         *check_partitions(partitions, cluster, partition_file),
         *check_rule_resources(settings, partitions, cluster),
+        check_preemption(settings, partitions),
         check_account(settings),
         check_hf_cache(),
     ]
