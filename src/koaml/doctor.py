@@ -2,8 +2,9 @@
 
 It reads the profile (``config.v8+.yaml``) and its partition file, asks SLURM (``sinfo``,
 ``sacctmgr``) what the cluster has, and reports one line per check: partitions exist, their GPU types
-exist, every rule's time and memory (at its last retry) fit the partitions, the account is valid, and
-the Hugging Face cache is writable. Any failed check makes the command exit non-zero.
+exist, preemptible ones are requeued, every rule's time and memory (at its last retry) fit the
+partitions, the account is valid, and the Hugging Face cache is writable. Any failed check makes the
+command exit non-zero.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def check_partitions(partitions: dict, cluster: dict[str, PartitionInfo], partit
             checks.append(Check("FAIL", f"{partition_file}: partition '{name}' max_runtime {declared} exceeds "
                                         f"the cluster's limit of {live.max_minutes:g} minutes"))
         if not missing:
-            checks.append(Check("ok", f"partition '{name}' exists" + (f" with GPU types {', '.join(limits['available_gpu_models'])}" if limits.get("available_gpu_models") else "")))
+            gpus = limits.get("available_gpu_models")
+            checks.append(Check("ok", f"partition '{name}' exists" + (f" with GPU types {', '.join(gpus)}" if gpus else "")))
     return checks
 
 
@@ -134,8 +136,8 @@ def check_rule_resources(settings: dict, partitions: dict, cluster: dict[str, Pa
         if named and named not in cluster:
             checks.append(Check("FAIL", f"rule {rule}: slurm_partition '{named}' does not exist on this cluster"))
             continue
-        for key, limit_of, unit in (("runtime", lambda p: cluster[p].max_minutes, "minutes"),
-                                    ("mem_mb", lambda p: cluster[p].max_mem_mb, "MB")):
+        limits = {"runtime": (lambda p: cluster[p].max_minutes, "minutes"), "mem_mb": (lambda p: cluster[p].max_mem_mb, "MB")}
+        for key, (limit_of, unit) in limits.items():
             if key not in merged:
                 continue
             need = resource_at_attempt(merged[key], attempts)
