@@ -7,7 +7,6 @@ the KOA profile maps the GPU type to a partition (``profiles/koa/partitions.yaml
 from __future__ import annotations
 
 import errno
-from functools import lru_cache
 from pathlib import Path
 
 from koaml.sizing import GpuChoice, ModelShape, SizingError, choose_gpu, estimate_eval_memory, estimate_training_memory, model_shape
@@ -16,17 +15,12 @@ MIN_HOST_MEM_MB = 8000
 EVAL_GPU_COUNTS = (1, 2, 4)
 
 
-@lru_cache(maxsize=None)
-def _shape(model: str) -> ModelShape:
-    return model_shape(model)
-
-
 def shape_of(model: str, built_by_workflow: bool) -> ModelShape:
     """The model's shape; a model the workflow has not built yet raises FileNotFoundError naming it, which
     Snakemake takes as "resources to be determined" and asks again once the model exists."""
     if built_by_workflow and not (Path(model) / "config.json").is_file():
         raise FileNotFoundError(errno.ENOENT, "model not built yet", model)
-    return _shape(model)
+    return model_shape(model)  # cached per process
 
 
 def training_gpu(recipe: dict, shape: ModelShape) -> GpuChoice:

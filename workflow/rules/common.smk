@@ -97,7 +97,7 @@ def on_cluster():
 
 
 def sized(request, empty):
-    """A resource callable from ``request(wildcards, is_built)``: strict on a cluster, lenient locally."""
+    """A resource callable from ``request(wildcards, is_built, attempt)``: strict on a cluster, lenient locally."""
     from koaml.sizing import SizingError
 
     def resource(wildcards, input, attempt):
