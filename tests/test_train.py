@@ -199,3 +199,14 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
         assert loss.item() == pytest.approx(loss_sum / n_tokens, rel=1e-4)
         assert trainer._total_train_tokens - counted == batch["num_real_tokens"], "num_tokens counts real tokens"
     assert padded > 0, "expected rows of different lengths, padded to the longest"
+
+
+def test_each_process_loads_its_4bit_model_on_its_own_gpu(monkeypatch):
+    import torch
+
+    from koaml.modeling import quantized_device_map
+
+    assert quantized_device_map() == {"": "cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert quantized_device_map() == {"": 3}

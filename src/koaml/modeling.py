@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -12,6 +13,11 @@ def device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantized_device_map() -> dict:
+    """Where a 4-bit model loads: whole on this process's GPU (torchrun's LOCAL_RANK), or the CPU."""
+    return {"": "cpu" if device() == "cpu" else int(os.environ.get("LOCAL_RANK", 0))}
 
 
 def torch_dtype(name: str):
@@ -62,5 +68,5 @@ def load_causal_lm(path: str, model_cfg: dict, quantize_4bit: dict | None = None
             bnb_4bit_use_double_quant=quantize_4bit["bnb_4bit_use_double_quant"],
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": device() if device() == "cpu" else 0}
+        kwargs["device_map"] = quantized_device_map()
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
