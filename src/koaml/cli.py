@@ -17,6 +17,12 @@ def _build_model(a):
     build_tiny_model(load_yaml(a.spec), a.out)
 
 
+def _convert_gguf(a):
+    from koaml.gguf import check, convert
+
+    convert(check(a.gguf, "--gguf"), a.out, a.dtype)
+
+
 def _prepare_data(a):
     from koaml.config import load_yaml
     from koaml.data import prepare
@@ -93,6 +99,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=_build_model)
+
+    s = sub.add_parser("convert-gguf", help="dequantize a GGUF model into a Hugging Face folder")
+    s.add_argument("--gguf", required=True, help="a .gguf file, or package:<python package>/<file>")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_convert_gguf)
 
     s = sub.add_parser("prepare-data", help="load, template, split and check a run's training data")
     s.add_argument("--config", required=True, help="resolved run config (YAML)")

@@ -11,7 +11,7 @@ import difflib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -220,11 +220,22 @@ def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict:
     return canonical(bench)
 
 
+MODEL_SOURCES = ("model_name", "build", "gguf")
+
+
 @dataclass(frozen=True)
 class BaseModel:
     name: str
     model_name: str | None = None  # hub ID or local path
     build: str | None = None  # tiny-model spec the workflow builds
+    gguf: str | None = None  # GGUF file (or package:<pkg>/<file>) the workflow converts
+    dtype: str = "float32"  # of the weights converted from GGUF
+    gguf_file: str | None = None  # the GGUF file ``gguf`` names, once checked
+
+    @property
+    def built_by_workflow(self) -> bool:
+        """True when a rule makes the model folder (``build`` or ``gguf``), not the user or the hub."""
+        return bool(self.build or self.gguf)
 
 
 RUN_PREFIX = "run:"
@@ -342,14 +353,34 @@ def _is_local_path(model_name: str) -> bool:
     return Path(model_name).is_absolute() or model_name.startswith((".", "~")) or model_name.count("/") > 1
 
 
-def _check_model(model: BaseModel, key: str, source: str) -> None:
-    """A base model's local files must exist (hub IDs are checked by ``snakemake fetch``)."""
+def _base_model(name: str, spec: dict, source: str) -> BaseModel:
+    """A base model from its experiment entry: exactly one source (model_name, build or gguf)."""
+    given = [key for key in MODEL_SOURCES if key in spec]
+    if len(given) != 1:
+        found = f"found {' and '.join(given)}" if given else "found none"
+        raise ConfigError(
+            f"{source}: base_models.{name}: give exactly one of model_name (hub ID or local path), build "
+            f"(a tiny-model spec) or gguf (a GGUF file); {found}"
+        )
+    if "dtype" in spec and "gguf" not in spec:
+        raise ConfigError(f"{source}: base_models.{name}.dtype: only used with gguf (the dtype of the converted weights)")
+    return BaseModel(name, spec.get("model_name"), spec.get("build"), spec.get("gguf"), spec.get("dtype", "float32"))
+
+
+def _check_model(model: BaseModel, key: str, source: str) -> BaseModel:
+    """A base model's local files must exist (hub IDs are checked by ``snakemake fetch``); returns the model
+    with its GGUF file resolved."""
+    if model.gguf:
+        from koaml.gguf import check
+
+        return replace(model, gguf_file=str(check(model.gguf, f"{source}: {key}.gguf")))
     if model.build and not Path(model.build).is_file():
         raise ConfigError(f"{source}: {key}.build: {model.build}: file not found")
     if model.model_name and _is_local_path(model.model_name) and not Path(model.model_name).expanduser().exists():
         raise ConfigError(
             f"{source}: {key}.model_name: {model.model_name}: folder not found (a local path; hub IDs look like org/name)"
         )
+    return model
 
 
 def _check_chains(runs: dict[str, Run], source: str) -> None:
@@ -385,11 +416,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     config = fill_defaults(config, schema("experiment"))
     recipe_overrides = typed(config["recipe_overrides"])
     benchmark_overrides = typed(config["benchmark_overrides"])
-    bases = {
-        name: BaseModel(name, spec.get("model_name"), spec.get("build")) for name, spec in config["base_models"].items()
-    }
-    for name, model in bases.items():
-        _check_model(model, f"base_models.{name}", source)
+    bases = {name: _base_model(name, spec, source) for name, spec in config["base_models"].items()}
+    bases = {name: _check_model(model, f"base_models.{name}", source) for name, model in bases.items()}
 
     from koaml.data import check_local_data  # here: koaml.data imports this module
 
@@ -414,7 +442,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
             base = next((b.name for b in bases.values() if b.model_name == model_name), _slug(model_name))
             if base not in bases:
                 bases[base] = BaseModel(base, model_name=model_name)
-                _check_model(bases[base], "model", spec["recipe"])
+                bases[base] = _check_model(bases[base], "model", spec["recipe"])
         elif not base.startswith(RUN_PREFIX) and base not in bases:
             hint = difflib.get_close_matches(base, list(bases), n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"

@@ -25,14 +25,14 @@ wildcard_constraints:
 
 
 def base_model_path(base):
-    """Where a base model is loaded from: the folder the workflow built, or a hub ID / local path."""
+    """Where a base model is loaded from: the folder the workflow built or converted, or a hub ID / local path."""
     spec = EXP.base_models[base]
-    return f"results/base/{base}/model" if spec.build else spec.model_name
+    return f"results/base/{base}/model" if spec.built_by_workflow else spec.model_name
 
 
 def base_model_input(base):
     """Files a base model's consumers must wait for (none for hub IDs and existing paths)."""
-    return [base_model_path(base)] if EXP.base_models[base].build else []
+    return [base_model_path(base)] if EXP.base_models[base].built_by_workflow else []
 
 
 def start_model_path(run):
