@@ -74,56 +74,75 @@ def test_flash_attention_falls_back_to_sdpa_with_a_warning(monkeypatch, caplog):
     assert attn_implementation("eager") == "eager"
 
 
+def _cost(speedup: float):
+    from koaml.packing import PackingCost
+
+    return PackingCost(packed_flops=1.0, unpacked_flops=speedup, packed_rows=10, rows=30)
+
+
 @pytest.mark.parametrize(
-    "setting, attn, remote_code, expected",
+    "setting, attn, remote_code, speedup, expected",
     [
-        ("auto", "flash_attention_2", False, True),
-        ("auto", "flash_attention_3", False, True),
-        ("auto", "sdpa", False, True),
-        ("auto", "eager", False, True),
-        ("auto", "flash_attention_2", True, True),
-        ("auto", "sdpa", True, False),
-        ("auto", "eager", True, False),
-        (True, "sdpa", False, True),
-        (True, "sdpa", True, True),
-        (True, "flash_attention_2", False, True),
-        (False, "flash_attention_2", False, False),
-        (False, "sdpa", False, False),
+        ("auto", "sdpa", False, 2.0, True),
+        ("auto", "sdpa", False, 1.05, False),  # a small predicted gain is not worth the model's error
+        ("auto", "eager", False, 0.3, False),
+        ("auto", "flash_attention_2", False, 1.2, True),
+        ("auto", "flash_attention_2", True, 1.2, True),
+        ("auto", "sdpa", True, 3.0, False),  # remote code: its masks may ignore position_ids
+        (True, "sdpa", False, 0.3, True),
+        (True, "sdpa", True, 2.0, True),
+        (False, "flash_attention_2", False, 2.0, False),
+        (False, "sdpa", False, 2.0, False),
     ],
 )
-def test_packing_decision(setting, attn, remote_code, expected):
-    from koaml.train import packing_decision
+def test_packing_decision(setting, attn, remote_code, speedup, expected):
+    from koaml.packing import decide
 
-    packing, why = packing_decision(setting, attn, remote_code)
+    packing, why = decide(setting, attn, remote_code, _cost(speedup))
     assert packing is expected
     assert why.startswith("on" if expected else "off") and (setting != "auto" or "auto" in why)
-    assert not remote_code or attn in ("flash_attention_2", "flash_attention_3") or "remote-code" in why
+    assert f"{speedup:.2f}x" in why or (remote_code and setting == "auto")
+    assert not (remote_code and packing and attn == "sdpa") or "remote-code" in why
 
 
-def test_packing_defaults_to_auto_and_is_on_with_sdpa(recipe):
-    assert recipe["training"]["packing"] == "auto"
-    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
-    assert kwargs["packing"] is True and kwargs["packing_strategy"] == "bfd"
-    recipe["model"]["trust_remote_code"] = True  # its masks may ignore position_ids: not packed unless forced
+def test_best_fit_decreasing_fills_bins():
+    from koaml.packing import best_fit_decreasing
+
+    assert sorted(best_fit_decreasing([5, 4, 3, 3, 2, 1], 8)) == [2, 8, 8]
+    bins = best_fit_decreasing([300, 200, 900, 120, 700, 40], 1000)
+    assert sum(bins) == 2260 and max(bins) <= 1000 and len(bins) == 3
+
+
+def test_packing_estimate_follows_padding_and_attention_costs():
+    """Long-tailed rows waste padding unpacked: packing into short rows wins. Short uniform rows packed into
+    8,192-token rows pay attention over every masked pair with sdpa: packing loses. Varlen kernels never lose."""
+    import random
+
+    from koaml.packing import estimate
+
+    rng = random.Random(0)
+    tailed = [min(2000, int(rng.lognormvariate(4, 1))) + 1 for _ in range(3000)]
+    uniform = [rng.randint(16, 20) for _ in range(3000)]
+    smollm2 = dict(batch_size=8, n_params=134_515_008, n_layers=30, attention_width=576)
+    assert estimate(tailed, 512, attn_implementation="sdpa", **smollm2).speedup > 1.5
+    assert estimate(uniform, 8192, attn_implementation="sdpa", **smollm2).speedup < 0.5
+    assert estimate(uniform, 2048, attn_implementation="sdpa", **smollm2).speedup < 1.0
+    for lengths in (tailed, uniform):
+        for max_length in (512, 8192):
+            assert estimate(lengths, max_length, attn_implementation="flash_attention_2", **smollm2).speedup >= 1.0
+
+
+def test_packing_off_leaves_the_packing_strategy_unset(recipe):
     kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
     assert kwargs["packing"] is False and "packing_strategy" not in kwargs
-
-
-def test_auto_packs_with_flash_attention_on_a_gpu_and_sdpa_off_it(recipe):
-    recipe["model"].update(attn_implementation="flash_attention_2", trust_remote_code=True)
-    on_gpu = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=True)
-    assert on_gpu["packing"] is True and on_gpu["packing_strategy"] == "bfd"
-    # off the GPU the loader falls back to sdpa, and so does the decision (a remote-code model: not packed)
-    assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)["packing"] is False
-    # the loaded model's implementation wins over the recipe's
-    assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=True, attn_implementation="sdpa")["packing"] is False
+    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False, packing=True)
+    assert kwargs["packing"] is True and kwargs["packing_strategy"] == "bfd"
 
 
 def test_forced_packing_is_accepted_by_sftconfig(recipe, tmp_path):
     from trl import SFTConfig
 
-    recipe["training"]["packing"] = True
-    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
+    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True))
     assert args.packing and args.packing_strategy == "bfd"
 
 
@@ -157,7 +176,7 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
     model = load_causal_lm(str(tiny_model), recipe["model"])
     trainer = sft_trainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False)),
+        args=SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True)),
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(str(tiny_model)),
     )

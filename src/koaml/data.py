@@ -12,8 +12,8 @@ import logging
 import random
 from pathlib import Path
 
-from koaml.config import ConfigError
-from koaml.io import write_json
+from koaml.config import ConfigError, schema, warn
+from koaml.io import write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +88,40 @@ def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
     return _nonempty([dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)], name, key)
 
 
-def check_local_data(data: dict, source: str) -> None:
+def check_local_data(data: dict, source: str) -> list[str | None]:
     """Cheap checks of a recipe's local JSONL datasets, run when the workflow is parsed: the file
-    exists, is not empty, and its first PEEK_ROWS rows parse, share a known format and fit the template."""
+    exists, is not empty, and its first PEEK_ROWS rows parse, share a known format and fit the template.
+    Returns the format of each dataset, None for those not read here (hub, CSV, Parquet, JSON arrays)."""
+    formats = []
     for key in ("train_dataset", "eval_dataset"):
         spec = data.get(key)
-        if not spec or not is_local(spec["dataset_name"]):
+        if not spec:
             continue
-        path = _local_file(spec, f"{source}: data.{key}")
+        path = _local_file(spec, f"{source}: data.{key}") if is_local(spec["dataset_name"]) else None
+        if path is None or not _is_jsonl(path):
+            formats.append(None)
+            continue
         checked = (path.resolve(), path.stat().st_mtime_ns, data["target_column"], data["template"])
-        if not _is_jsonl(path) or checked in _CHECKED:
-            continue
-        rows = _nonempty(_read_jsonl(path, limit=PEEK_ROWS), spec["dataset_name"], f"{source}: data.{key}")
-        fmt = detect_format(rows, data["target_column"])
-        for row in rows:
-            to_training_row(row, fmt, data["template"], data["target_column"])
-        _CHECKED.add(checked)
+        if checked not in _CHECKED:
+            rows = _nonempty(_read_jsonl(path, limit=PEEK_ROWS), spec["dataset_name"], f"{source}: data.{key}")
+            fmt = detect_format(rows, data["target_column"])
+            for row in rows:
+                to_training_row(row, fmt, data["template"], data["target_column"])
+            _CHECKED[checked] = fmt
+        formats.append(_CHECKED[checked])
+    return formats
 
 
-_CHECKED: set[tuple] = set()  # datasets that passed check_local_data (file, mtime, column, template): many runs share one
+_CHECKED: dict[tuple, str] = {}  # format of the datasets that passed check_local_data, by (file, mtime, column, template)
+
+
+def warn_unused_target_column(formats: list[str | None], source: str) -> None:
+    """Warn that ``data.target_column`` is ignored when every dataset's format is known (not None) and none is plain text."""
+    if None not in formats and "text" not in formats:
+        warn(
+            f"{source}: data.target_column: ignored; the data is in {' and '.join(sorted(set(formats)))} format, "
+            "which has its own columns (target_column only names the column of plain-text rows)"
+        )
 
 
 def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
@@ -177,7 +192,8 @@ def _render(messages: list[dict], template: str) -> str:
 
 
 def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> dict:
-    """Convert one raw row to what the trainer reads: ``text``, ``prompt``/``completion`` or ``messages``."""
+    """Convert one raw row to what the trainer reads: ``text`` or ``prompt``/``completion`` (strings, or with
+    template ``model`` lists of chat messages)."""
     if fmt == "text":
         return {"text": str(row[target_column])}
     if fmt in ("prompt_completion", "alpaca"):
@@ -193,19 +209,29 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
         messages = row["messages"]
         if template == "none":
             raise ConfigError(f"{row['_source']}: chat 'messages' need a template (data.template: model, llama3, ...)")
-    if template == "model":
-        return {"messages": messages}
     if not messages or messages[-1].get("role") != "assistant":
         raise ConfigError(f"{row['_source']}: the last message must be the assistant's reply")
+    if template == "model":
+        # TRL's conversational prompt/completion: the tokenizer's chat template renders both, and
+        # completion_only_loss masks the prompt (TRL trains on every token of ``messages`` rows).
+        if len(messages) < 2:
+            raise ConfigError(f"{row['_source']}: the assistant's reply needs a message before it (the prompt)")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
     t = TEMPLATES[template]
     return {"prompt": _render(messages[:-1], template) + t["reply"], "completion": messages[-1]["content"] + t["end"]}
 
 
+def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
+    """Token IDs of a text, or of chat messages rendered by the tokenizer's chat template."""
+    if isinstance(value, list):
+        return tokenizer.apply_chat_template(value, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
+    return tokenizer(value)["input_ids"]
+
+
 def _token_count(row: dict, tokenizer) -> int:
     if "messages" in row:
-        return len(tokenizer.apply_chat_template(row["messages"], tokenize=True))
-    text = row.get("text") or row["prompt"] + row["completion"]
-    return len(tokenizer(text)["input_ids"])
+        return len(_ids(tokenizer, row["messages"]))
+    return len(_ids(tokenizer, row.get("text") or row["prompt"] + row["completion"]))
 
 
 def _learnable(rows: list[dict], tokenizer, max_len: int, completion_only: bool) -> list[dict]:
@@ -213,7 +239,7 @@ def _learnable(rows: list[dict], tokenizer, max_len: int, completion_only: bool)
     completions only, a prompt of ``max_len`` tokens or more leaves none (and NaN losses)."""
     if not completion_only:
         return rows
-    return [r for r in rows if "prompt" not in r or len(tokenizer(r["prompt"])["input_ids"]) < max_len]
+    return [r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) < max_len]
 
 
 def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
@@ -224,6 +250,7 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     name = data["train_dataset"]["dataset_name"]
     rows = read_rows(data["train_dataset"])
     fmt = detect_format(rows, data["target_column"])
+    formats = [fmt]
     train = [to_training_row(r, fmt, data["template"], data["target_column"]) for r in rows]
     if data.get("max_samples"):
         train = train[: data["max_samples"]]
@@ -232,6 +259,7 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     if data.get("eval_dataset"):
         eval_rows = read_rows(data["eval_dataset"], "data.eval_dataset")
         eval_fmt = detect_format(eval_rows, data["target_column"])
+        formats.append(eval_fmt)
         evals = [to_training_row(r, eval_fmt, data["template"], data["target_column"]) for r in eval_rows]
     elif data["eval_fraction"] > 0:
         shuffled = train[:]
@@ -242,6 +270,8 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
             raise ConfigError(f"{name}: no training rows left after holding out {n_eval} for evaluation (data.eval_fraction); add rows or lower it")
     else:
         evals = []
+    if data["target_column"] != schema("recipe")["properties"]["data"]["properties"]["target_column"]["default"]:
+        warn_unused_target_column(formats, name)  # the resolved recipe cannot tell a default value from a given one
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     max_len = recipe["model"]["model_max_length"]
@@ -277,4 +307,5 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
         with open(out_dir / file_name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in split)
     write_json(out_dir / "stats.json", stats)
+    write_text_atomic(out_dir / "lengths.json", json.dumps(lengths))  # tokens per training row (koaml.packing)
     return stats

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from koaml.packing import VARLEN_ATTENTION, decide, estimate
 from koaml.config import load_yaml
 from koaml.io import atomic_dir, config_hash, write_json
 from koaml.modeling import device, load_causal_lm, load_tokenizer, torch_dtype
@@ -45,52 +46,6 @@ def _checkpointing_key() -> str:
 
     fields = TrainingArguments.__dataclass_fields__
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-
-
-# Attention implementations whose kernels take a padding-free batch as separate sequences (cu_seq_lens from
-# TRL's collator): packed sequences never attend to each other, whatever the model.
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-
-
-def packing_decision(setting: bool | str, attn_implementation: str, trust_remote_code: bool = False) -> tuple[bool, str]:
-    """Whether to pack the training rows, and why (for the train log).
-
-    Packing is TRL's best-fit-decreasing strategy: sequences are packed into rows of up to max_length tokens,
-    with ``position_ids`` restarting at every packed sequence. With flash-attention a batch is flattened into one
-    padding-free row, whose varlen kernels keep the sequences apart. With sdpa/eager each packed row stays a batch
-    row (see ``sft_trainer``) and transformers' built-in architectures derive a per-sequence causal mask from the
-    ``position_ids`` (a packed sequence's loss equals its unpacked loss, see tests/test_train.py), so attention
-    costs no more than over unpacked rows of that length, and fewer, fuller rows waste no compute on padding.
-    ``auto`` packs in both cases, but not for remote-code models with sdpa/eager: their own modeling code may
-    ignore the ``position_ids`` when masking, letting packed sequences attend to each other; ``true`` forces it.
-    """
-    varlen = attn_implementation in VARLEN_ATTENTION
-    if setting == "auto":
-        if varlen:
-            return True, f"on (auto: {attn_implementation} keeps packed sequences apart with varlen kernels)"
-        if trust_remote_code:
-            return False, (
-                f"off (auto: with {attn_implementation}, a remote-code model's attention mask may ignore the "
-                "position_ids that keep packed sequences apart; check it and set training.packing: true, or use "
-                "flash_attention_2)"
-            )
-        return True, (
-            f"on (auto: {attn_implementation}: transformers masks packed sequences apart from their position_ids, "
-            "one packed row per batch row)"
-        )
-    if not setting:
-        return False, "off (training.packing: false)"
-    if varlen:
-        return True, f"on (training.packing: true; {attn_implementation} keeps packed sequences apart)"
-    if trust_remote_code:
-        return True, (
-            f"on (training.packing: true) with {attn_implementation} on a remote-code model: packed sequences are "
-            "kept apart only if its attention mask honours position_ids; check, or use flash_attention_2"
-        )
-    return True, (
-        f"on (training.packing: true; {attn_implementation}: transformers masks packed sequences apart from their "
-        "position_ids, one packed row per batch row)"
-    )
 
 
 def sft_trainer(**kwargs):
@@ -141,22 +96,15 @@ def sft_trainer(**kwargs):
     return Trainer(**kwargs)
 
 
-def sft_config_kwargs(
-    recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool, attn_implementation: str | None = None
-) -> dict:
+def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool, packing: bool = False) -> dict:
     """Map a recipe (the guide's keys) to ``trl.SFTConfig`` keyword arguments (transformers 5 names).
 
-    ``attn_implementation`` is the loaded model's (after any fallback); by default the recipe's, with
-    flash-attention falling back to sdpa off the GPU as the model loader does.
+    ``packing`` is the decision of ``koaml.packing.decide`` for the loaded model and the prepared data.
     """
     t = recipe["training"]
     kwargs = {key: t[key] for key in _PASSTHROUGH}
-    if attn_implementation is None:
-        attn_implementation = recipe["model"]["attn_implementation"]
-        if attn_implementation in VARLEN_ATTENTION and not on_gpu:
-            attn_implementation = "sdpa"
-    kwargs["packing"], _ = packing_decision(t["packing"], attn_implementation, recipe["model"].get("trust_remote_code", False))
-    if kwargs["packing"]:
+    kwargs["packing"] = packing
+    if packing:
         kwargs["packing_strategy"] = "bfd"  # position_ids restart at each packed sequence (see sft_trainer)
     # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
     kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
@@ -277,6 +225,30 @@ def is_distributed_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def choose_packing(recipe: dict, model, data_dir: str | Path) -> tuple[bool, str]:
+    """``koaml.packing.decide`` for the loaded model (its attention after any fallback) and the prepared rows'
+    token lengths (``lengths.json``); logged, with a warning where packing is forced on a remote-code model."""
+    config = model.config
+    attn = getattr(config, "_attn_implementation", None) or recipe["model"]["attn_implementation"]
+    remote_code = recipe["model"].get("trust_remote_code", False)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cost = estimate(
+        json.loads((Path(data_dir) / "lengths.json").read_text()),
+        max_length=recipe["model"]["model_max_length"],
+        batch_size=recipe["training"]["per_device_train_batch_size"],
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_layers=config.num_hidden_layers,
+        attention_width=config.num_attention_heads * head_dim,
+        attn_implementation=attn,
+        device=device(),
+        seed=recipe["training"]["seed"],
+    )
+    on, why = decide(recipe["training"]["packing"], attn, remote_code, cost)
+    unchecked = on and remote_code and attn not in VARLEN_ATTENTION
+    log.log(logging.WARNING if unchecked else logging.INFO, "packing: %s", why)
+    return on, why
+
+
 def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
     """Train one run and write its adapter (LoRA/QLoRA) or full model to ``out_dir``.
 
@@ -302,14 +274,10 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if method == "qlora" else None)
     on_gpu = device() == "cuda"
-    attn = getattr(model.config, "_attn_implementation", None) or recipe["model"]["attn_implementation"]
-    remote_code = recipe["model"].get("trust_remote_code", False)
-    packing, why = packing_decision(recipe["training"]["packing"], attn, remote_code)
-    unchecked = packing and remote_code and attn not in VARLEN_ATTENTION
-    log.log(logging.WARNING if unchecked else logging.INFO, "packing: %s", why)
+    packing, why = choose_packing(recipe, model, data_dir)
     report_to, env = tracking(recipe["training"]["report_to"], Path(out_dir).parent / "tracking")
     os.environ.update(env)
-    kwargs = sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, attn_implementation=attn)
+    kwargs = sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, packing)
     args = SFTConfig(**{**kwargs, "report_to": report_to or "none"})
     trainer = sft_trainer(
         model=model,
@@ -335,6 +303,7 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         "global_step": trainer.state.global_step,
         "world_size": trainer.args.world_size,
         "packing": packing,
+        "packing_reason": why,
         "train_loss": result.training_loss,
         "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),
