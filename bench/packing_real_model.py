@@ -1,7 +1,7 @@
 """Packing on the real model: useful (non-padding) tokens/s packed vs unpacked, and what `packing: auto` picks.
 
 SmolLM2-135M-Instruct (converted from the GGUF that `make` installs), LoRA as in the shipped recipes, float32,
-sdpa on the CPU, at model_max_length 512, 2,048 and 8,192. The rows are instruction-like prompt/completion
+sdpa on the CPU, gradient checkpointing on (as in the recipe), at model_max_length 512, 2,048 and 8,192. The rows are instruction-like prompt/completion
 pairs with a long tail of lengths (median ~100 tokens, p90 ~240, max ~750: the lognormal rows of
 bench/packing_throughput.py, through SmolLM2's tokenizer). Each variant's batches are the ones the trainer
 really builds (koaml.train.sft_trainer: TRL's packing and collators, per_device_train_batch_size 4), and each
@@ -43,7 +43,7 @@ def trainer_batches(model, tokenizer, rows: list[dict], max_length: int, packing
 
     recipe = load_recipe(REPO / "config/recipes/smollm_135m_lora.yaml", {
         "model": {"model_max_length": max_length, "dtype": "float32", "attn_implementation": "sdpa"},
-        "training": {"per_device_train_batch_size": BATCH, "gradient_checkpointing": False},
+        "training": {"per_device_train_batch_size": BATCH},  # gradient checkpointing on, as in the recipe
     })
     trainer = sft_trainer(
         model=model,
@@ -137,6 +137,8 @@ def main() -> None:
             model.config.num_hidden_layers = 2
         recipe = load_recipe(REPO / "config/recipes/smollm_135m_lora.yaml")
         model = get_peft_model(model, lora_config(recipe["peft"]))
+        # as the trainer does when it starts: without it sdpa keeps every layer's L x L attention for backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         config = model.config
         n_params = sum(p.numel() for p in model.parameters())
         width = config.num_attention_heads * config.head_dim

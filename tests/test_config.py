@@ -66,7 +66,7 @@ def test_run_overrides_are_merged():
     assert runs["tiny-full"].method == "lora" and runs["tiny-full"].recipe["peft"]["lora_r"] == 2
 
 
-def test_base_defaults_to_the_recipe_model_name(tmp_path):
+def test_base_defaults_to_the_recipe_model_name(tmp_path, online):
     recipe = load_yaml(DEMO_RECIPE)
     recipe["model"]["model_name"] = "meta-llama/Llama-3.1-8B-Instruct"
     path = write(tmp_path, "r.yaml", recipe)
@@ -131,7 +131,7 @@ def test_command_line_overrides_arrive_as_strings_and_are_typed():
     assert all(b.config["limit"] == 5 for b in exp.benchmarks.values())
 
 
-def test_example_experiments_validate():
+def test_example_experiments_validate(online):
     from conftest import REPO
 
     examples = sorted((REPO / "config/examples").glob("*.yaml"))
@@ -141,3 +141,72 @@ def test_example_experiments_validate():
         assert exp.runs, path
     ablation = load_experiment(load_yaml(REPO / "config/examples/lora_rank_ablation.yaml"))
     assert sorted(r.recipe["peft"]["lora_r"] for r in ablation.runs.values()) == [4, 8, 16, 32]
+
+
+# Keys the guide's configs have but the workflow does not use: a warning each, naming what is used instead.
+OUTPUT_DIR = "training.output_dir: ignored; trained models go to results/runs/<run>/trained and checkpoints to results/checkpoints/<run>/"
+TARGET_COLUMN = (
+    "data.target_column: ignored; the data is in prompt_completion format, which has its own columns "
+    "(target_column only names the column of plain-text rows)"
+)
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("koaml") and r.levelname == "WARNING"]
+
+
+def test_recipe_output_dir_is_ignored_with_a_warning(tmp_path, caplog):
+    path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"training": {"output_dir": "./output/x"}}))
+    load_recipe(path)
+    assert warnings(caplog) == [f"{path}: {OUTPUT_DIR}"]
+
+
+def test_benchmark_model_name_is_ignored_with_a_warning(tmp_path, caplog):
+    bench = deep_merge(load_yaml("config/benchmarks/demo_arith_mc.yaml"), {"model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct"}})
+    path = write(tmp_path, "b.yaml", bench)
+    load_benchmark(path)
+    assert warnings(caplog) == [f"{path}: model.model_name: ignored; the experiment decides which models are evaluated (its base_models and runs)"]
+
+
+def test_benchmark_output_paths_are_ignored_with_one_warning(tmp_path, caplog):
+    bench = load_yaml("config/benchmarks/demo_arith_mc.yaml")
+    bench["tasks"] = [dict(bench["tasks"][0], output_path="./out"), dict(bench["tasks"][0], output_path="./out2")]
+    path = write(tmp_path, "b.yaml", bench)
+    load_benchmark(path)
+    assert warnings(caplog) == [f"{path}: tasks.0.output_path, tasks.1.output_path: ignored; results go to results/eval/<model>/<benchmark>/"]
+
+
+def test_target_column_is_ignored_with_a_warning_when_the_data_is_not_plain_text(tmp_path, caplog):
+    path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"target_column": "text"}}))
+    load_experiment(demo_experiment(runs={"a": {"base": "tiny", "recipe": path}}))
+    assert warnings(caplog) == [f"{path}: {TARGET_COLUMN}"]
+
+
+def test_target_column_of_plain_text_or_hub_data_is_not_warned_about(tmp_path, caplog, online):
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"body": "2 plus 2 is 4"}\n')
+    plain = write(tmp_path, "plain.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"train_dataset": {"dataset_name": str(text)}, "target_column": "body"}}))
+    hub = write(tmp_path, "hub.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"train_dataset": {"dataset_name": "yahma/alpaca-cleaned"}, "target_column": "text"}}))
+    load_experiment(demo_experiment(runs={"a": {"base": "tiny", "recipe": plain}, "b": {"base": "tiny", "recipe": hub}}))
+    assert warnings(caplog) == []  # a hub dataset's format is known only to prepare_data, which warns then
+
+
+def test_a_recipe_shared_by_many_runs_is_warned_about_once(tmp_path, caplog):
+    path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"training": {"output_dir": "./output/x"}}))
+    runs = {"a": {"base": "tiny", "recipe": path}, "b": {"base": "tiny", "recipe": path, "sweep": {"peft.lora_r": [4, 8]}}}
+    load_experiment(demo_experiment(runs=runs))
+    assert warnings(caplog) == [f"{path}: {OUTPUT_DIR}"]
+
+
+def test_shipped_configs_have_no_ignored_keys(caplog, monkeypatch, online):
+    from conftest import REPO
+    from koaml import config
+
+    monkeypatch.setattr(config, "_WARNED", set())
+    for path in [REPO / "config/config.yaml", *sorted((REPO / "config/examples").glob("*.yaml"))]:
+        load_experiment(load_yaml(path), str(path))
+    for path in sorted((REPO / "config/recipes").glob("*.yaml")):
+        load_recipe(path)
+    for path in sorted((REPO / "config/benchmarks").glob("*.yaml")):
+        load_benchmark(path)
+    assert warnings(caplog) == []

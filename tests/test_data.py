@@ -36,9 +36,11 @@ def test_alpaca_template():
     assert out["prompt"].endswith("### Instruction:\nAdd 2 and 3\n\n### Response:\n") and out["completion"] == "5"
 
 
-def test_model_template_keeps_chat_messages():
+def test_model_template_makes_chat_prompt_completion():
+    # conversational prompt/completion, so that TRL's completion_only_loss masks the prompt (tests/test_real_model.py)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    assert to_training_row({"messages": messages, "_source": "x:1"}, "messages", "model", "text") == {"messages": messages}
+    row = to_training_row({"messages": messages, "_source": "x:1"}, "messages", "model", "text")
+    assert row == {"prompt": messages[:1], "completion": messages[1:]}
 
 
 def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
@@ -66,3 +68,22 @@ def test_alpaca_columns_become_prompt_completion(tmp_path):
     assert fmt == "alpaca"
     assert to_training_row(rows[0], fmt, "none", "text") == {"prompt": "Add\n\n2 and 3", "completion": "5"}
     assert to_training_row(rows[1], fmt, "chatml", "text")["prompt"] == "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, caplog):
+    """prepare_data reads hub datasets, which the parse cannot: it warns about a target_column their format does not use."""
+    path = jsonl(tmp_path, [{"instruction": "Add 2 and 3", "input": "", "output": "5"}] * 4)
+    recipe = {
+        "model": {"model_max_length": 64},
+        "data": {"train_dataset": {"dataset_name": path}, "eval_fraction": 0, "template": "none", "target_column": "output"},
+        "training": {"seed": 1, "completion_only_loss": True},
+    }
+    prepare(recipe, str(tiny_model), tmp_path / "out")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path}: data.target_column: ignored; the data is in alpaca format, which has its own columns "
+        "(target_column only names the column of plain-text rows)"
+    ]
+    caplog.clear()
+    recipe["data"]["target_column"] = "text"  # the default: the resolved recipe cannot tell whether it was written
+    prepare(recipe, str(tiny_model), tmp_path / "out2")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -14,6 +14,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from conftest import cache_hub_model
 from koaml.config import load_benchmark, load_recipe
 from koaml.sizing import (
     KOA_GPUS,
@@ -123,18 +124,6 @@ def test_tiny_demo_model(tiny_model):
     assert shape.hidden_size == 128 and shape.n_layers == 2 and shape.tie_word_embeddings
 
 
-def _cache_hub_model(hub_cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
-    """Lay out ``files`` as the Hugging Face cache holds a downloaded snapshot."""
-    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
-
-
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache, offline."""
@@ -156,13 +145,13 @@ def test_hub_model_not_cached_offline(offline_hub):
 
 def test_hub_model_from_the_cache(offline_hub, tmp_path):
     numel = _write_model(tmp_path / "src", TENSORS)
-    _cache_hub_model(offline_hub, "koaml-test/cached", {
+    cache_hub_model(offline_hub, "koaml-test/cached", {
         "config.json": (tmp_path / "src" / "config.json").read_bytes(),
         "model.safetensors": (tmp_path / "src" / "model.safetensors").read_bytes(),
     })
     assert model_shape("koaml-test/cached").n_params == numel
 
-    _cache_hub_model(offline_hub, "koaml-test/config-only", {"config.json": json.dumps(LLAMA_8B).encode()})
+    cache_hub_model(offline_hub, "koaml-test/config-only", {"config.json": json.dumps(LLAMA_8B).encode()})
     assert model_shape("koaml-test/config-only").n_params == shape_from_config(LLAMA_8B).n_params
 
 

@@ -2,11 +2,13 @@
 
 from collections import Counter
 
-from conftest import planned_jobs, snakemake
+from conftest import cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
 
 
 def test_demo_dag_evaluates_the_base_once(workflow_dir):
-    jobs = planned_jobs(snakemake(workflow_dir, "-n").stdout)
+    proc = snakemake(workflow_dir, "-n")
+    assert "koa-ml: warning" not in proc.stdout
+    jobs = planned_jobs(proc.stdout)
     counts = Counter(rule for rule, _ in jobs)
     assert counts == {
         "build_base_model": 1,
@@ -21,6 +23,19 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
         "all": 1,
     }
     assert ("evaluate", "model=tiny, bench=demo_arith_mc") in jobs
+
+
+def test_ignored_keys_are_warned_about_once_in_the_dry_run(workflow_dir):
+    recipe = workflow_dir / "config/recipes/demo_lora.yaml"
+    recipe.write_text(recipe.read_text().replace("training:\n", "training:\n  output_dir: ./output/tiny-lora\n", 1))
+    proc = snakemake(workflow_dir, "-n", "--config", "runs={tiny-lora: {base: tiny, recipe: config/recipes/demo_lora.yaml}, "
+                     "r4: {base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {peft: {lora_r: 4}}}}")
+    warning = (
+        "koa-ml: warning: config/recipes/demo_lora.yaml: training.output_dir: ignored; "
+        "trained models go to results/runs/<run>/trained and checkpoints to results/checkpoints/<run>/"
+    )
+    assert proc.stdout.count(warning) == 1 and proc.stdout.count("koa-ml: warning") == 1, proc.stdout[:3000]
+    assert ("train", "run=r4") in planned_jobs(proc.stdout)
 
 
 def test_config_typo_stops_before_any_job(workflow_dir):
@@ -83,8 +98,10 @@ def test_code_executing_benchmark_needs_opt_in(workflow_dir):
     assert snakemake(workflow_dir, "-n").returncode == 0
 
 
-def test_an_experiment_file_replaces_the_demo(workflow_dir):
+def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
     """--configfile names the whole experiment: the demo's runs are not merged into it."""
+    cache_hub_model(hf_cache / "hub", "meta-llama/Llama-3.1-8B-Instruct", {"config.json": b"{}"})  # as `snakemake fetch` leaves them
+    cache_hub_dataset(hf_cache / "datasets", "yahma___alpaca-cleaned")
     jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
     runs = {wildcards for rule, wildcards in jobs if rule == "train"}
     assert runs == {f"run=rank_lora_r{r}" for r in (4, 8, 16, 32)}

@@ -1,7 +1,8 @@
 """Load and validate experiment, recipe and benchmark configs.
 
 Everything here is cheap to import (no torch): the Snakefile calls it on every parse.
-Errors are :class:`ConfigError` naming the file, the key and what was expected.
+Errors are :class:`ConfigError` naming the file, the key and what was expected; keys the workflow
+accepts but does not use are warnings (logger ``koaml.config``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import copy
 import difflib
 import itertools
 import json
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -21,6 +23,9 @@ import jsonschema
 import yaml
 
 SCHEMAS = ("experiment", "recipe", "benchmark")
+IGNORED = "Ignored: "  # starts the schema description of a key the guide's configs have but the workflow does not use
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -117,6 +122,41 @@ def validate(data: Any, schema_name: str, source: str | Path) -> None:
     _fail(schema_name, source, [line for e in errors for line in _describe(e).split("\n")])
 
 
+def warn(message: str) -> None:
+    """Log a warning about the configs once per process (an experiment's runs share recipes)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+
+
+_WARNED: set[str] = set()
+
+
+def _ignored(data: Any, node: dict, path: tuple = ()) -> list[tuple[str, str]]:
+    """``(key, what the workflow uses instead)`` for each key of ``data`` that the schema ``node`` marks IGNORED."""
+    found = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = node.get("properties", {}).get(key, {})
+            if sub.get("description", "").startswith(IGNORED):
+                found.append((_key_path([*path, key]), sub["description"].removeprefix(IGNORED).rstrip(".")))
+            else:
+                found += _ignored(value, sub, (*path, key))
+    elif isinstance(data, list) and "items" in node:
+        for index, value in enumerate(data):
+            found += _ignored(value, node["items"], (*path, index))
+    return found
+
+
+def _warn_ignored(data: Any, schema_name: str, source: str | Path) -> None:
+    """One warning per ignored key of a config file (keys of list items together: ``tasks.0.output_path, ...``)."""
+    keys: dict[str, list[str]] = {}
+    for key, instead in _ignored(data, schema(schema_name)):
+        keys.setdefault(instead, []).append(key)
+    for instead, names in keys.items():
+        warn(f"{source}: {', '.join(names)}: ignored; {instead}")
+
+
 def fill_defaults(data: dict, schema_node: dict) -> dict:
     """Return a copy of ``data`` with the schema's ``default`` values filled in, recursively."""
     out = copy.deepcopy(data)
@@ -156,6 +196,8 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> dict:
     merged = deep_merge(raw, overrides or {})
     source = f"{path} (with run overrides)" if overrides else path
     validate(merged, "recipe", source)
+    _warn_ignored(raw, "recipe", path)
+    _warn_ignored(overrides, "recipe", source)
     recipe = fill_defaults(merged, schema("recipe"))
     _fail("recipe", source, _recipe_contradictions(raw, merged, recipe))
     deepspeed = recipe["training"].get("deepspeed")
@@ -210,10 +252,12 @@ def load_benchmark(path: str | Path, overrides: dict | None = None) -> dict:
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model / generation / tasks sections")
-    raw = deep_merge(raw, overrides or {})
+    merged = deep_merge(raw, overrides or {})
     source = f"{path} (with overrides)" if overrides else path
-    validate(raw, "benchmark", source)
-    bench = fill_defaults(raw, schema("benchmark"))
+    validate(merged, "benchmark", source)
+    _warn_ignored(raw, "benchmark", path)
+    _warn_ignored(overrides, "benchmark", source)
+    bench = fill_defaults(merged, schema("benchmark"))
     if bench["generation"]["fewshot_as_multiturn"] and not bench["generation"]["apply_chat_template"]:
         _fail("benchmark", source, ["generation.fewshot_as_multiturn: needs generation.apply_chat_template: true"])
     bench["tasks"] = [fill_defaults(t, schema("benchmark")["properties"]["tasks"]["items"]) for t in bench["tasks"]]
@@ -231,6 +275,7 @@ class BaseModel:
     gguf: str | None = None  # GGUF file (or package:<pkg>/<file>) the workflow converts
     dtype: str = "float32"  # of the weights converted from GGUF
     gguf_file: str | None = None  # the GGUF file ``gguf`` names, once checked
+    where: str = field(default="", compare=False)  # "<file>: <key>" that defines it, for messages
 
     @property
     def built_by_workflow(self) -> bool:
@@ -364,21 +409,23 @@ def _base_model(name: str, spec: dict, source: str) -> BaseModel:
         )
     if "dtype" in spec and "gguf" not in spec:
         raise ConfigError(f"{source}: base_models.{name}.dtype: only used with gguf (the dtype of the converted weights)")
-    return BaseModel(name, spec.get("model_name"), spec.get("build"), spec.get("gguf"), spec.get("dtype", "float32"))
+    return BaseModel(
+        name, spec.get("model_name"), spec.get("build"), spec.get("gguf"), spec.get("dtype", "float32"), where=f"{source}: base_models.{name}"
+    )
 
 
-def _check_model(model: BaseModel, key: str, source: str) -> BaseModel:
-    """A base model's local files must exist (hub IDs are checked by ``snakemake fetch``); returns the model
-    with its GGUF file resolved."""
+def _check_model(model: BaseModel) -> BaseModel:
+    """A base model's local files must exist (hub IDs are checked offline by koaml.fetch.check_cached); returns
+    the model with its GGUF file resolved."""
     if model.gguf:
         from koaml.gguf import check
 
-        return replace(model, gguf_file=str(check(model.gguf, f"{source}: {key}.gguf")))
+        return replace(model, gguf_file=str(check(model.gguf, f"{model.where}.gguf")))
     if model.build and not Path(model.build).is_file():
-        raise ConfigError(f"{source}: {key}.build: {model.build}: file not found")
+        raise ConfigError(f"{model.where}.build: {model.build}: file not found")
     if model.model_name and _is_local_path(model.model_name) and not Path(model.model_name).expanduser().exists():
         raise ConfigError(
-            f"{source}: {key}.model_name: {model.model_name}: folder not found (a local path; hub IDs look like org/name)"
+            f"{model.where}.model_name: {model.model_name}: folder not found (a local path; hub IDs look like org/name)"
         )
     return model
 
@@ -403,7 +450,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks.
 
     ``source`` names the config file(s), comma-separated; existing ones are re-read to catch duplicate
-    keys (two runs of the same name), which the YAML parser Snakemake uses silently merges.
+    keys (two runs of the same name), which the YAML parser Snakemake uses silently merges. Offline,
+    the hub models and datasets must be in the cache (:func:`koaml.fetch.check_cached`).
     """
     for path in source.split(", "):
         if Path(path).is_file():
@@ -417,9 +465,9 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     recipe_overrides = typed(config["recipe_overrides"])
     benchmark_overrides = typed(config["benchmark_overrides"])
     bases = {name: _base_model(name, spec, source) for name, spec in config["base_models"].items()}
-    bases = {name: _check_model(model, f"base_models.{name}", source) for name, model in bases.items()}
+    bases = {name: _check_model(model) for name, model in bases.items()}
 
-    from koaml.data import check_local_data  # here: koaml.data imports this module
+    from koaml.data import check_local_data, warn_unused_target_column  # here: koaml.data imports this module
 
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
@@ -441,14 +489,15 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 )
             base = next((b.name for b in bases.values() if b.model_name == model_name), _slug(model_name))
             if base not in bases:
-                bases[base] = BaseModel(base, model_name=model_name)
-                bases[base] = _check_model(bases[base], "model", spec["recipe"])
+                bases[base] = _check_model(BaseModel(base, model_name=model_name, where=f"{spec['recipe']}: model"))
         elif not base.startswith(RUN_PREFIX) and base not in bases:
             hint = difflib.get_close_matches(base, list(bases), n=1)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
             raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
         runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"))
-        check_local_data(recipe["data"], spec["recipe"])
+        formats = check_local_data(recipe["data"], spec["recipe"])
+        if "target_column" in load_yaml(spec["recipe"])["data"]:
+            warn_unused_target_column(formats, spec["recipe"])
     _check_chains(runs, source)
 
     clash = sorted(set(bases) & set(runs))
@@ -472,4 +521,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
     if clash:
         raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")
+
+    from koaml.fetch import check_cached  # here: koaml.fetch imports this module
+
+    check_cached(experiment, source)
     return experiment

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from koaml.config import ConfigError, load_yaml
+from koaml.config import ConfigError, load_benchmark
 from koaml.io import atomic_dir, write_json
 from koaml.modeling import device
 
@@ -97,7 +97,7 @@ def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int
     from lm_eval.utils import handle_non_serializable
 
     torch.set_num_threads(threads)
-    bench = load_yaml(bench_config_path)
+    bench = load_benchmark(bench_config_path)  # a resolved config, or a benchmark file as written (defaults filled in)
     generation = bench["generation"]
     if bench["allow_code_execution"]:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # read by the code-execution metrics

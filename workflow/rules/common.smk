@@ -1,4 +1,5 @@
 # Config validation and the path helpers every rule uses. Logic lives in the koaml package.
+import logging
 import re
 
 from koaml.config import ConfigError, load_experiment, load_yaml
@@ -6,6 +7,15 @@ from koaml.data import is_local
 from koaml.fetch import requirements as fetch_requirements
 from koaml.slurm import MIN_HOST_MEM_MB
 
+
+# koaml's warnings (config keys the workflow ignores) on stderr, marked as ours, once.
+_koaml_log = logging.getLogger("koaml")
+if not _koaml_log.handlers:
+    _warnings = logging.StreamHandler()
+    _warnings.setLevel(logging.WARNING)
+    _warnings.setFormatter(logging.Formatter("koa-ml: warning: %(message)s"))
+    _koaml_log.addHandler(_warnings)
+    _koaml_log.propagate = False
 
 try:
     EXP = load_experiment(config, source=", ".join(map(str, workflow.configfiles)) or "config")
