@@ -138,7 +138,7 @@ def test_example_experiments_validate(online):
     assert examples
     for path in examples:
         exp = load_experiment(load_yaml(path), str(path))
-        assert exp.runs, path
+        assert exp.comparisons, path
     ablation = load_experiment(load_yaml(REPO / "config/examples/lora_rank_ablation.yaml"))
     assert sorted(r.recipe["peft"]["lora_r"] for r in ablation.runs.values()) == [4, 8, 16, 32]
 
@@ -210,3 +210,25 @@ def test_shipped_configs_have_no_ignored_keys(caplog, monkeypatch, online):
     for path in sorted((REPO / "config/benchmarks").glob("*.yaml")):
         load_benchmark(path)
     assert warnings(caplog) == []
+
+
+def test_runs_are_compared_with_the_base_their_chain_starts_from():
+    exp = load_experiment(demo_experiment())
+    assert exp.comparisons == [("tiny", "tiny-lora"), ("tiny", "tiny-qlora"), ("tiny", "tiny-full")]
+
+
+def test_an_experiment_without_runs_compares_its_models_with_the_reference(tmp_path):
+    config = demo_experiment()
+    config.pop("runs")
+    config["base_models"] = {name: {"build": "resources/demo/tiny_model.yaml"} for name in ("a", "b", "c")}
+    assert load_experiment(config).comparisons == [("a", "b"), ("a", "c")]
+    assert load_experiment(dict(config, reference="c")).comparisons == [("c", "a"), ("c", "b")]
+    exp = load_experiment(dict(config, compare=[["b", "c"], ["a", "b"]]))
+    assert exp.comparisons == [("a", "b"), ("a", "c"), ("b", "c")] and exp.runs == {}
+    assert exp.evaluated_models == ["a", "b", "c"]
+
+
+def test_compare_pairs_any_two_evaluated_models():
+    config = dict(demo_experiment(), compare=[["tiny-lora", "tiny-full"]], evaluate_adapters=True)
+    exp = load_experiment(config)
+    assert exp.comparisons[-1] == ("tiny-lora", "tiny-full") and ("tiny", "tiny-lora_adapter") in exp.comparisons

@@ -96,3 +96,22 @@ def test_a_model_too_big_for_one_gpu_is_spread_over_the_jobs_gpus(gpus, backend,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert multi_gpu_kwargs(backend) == expected
+
+
+def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_dir, monkeypatch):
+    """The guide's `evaluate.py --model X --tasks Y --limit 10`: a shipped benchmark by name, defaults filled
+    in (a file as written once raised KeyError: 'allow_code_execution'), results under results/eval/<model>/."""
+    from koaml.cli import main
+
+    monkeypatch.chdir(workflow_dir)
+    run = workflow_dir / "results/runs/mine/trained"
+    run.parent.mkdir(parents=True)
+    run.symlink_to(tiny_model)
+    assert main(["evaluate", "--config", "demo_arith_mc", "--model", "run:mine", "--limit", "4"]) == 0
+    results = json.loads((workflow_dir / "results/eval/run-mine/demo_arith_mc/results.json").read_text())
+    assert results["n-samples"]["demo_arith_mc"]["effective"] == 4 and results["model_path"] == "results/runs/mine/trained"
+    assert main(["evaluate", "--config", "config/benchmarks/demo_arith_gen.yaml", "--model", str(tiny_model), "--limit", "2",
+                 "--out", "here"]) == 0
+    assert (workflow_dir / "here/samples_demo_arith_gen.jsonl").read_text().count("\n") == 2
+    assert main(["evaluate", "--config", "demo_arith", "--model", str(tiny_model)]) == 2
+    assert main(["evaluate", "--config", "demo_arith_mc", "--model", "run:other"]) == 2

@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from conftest import cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
 
 
@@ -105,3 +107,36 @@ def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
     jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
     runs = {wildcards for rule, wildcards in jobs if rule == "train"}
     assert runs == {f"run=rank_lora_r{r}" for r in (4, 8, 16, 32)}
+
+
+def test_evaluation_only_experiment_plans_no_training(workflow_dir):
+    jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/evaluate_only.yaml").stdout)
+    counts = Counter(rule for rule, _ in jobs)
+    assert counts == {"convert_gguf": 1, "build_base_model": 1, "benchmark_config": 1, "evaluate": 2, "compare": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
+    """Two models evaluated and compared with paired statistics, nothing trained; `compare` adds a pair the
+    other way round, and the report shows both models."""
+    import pandas as pd
+    import yaml
+
+    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump({
+        "experiment": "eval-only",
+        "base_models": {"small": {"build": "resources/demo/tiny_model.yaml"}, "wide": {"build": "wide.yaml"}},
+        "compare": [["wide", "small"]],
+        "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+    }))
+    spec = yaml.safe_load((workflow_dir / "resources/demo/tiny_model.yaml").read_text())
+    spec["seed"] += 1
+    spec["architecture"]["hidden_size"] = 64
+    (workflow_dir / "wide.yaml").write_text(yaml.safe_dump(spec))
+    snakemake(workflow_dir, "--configfile", "exp.yaml", "--config", "benchmark_overrides={limit: 40}")
+    table = pd.read_csv(workflow_dir / "results/compare/summary.csv")
+    assert list(zip(table.base_model, table.run)) == [("small", "wide"), ("wide", "small")]
+    assert (table.status == "ok").all() and (table.n == 40).all() and table.p_value.notna().all()
+    assert table.delta.iloc[0] == pytest.approx(-table.delta.iloc[1])
+    assert not (workflow_dir / "results/runs").exists()
+    page = (workflow_dir / "results/report/index.html").read_text()
+    assert "wide" in page and "small" in page

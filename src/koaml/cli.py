@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from koaml.config import ConfigError
+from koaml.config import ConfigError, slug
 from koaml.io import DiskSpaceError
 
 
@@ -67,9 +68,13 @@ def _merge(a):
 
 
 def _evaluate(a):
-    from koaml.evaluate import evaluate
+    from koaml.evaluate import benchmark_file, evaluate, model_location
 
-    evaluate(a.config, a.model, a.out, a.threads, a.adapter)
+    config = benchmark_file(a.config)
+    model = model_location(a.model)
+    out = a.out or f"results/eval/{slug(a.model)}/{Path(config).stem}"
+    evaluate(config, model, out, a.threads, a.adapter, limit=a.limit)
+    logging.info("results in %s", out)
 
 
 def _compare(a):
@@ -128,11 +133,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_merge)
 
-    s = sub.add_parser("evaluate", help="run one benchmark suite on one model with lm-eval")
-    s.add_argument("--config", required=True, help="resolved benchmark config (YAML)")
-    s.add_argument("--model", required=True)
+    s = sub.add_parser(
+        "evaluate",
+        help="run one benchmark suite on one model with lm-eval",
+        description="Evaluate one model on one benchmark suite, as the workflow's evaluate jobs do, or by hand: "
+        "koaml evaluate --model Qwen/Qwen3-8B --config mmlu --limit 10",
+    )
+    s.add_argument("--config", required=True, help="benchmark file (as written or resolved), or the name of one in config/benchmarks/")
+    s.add_argument("--model", required=True, help="hub ID, model folder, or run:<name> (that run's final model under results/runs/)")
     s.add_argument("--adapter", help="LoRA adapter folder: evaluate it on --model without merging")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", help="output folder (default: results/eval/<model>/<benchmark>)")
+    s.add_argument("--limit", type=int, help="only the first N documents of each task (a quick check)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=_evaluate)
 

@@ -322,6 +322,7 @@ class Experiment:
     benchmarks: dict[str, Benchmark]
     evaluate_base: bool = True
     evaluate_adapters: bool = False
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
 
     def root_base(self, run: str) -> str:
         """The base model at the start of a run's (possibly multi-stage) chain."""
@@ -343,7 +344,8 @@ class Experiment:
         return bases + list(self.runs) + list(self.adapter_models)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a safe file name (letters, digits, '.', '_', '-')."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
 
 
@@ -388,7 +390,7 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
         suffix = []
         for key, value in zip(sweep, values):
             point["overrides"] = set_dotted(point["overrides"], key, value)
-            suffix.append(f"{key.rsplit('.', 1)[-1]}{_slug(str(value))}")
+            suffix.append(f"{key.rsplit('.', 1)[-1]}{slug(str(value))}")
         runs[f"{name}_{'_'.join(suffix)}"] = point
     return runs
 
@@ -446,6 +448,35 @@ def _check_chains(runs: dict[str, Run], source: str) -> None:
             parent = runs[parent].parent_run
 
 
+def _known(name: str, names: list[str], key: str, source: str, what: str) -> str:
+    """``name`` if it is one of ``names``, else a ConfigError at ``key`` with a did-you-mean."""
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        suggestion = f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(names)}"
+        raise ConfigError(f"{source}: {key}: '{name}' is not {what}; {suggestion}")
+    return name
+
+
+def _comparisons(exp: Experiment, reference: str | None, extra: list[list[str]], source: str) -> list[tuple[str, str]]:
+    """The summary's (reference, model) pairs: each run (and unmerged adapter) against the base model its chain
+    starts from; base models against ``reference`` (default: the first) when there are no runs or a reference
+    is given; then the experiment's own ``compare`` pairs."""
+    pairs = [(exp.root_base(run), model) for model, run in ({r: r for r in exp.runs} | exp.adapter_models).items()]
+    if reference is not None:
+        _known(reference, list(exp.base_models), "reference", source, "a base model")
+    if exp.base_models and (reference is not None or not exp.runs):
+        reference = reference or next(iter(exp.base_models))
+        pairs += [(reference, base) for base in exp.base_models if base != reference]
+    models = exp.evaluated_models
+    for i, (ref, model) in enumerate(extra):
+        for j, name in enumerate((ref, model)):
+            _known(name, models, f"compare.{i}.{j}", source, "an evaluated model (a base model, run or <run>_adapter)")
+        if ref == model:
+            raise ConfigError(f"{source}: compare.{i}: compares '{ref}' with itself")
+        pairs.append((ref, model))
+    return list(dict.fromkeys(pairs))
+
+
 def load_experiment(config: dict, source: str = "config") -> Experiment:
     """Validate a Snakemake ``config`` dict and resolve its runs (sweeps expanded), recipes and benchmarks.
 
@@ -487,7 +518,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 raise ConfigError(
                     f"{source}: runs.{name}: no 'base' given and {spec['recipe']} has no model.model_name"
                 )
-            base = next((b.name for b in bases.values() if b.model_name == model_name), _slug(model_name))
+            base = next((b.name for b in bases.values() if b.model_name == model_name), slug(model_name))
             if base not in bases:
                 bases[base] = _check_model(BaseModel(base, model_name=model_name, where=f"{spec['recipe']}: model"))
         elif not base.startswith(RUN_PREFIX) and base not in bases:
@@ -521,6 +552,9 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
     if clash:
         raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")
+    if not experiment.evaluated_models:
+        raise ConfigError(f"{source}: nothing to evaluate: give base_models (with evaluate_base: true) or runs")
+    experiment.comparisons = _comparisons(experiment, config.get("reference"), config["compare"], source)
 
     from koaml.fetch import check_cached  # here: koaml.fetch imports this module
 

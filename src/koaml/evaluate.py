@@ -6,6 +6,7 @@ into the output folder atomically: a killed evaluation leaves no result behind.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import logging
@@ -90,14 +91,48 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
     )
 
 
-def evaluate(bench_config_path: str, model_path: str, out_dir: str, threads: int, adapter: str | None = None) -> dict:
-    """Run every task of a benchmark suite on a model; return the merged results (without samples)."""
+BENCHMARK_DIR = Path("config/benchmarks")
+
+
+def benchmark_file(name: str) -> str:
+    """A benchmark file: ``name`` itself, or a shipped one named ``name`` (``mmlu`` -> config/benchmarks/mmlu.yaml);
+    its task names checked against lm-eval's index."""
+    from koaml.tasks import check_benchmark
+
+    path = Path(name) if Path(name).is_file() else BENCHMARK_DIR / f"{name}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in BENCHMARK_DIR.glob("*.yaml"))
+        hint = difflib.get_close_matches(name, shipped, n=3)
+        suggestion = f"; did you mean {', '.join(hint)}?" if hint else f"; shipped: {', '.join(shipped)}" if shipped else ""
+        raise ConfigError(f"--config: {name}: no such benchmark file{suggestion}")
+    check_benchmark(str(path), load_benchmark(path))
+    return str(path)
+
+
+def model_location(model: str) -> str:
+    """``run:<name>`` as that run's final model folder (merged, or trained for full fine-tuning); else ``model``."""
+    if not model.startswith("run:"):
+        return model
+    run = model[len("run:") :]
+    for step in ("merged", "trained"):
+        folder = Path("results/runs") / run / step
+        if (folder / "config.json").is_file():
+            return str(folder)
+    raise ConfigError(f"--model: {model}: no finished model in results/runs/{run}/ (merged or trained); run the workflow first")
+
+
+def evaluate(
+    bench_config_path: str, model_path: str, out_dir: str, threads: int, adapter: str | None = None, limit: int | None = None
+) -> dict:
+    """Run every task of a benchmark suite on a model; return the merged results (without samples).
+    ``limit`` overrides the benchmark's."""
     import lm_eval
     import torch
     from lm_eval.utils import handle_non_serializable
 
     torch.set_num_threads(threads)
-    bench = load_benchmark(bench_config_path)  # a resolved config, or a benchmark file as written (defaults filled in)
+    # a resolved config, or a benchmark file as written (defaults filled in)
+    bench = load_benchmark(bench_config_path, {"limit": limit} if limit else None)
     generation = bench["generation"]
     if bench["allow_code_execution"]:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # read by the code-execution metrics

@@ -31,15 +31,26 @@ def _label(row) -> str:
 
 
 def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One grouped bar chart per benchmark: base and each run, with 95% error bars (1.96 x stderr)."""
+    """One grouped bar chart per benchmark: every evaluated model (references first, marked "(base)" when they
+    are only references), with 95% error bars (1.96 x stderr)."""
     plt = _pyplot()
     paths = []
     for bench, rows in table[table.status != "missing"].groupby("benchmark", sort=False):
         labels = list(dict.fromkeys(_label(r) for _, r in rows.iterrows()))
-        base = rows.drop_duplicates(["task", "metric", "filter"])
-        series = {f"{base.base_model.iloc[0]} (base)": (base.base_score.tolist(), base.base_stderr.tolist())}
-        for run, run_rows in rows.groupby("run", sort=False):
-            series[run] = (run_rows.score.tolist(), run_rows.stderr.tolist())
+        scores: dict[str, dict[str, tuple[float, float]]] = {}
+        for _, r in rows.iterrows():
+            if pd.notna(r.base_score):
+                scores.setdefault(r.base_model, {})[_label(r)] = (r.base_score, r.base_stderr)
+        for _, r in rows.iterrows():
+            scores.setdefault(r.run, {})[_label(r)] = (r.score, r.stderr)
+        compared = set(rows.run)
+        series = {
+            name if name in compared else f"{name} (base)": (
+                [by_label.get(label, (float("nan"), None))[0] for label in labels],
+                [by_label.get(label, (float("nan"), None))[1] for label in labels],
+            )
+            for name, by_label in scores.items()
+        }
         width = 0.8 / len(series)
         fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) * len(series) / 2), 3.6))
         for i, (name, (scores, stderrs)) in enumerate(series.items()):

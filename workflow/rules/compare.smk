@@ -1,15 +1,15 @@
 def comparison_pairs():
-    """One entry per (run, benchmark): the run's and its base's evaluation folders."""
-    evaluated = {name: name for name in EXP.runs} | EXP.adapter_models  # model -> its run
+    """One entry per (reference, model) pair of the experiment and benchmark: both evaluation folders (the
+    reference's is None when it is not evaluated, e.g. evaluate_base: false)."""
     return [
         {
             "run": model,
-            "base_model": EXP.root_base(run),
+            "base_model": reference,
             "benchmark": bench,
             "run_results": eval_dir(model, bench),
-            "base_results": eval_dir(EXP.root_base(run), bench) if EXP.evaluate_base else None,
+            "base_results": eval_dir(reference, bench) if reference in EXP.evaluated_models else None,
         }
-        for model, run in evaluated.items()
+        for reference, model in EXP.comparisons
         for bench in EXP.benchmarks
     ]
 
