@@ -69,3 +69,13 @@ def test_index_is_cached_and_refreshed_when_custom_tasks_change(tmp_path):
     assert "demo_arith_mc" in task_index(str(folder))
     (folder / "a.yaml").write_text((REPO / "resources/demo/tasks/demo_arith_mc.yaml").read_text().replace("task: demo_arith_mc", "task: renamed_task"))
     assert "renamed_task" in task_index(str(folder))
+
+
+def test_did_you_mean_stays_in_the_task_family():
+    from koaml.tasks import suggest, task_index
+
+    known = list(task_index())
+    assert suggest("medqa", known)[0] == "medqa_4options"
+    hints = suggest("mmlu_computer_science", known)
+    assert "mmlu_college_computer_science" in hints and not any(h.startswith(("kmmlu", "cmmlu")) for h in hints)
+    assert suggest("gsm8", known)[0] == "gsm8k"

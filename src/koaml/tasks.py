@@ -74,6 +74,17 @@ def executes_code(entry: dict) -> bool:
     return any("unsafe_code: true" in p.read_text(errors="ignore") for p in folder.rglob("*yaml*"))
 
 
+def suggest(name: str, known: list[str], n: int = 3) -> list[str]:
+    """Close task names, from ``name``'s own family first (the names that start with its first ``_`` part:
+    ``medqa`` -> ``medqa_4options``, ``mmlu_computer_science`` -> ``mmlu_college_computer_science``, not ``kmmlu``)."""
+    family = name.split("_", 1)[0]
+    relatives = [k for k in known if k == family or k.startswith(family + "_")]
+    if relatives:
+        ranked = sorted(relatives, key=lambda k: -difflib.SequenceMatcher(None, name, k).ratio())
+        return ranked[:n]
+    return difflib.get_close_matches(name, known, n=n)
+
+
 def check_benchmark(path: str, config: dict) -> None:
     """Raise ConfigError for unknown task names and for code-executing tasks without opt-in."""
     try:
@@ -88,7 +99,7 @@ def check_benchmark(path: str, config: dict) -> None:
     for i, task in enumerate(config["tasks"]):
         name = task["task"]
         if name not in index:
-            hint = difflib.get_close_matches(name, list(index), n=3)
+            hint = suggest(name, list(index))
             suggestion = f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
             raise ConfigError(f"{path}: tasks.{i}.task: unknown lm-eval task '{name}'{suggestion}")
         if executes_code(index[name]) and not config.get("allow_code_execution"):
