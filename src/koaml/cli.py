@@ -86,6 +86,21 @@ def _compare(a):
     print(NOTE + to_markdown(table), end="")
 
 
+def _status(a):
+    from koaml.config import deep_merge, load_experiment, load_yaml
+    from koaml.status import status, table, watch
+
+    files = a.configfile or ["config/config.yaml"]  # as the Snakefile: the demo unless experiment files are given
+    config: dict = {}
+    for path in files:
+        config = deep_merge(config, load_yaml(path) or {})
+    exp = load_experiment(config, source=", ".join(files))
+    if a.watch:
+        watch(exp, ".", a.watch)
+    else:
+        print(table(status(exp, ".")), end="")
+
+
 def _doctor(a):
     from koaml.doctor import doctor
 
@@ -158,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("finetuned")
     s.add_argument("--csv", help="also write the table as CSV")
     s.set_defaults(func=_compare)
+
+    s = sub.add_parser("status", help="where each model of the experiment stands: stage, state, SLURM job, progress")
+    s.add_argument("--configfile", nargs="+", help="experiment file(s), as given to snakemake (default: config/config.yaml)")
+    s.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C")
+    s.set_defaults(func=_status)
 
     s = sub.add_parser("doctor", help="check a SLURM profile against the live cluster before submitting")
     s.add_argument("--profile", default="profiles/koa", help="profile folder (default: profiles/koa)")

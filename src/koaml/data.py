@@ -229,8 +229,6 @@ def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
 
 
 def _token_count(row: dict, tokenizer) -> int:
-    if "messages" in row:
-        return len(_ids(tokenizer, row["messages"]))
     return len(_ids(tokenizer, row.get("text") or row["prompt"] + row["completion"]))
 
 

@@ -185,13 +185,31 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as if the signal had killed us
 
 
 def _callbacks():
-    """Stop on a non-finite loss; on SIGTERM, save a checkpoint at the end of the step and stop."""
+    """Stop on a non-finite loss; on SIGTERM, save a checkpoint at the end of the step and stop; keep
+    ``progress.json`` (step, loss, time left) next to the checkpoints for ``koaml status``."""
     from transformers import TrainerCallback
 
     class Guard(TrainerCallback):
         def __init__(self):
             self.terminated = False
+            self.started: tuple[float, int] | None = None
             signal.signal(signal.SIGTERM, self._on_sigterm)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = (time.monotonic(), state.global_step)
+
+        def _write_progress(self, args, state, logs):
+            seconds, first = self.started or (time.monotonic(), 0)
+            done = state.global_step - first
+            rate = (time.monotonic() - seconds) / done if done > 0 else None
+            progress = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "loss": logs.get("loss"),
+                "eta_s": round(rate * (state.max_steps - state.global_step), 1) if rate else None,
+                "updated": time.time(),
+            }
+            write_json(Path(args.output_dir) / "progress.json", progress)
 
         def _on_sigterm(self, signum, frame):
             log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
@@ -204,6 +222,8 @@ def _callbacks():
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            if state.is_world_process_zero and "loss" in logs:
+                self._write_progress(args, state, logs)
             bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), float) and not math.isfinite(logs[k])}
             if bad:
                 what = ", ".join(f"{k} is {v}" for k, v in bad.items())

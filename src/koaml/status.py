@@ -1,0 +1,169 @@
+"""``koaml status``: where every model of an experiment stands, stage by stage.
+
+It reads only files and, where SLURM is installed, ``squeue``: the workflow's outputs (done), Snakemake's
+incomplete-output markers (running locally), SLURM's queue (the executor plugin names each job's rule and
+wildcards in its comment), the jobs' logs (failed: a log, no output, nothing running) and the training
+progress file that ``koaml train`` keeps next to its checkpoints (step, loss, time left). No Snakemake
+import and no lock: it can run while the workflow does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from base64 import urlsafe_b64encode
+from dataclasses import dataclass
+from pathlib import Path
+
+from koaml.config import Experiment
+
+STATES = ("done", "running", "queued", "failed", "pending", "not planned")
+LOG_TAIL = 3
+
+
+@dataclass
+class Step:
+    """One stage of one model (or of the experiment: compare, report)."""
+
+    model: str
+    stage: str
+    rule: str
+    wildcards: tuple[str, ...]
+    output: str
+    log: str | None
+    state: str = "pending"
+    job_id: str = ""
+    elapsed: str = ""
+    detail: str = ""
+
+    @property
+    def slurm_comment(self) -> str:
+        """The comment snakemake-executor-plugin-slurm gives this step's job."""
+        return f"rule_{self.rule}_wildcards_{'_'.join(self.wildcards)}" if self.wildcards else f"rule_{self.rule}"
+
+
+def plan(exp: Experiment) -> list[Step]:
+    """Every step the experiment has, in the order it runs, with its output and log (as the rules name them)."""
+    steps = []
+    for name, base in exp.base_models.items():
+        if base.built_by_workflow:
+            rule = "convert_gguf" if base.gguf else "build_base_model"
+            steps.append(Step(name, rule.split("_")[0], rule, (name,), f"results/base/{name}/model", f"logs/{rule}/{name}.log"))
+    for name, run in exp.runs.items():
+        steps.append(Step(name, "prepare", "prepare_data", (name,), f"results/data/{name}", f"logs/prepare_data/{name}.log"))
+        steps.append(Step(name, "train", "train", (name,), f"results/runs/{name}/trained", f"logs/train/{name}.log"))
+        merge = Step(name, "merge", "merge", (name,), f"results/runs/{name}/merged", f"logs/merge/{name}.log")
+        if run.method == "full":
+            merge.state = "not planned"
+        steps.append(merge)
+    for model in exp.evaluated_models:
+        for bench in exp.benchmarks:
+            steps.append(Step(model, f"eval {bench}", "evaluate", (model, bench), f"results/eval/{model}/{bench}",
+                              f"logs/evaluate/{model}/{bench}.log"))
+    steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
+    steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
+    return steps
+
+
+def _incomplete(workdir: Path, output: str) -> Path | None:
+    """Snakemake's mark on a job's output while the job runs (kept if it was killed), written when it started."""
+    marker = workdir / ".snakemake/incomplete" / urlsafe_b64encode(output.encode()).decode()
+    return marker if marker.exists() else None
+
+
+def _locked(workdir: Path) -> bool:
+    return any((workdir / ".snakemake/locks").glob("*.lock"))
+
+
+def slurm_jobs() -> dict[str, dict]:
+    """Your queued and running SLURM jobs by comment: job id, state, elapsed time (empty without SLURM)."""
+    if shutil.which("squeue") is None:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "--me", "--noheader", "--format=%i|%T|%M|%k"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    jobs = {}
+    for line in out.stdout.splitlines():
+        job_id, state, elapsed, comment = (line.split("|", 3) + ["", "", ""])[:4]
+        jobs[comment.strip()] = {"job_id": job_id.strip(), "state": state.strip(), "elapsed": elapsed.strip()}
+    return jobs
+
+
+def _tail(log: Path, lines: int = LOG_TAIL) -> str:
+    text = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return " | ".join(text[-lines:])
+
+
+def training_progress(checkpoints: Path) -> str:
+    """``step N/M, loss L, ~T left`` from the progress file that ``koaml train`` updates at every log step."""
+    files = sorted(checkpoints.glob("*/progress.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return ""
+    p = json.loads(files[-1].read_text())
+    parts = [f"step {p['step']}/{p['max_steps']}"]
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4g}")
+    if p.get("eta_s") is not None:
+        parts.append(f"~{_duration(p['eta_s'])} left")
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def status(exp: Experiment, workdir: str | Path = ".") -> list[Step]:
+    """The experiment's steps with their state, SLURM job and detail."""
+    workdir = Path(workdir)
+    queue = slurm_jobs()
+    locked = _locked(workdir)
+    steps = plan(exp)
+    for step in steps:
+        if step.state == "not planned":
+            continue
+        output, log = workdir / step.output, workdir / step.log if step.log else None
+        job = queue.get(step.slurm_comment)
+        if job:
+            step.state = "running" if job["state"] in ("RUNNING", "COMPLETING") else "queued"
+            step.job_id, step.elapsed = job["job_id"], job["elapsed"]
+        elif (marker := _incomplete(workdir, step.output)) is not None:
+            step.state = "running" if locked else "failed"
+            if step.state == "running":
+                step.elapsed = _duration(time.time() - marker.stat().st_mtime)
+            else:
+                step.detail = "killed while running (incomplete output); rerun with --rerun-incomplete"
+        elif output.exists():
+            step.state = "done"
+        elif log is not None and log.exists():
+            step.state = "failed"
+            step.detail = _tail(log)
+        if step.stage == "train" and step.state in ("running", "queued", "failed"):
+            progress = training_progress(workdir / "results/checkpoints" / step.model)
+            step.detail = "; ".join(filter(None, [progress, step.detail]))
+    return steps
+
+
+def table(steps: list[Step], width: int | None = None) -> str:
+    """A plain-text table: model, stage, state, job, elapsed, detail (lines cut to ``width``, if given)."""
+    rows = [("model", "stage", "state", "job", "elapsed", "detail")]
+    rows += [(s.model, s.stage, s.state, s.job_id, s.elapsed, s.detail) for s in steps]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    counts = {state: sum(s.state == state for s in steps) for state in STATES}
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    return "\n".join(line[:width].rstrip() for line in lines) + f"\n\n{summary}\n"
+
+
+def watch(exp: Experiment, workdir: str | Path, every: float) -> None:
+    """Redraw the table every ``every`` seconds until Ctrl-C."""
+    try:
+        while True:
+            page = table(status(exp, workdir), shutil.get_terminal_size().columns)
+            print(f"\033[2J\033[H{time.strftime('%H:%M:%S')}  {exp.name}\n\n{page}", end="", flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        print()

