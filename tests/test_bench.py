@@ -74,3 +74,30 @@ def test_train_memory(tmp_path):
         assert method["peak_rss_mb"] > result["baseline_rss_mb"] > 0 and method["training_rss_mb"] > 0
         assert method["steps"] == result["optimizer_steps"]
         assert method["estimate"] is None or method["estimate"]["total_mb"] > 0
+
+
+def test_status_speed(tmp_path):
+    result = bench("status_speed", tmp_path)
+    assert result["fresh"] > 0 and result["half_done"] > 0 and result["target_s"] == 2.0
+    assert len(result["all_s"]["fresh"]) == result["repeats"]
+
+
+@pytest.mark.slow
+def test_packing_real_model(tmp_path, smollm2, monkeypatch):
+    monkeypatch.setenv("KOAML_SMOLLM2", str(smollm2))
+    result = bench("packing_real_model", tmp_path)
+    assert set(result["by_max_length"]) == {"64", "128"}
+    for row in result["by_max_length"].values():
+        assert row["packed_tokens_per_s"] > 0 and row["unpacked_tokens_per_s"] > 0 and row["predicted_speedup"] > 0
+        assert row["auto"] in ("packed", "unpacked") and "auto" in row["auto_reason"]
+    assert isinstance(result["auto_never_slower"], bool)
+
+
+@pytest.mark.slow
+def test_real_model_training(tmp_path, smollm2, monkeypatch):
+    monkeypatch.setenv("KOAML_SMOLLM2", str(smollm2))
+    result = bench("real_model_training", tmp_path)
+    assert set(result["methods"]) == {"lora", "qlora", "full"}
+    for method in result["methods"].values():
+        assert method["tokens_per_s"] > 0 and method["training_rss_mb"] > result["baseline_rss_mb"] > 0
+        assert method["estimate"]["total_mb"] > 0 and all(r["steps"] == result["optimizer_steps"] for r in method["runs"])
