@@ -70,3 +70,39 @@ def test_a_failed_rerun_keeps_the_earlier_results(workflow_dir):
     assert failed.returncode != 0 and "Error in rule evaluate" in failed.stdout
     assert "Restored previous version" in failed.stdout
     assert json.loads(result.read_text()) == before
+
+
+def test_failed_jobs_leave_a_partial_summary_and_report_then_the_final_one(workflow_dir):
+    """With --keep-going, what has finished is summarized in results/partial/, clearly partial, with the
+    failed run's rows pending and the failure's reason; the final table appears only once everything ran."""
+    import pandas as pd
+    import yaml
+
+    experiment = {
+        "experiment": "partial",
+        "base_models": {"tiny": {"build": "resources/demo/tiny_model.yaml"}},
+        "runs": {
+            "good": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml"},
+            "bad": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml", "overrides": {"model": {"model_max_length": 8}}},
+        },
+        "recipe_overrides": {"training": {"max_steps": 2, "save_steps": 2}},
+        "benchmark_overrides": {"limit": 20},
+        "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+    }
+    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    proc = snakemake(workflow_dir, "--configfile", "exp.yaml", "--keep-going", check=False)
+    assert proc.returncode != 0 and "results/partial/summary.md" in proc.stdout
+    assert not (workflow_dir / "results/compare/summary.csv").exists()
+    table = pd.read_csv(workflow_dir / "results/partial/summary.csv")
+    good, bad = table[table.run == "good"].iloc[0], table[table.run == "bad"].iloc[0]
+    assert good.status == "ok" and pd.notna(good.p_value) and not table.complete.any()
+    assert bad.status == "pending" and bad.reason.startswith("bad prepare failed: ") and "truncated away" in bad.reason
+    assert "PARTIAL RESULTS: 1 of 2 rows are not finished" in (workflow_dir / "results/partial/summary.md").read_text()
+    assert "PARTIAL RESULTS" in (workflow_dir / "results/partial/report.html").read_text()
+
+    experiment["runs"]["bad"].pop("overrides")
+    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    snakemake(workflow_dir, "--configfile", "exp.yaml")
+    final = pd.read_csv(workflow_dir / "results/compare/summary.csv")
+    assert (final.status == "ok").all() and final.complete.all() and not (workflow_dir / "results/partial").exists()
+    assert "PARTIAL" not in (workflow_dir / "results/report/index.html").read_text()

@@ -14,7 +14,7 @@ from koaml.stats import paired
 KEYS = ["task", "metric", "filter"]
 COLUMNS = [
     "run", "base_model", "benchmark", "task", "metric", "filter", "base_score", "score", "delta",
-    "ci_low", "ci_high", "p_value", "test", "significant", "base_stderr", "stderr", "n", "status",
+    "ci_low", "ci_high", "p_value", "test", "significant", "base_stderr", "stderr", "n", "status", "reason", "complete",
 ]  # fmt: skip
 
 
@@ -83,7 +83,7 @@ def compare(run_location, base_location, run: str = "fine-tuned", base_model: st
     table["status"] = [
         "missing" if pd.isna(row.score) else ("no base" if pd.isna(row.base_score) else "ok") for _, row in table.iterrows()
     ]
-    table["run"], table["base_model"], table["benchmark"] = run, base_model, benchmark
+    table["run"], table["base_model"], table["benchmark"], table["complete"] = run, base_model, benchmark, True
     return table.reindex(columns=COLUMNS)
 
 
@@ -118,8 +118,11 @@ def to_markdown(table: pd.DataFrame) -> str:
             "sig.": table.significant.map(lambda v: "yes" if v is True else ("no" if v is False else "")),
             "n": table.n.map(lambda v: "" if pd.isna(v) else str(int(v))),
             "status": table.status,
+            "reason": table.reason.fillna(""),
         }
     )
+    if not (shown.reason != "").any():
+        shown = shown.drop(columns="reason")
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
@@ -140,4 +143,30 @@ def write_summary(pairs: list[dict], csv_path: str | Path, md_path: str | Path) 
     table = summarize(pairs)
     write_text_atomic(csv_path, table.to_csv(index=False))
     write_text_atomic(md_path, "# Base vs fine-tuned\n\n" + NOTE + to_markdown(table))
+    return table
+
+
+def partial_banner(table: pd.DataFrame) -> str:
+    missing = int((table.status.isin(["failed", "pending"])).sum())
+    return (
+        f"PARTIAL RESULTS: {missing} of {len(table)} rows are not finished (failed or pending, see status and reason). "
+        "The final table is results/compare/summary.csv, written when every job has finished; rerun snakemake."
+    )
+
+
+def write_partial(pairs: list[dict], reasons: dict[str, tuple[str, str]], csv_path: str | Path, md_path: str | Path) -> pd.DataFrame:
+    """The summary of what has finished while other jobs failed or never ran: rows of missing evaluations get
+    ``failed`` or ``pending`` and a reason (``reasons``: evaluation folder -> (status, reason)), every row
+    ``complete`` False, and the Markdown a banner: it is never mistaken for the final table."""
+    table = summarize(pairs)
+    table["reason"] = table["reason"].astype(object)
+    for pair in pairs:
+        folders = [pair["run_results"], pair["base_results"]]
+        why = next((reasons[f] for f in folders if f in reasons), None)
+        rows = (table.run == pair["run"]) & (table.base_model == pair["base_model"]) & (table.benchmark == pair["benchmark"])
+        if why and (table.loc[rows, "status"] != "ok").any():
+            table.loc[rows & (table.status != "ok"), ["status", "reason"]] = why
+    table["complete"] = False
+    write_text_atomic(csv_path, table.to_csv(index=False))
+    write_text_atomic(md_path, f"# Base vs fine-tuned (partial)\n\n**{partial_banner(table)}**\n\n" + NOTE + to_markdown(table))
     return table

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from koaml.compare import NOTE
+from koaml.compare import NOTE, partial_banner
 
 PACKAGES = ("koaml", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "snakemake")
 
@@ -148,6 +148,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+5){text-align:left}.sig{background:#e6f4ea}.missing{background:#fdecea}
+.partial{background:#fff3cd;border:2px solid #e0a800;padding:.75rem;font-weight:bold}
 .wide{overflow-x:auto}img{max-width:100%}figure{display:inline-block;margin:.5rem}pre{background:#f7f7f7;padding:.5rem;overflow:auto;font-size:.8rem}
 """
 
@@ -163,10 +164,13 @@ def _table_html(frame: pd.DataFrame, row_classes: list[str] | None = None) -> st
 
 
 def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str | Path, experiment: str) -> None:
-    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info."""
+    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info. A partial
+    summary (``complete`` False) gets a banner saying so."""
     out_html = Path(out_html)
     plots_dir = out_html.parent / "plots"
     table = pd.read_csv(summary_csv, keep_default_na=True)
+    banner = "" if table.complete.all() else f'<p class="partial">{html.escape(partial_banner(table))}</p>'
+    table = table.drop(columns="complete")
     summaries, histories = {}, {}
     for run, info in runs.items():
         trained = Path(info["trained"])
@@ -187,7 +191,10 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
     shown["delta"] = table.delta.map(lambda v: "" if pd.isna(v) else f"{100 * v:+.1f}")
     shown["p_value"] = table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
-    marks = ["missing" if st == "missing" else ("sig" if str(s) == "True" else "") for s, st in zip(table.significant, table.status)]
+    marks = [
+        "missing" if st in ("missing", "failed", "pending") else ("sig" if str(s) == "True" else "")
+        for s, st in zip(table.significant, table.status)
+    ]
     rows_html = _table_html(shown.fillna(""), marks)
 
     prov = provenance()
@@ -217,6 +224,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
     body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>koa-ml report: {html.escape(experiment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>koa-ml report: {html.escape(experiment)}</h1>
+{banner}
 <p>Generated {prov['generated']} from workflow commit <code>{html.escape(prov['git_commit'])}</code>.</p>
 <h2>Base vs fine-tuned</h2><p>{html.escape(NOTE.strip())}</p>
 {rows_html}

@@ -167,3 +167,37 @@ def watch(exp: Experiment, workdir: str | Path, every: float) -> None:
             time.sleep(every)
     except KeyboardInterrupt:
         print()
+
+
+def missing_reasons(exp: Experiment, steps: list[Step]) -> dict[str, tuple[str, str]]:
+    """For each evaluation folder not done: ``failed`` or ``pending``, and why (the failed step of the model's
+    chain with its log's last lines, or what it waits for)."""
+    by_key = {(s.model, s.stage): s for s in steps}
+
+    def chain(model: str) -> list[Step]:
+        """The steps a model's evaluation needs, first to last: its base's build, each stage's prepare/train/merge."""
+        run = exp.adapter_models.get(model, model)
+        runs = []
+        while run in exp.runs:
+            runs.insert(0, run)
+            run = exp.runs[run].parent_run or exp.runs[run].base
+        found = [by_key[(run, "build")] if (run, "build") in by_key else by_key.get((run, "convert"))]
+        for name in runs:
+            found += [by_key[(name, stage)] for stage in ("prepare", "train", "merge")]
+        return [s for s in found if s is not None and s.state != "not planned"]
+
+    reasons = {}
+    for step in steps:
+        if step.rule != "evaluate" or step.state == "done":
+            continue
+        if step.state == "failed":
+            reasons[step.output] = ("failed", f"evaluation failed: {step.detail}")
+            continue
+        upstream = chain(step.model)
+        failed = next((s for s in upstream if s.state == "failed"), None)
+        waiting = next((s for s in upstream if s.state != "done"), None)
+        if failed:
+            reasons[step.output] = ("pending", f"{failed.model} {failed.stage} failed: {failed.detail}")
+        else:
+            reasons[step.output] = ("pending", f"waits for {waiting.model} {waiting.stage}" if waiting else f"evaluation {step.state}")
+    return reasons

@@ -1,5 +1,6 @@
 # Config validation and the path helpers every rule uses. Logic lives in the koaml package.
 import logging
+import shutil
 import re
 
 from koaml.config import ConfigError, load_experiment, load_yaml

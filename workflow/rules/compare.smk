@@ -52,3 +52,34 @@ rule report:
         "logs/report.log",
     script:
         "../scripts/report.py"
+
+
+def finished_runs():
+    """The report's per-run inputs, for the runs whose training has finished."""
+    return {
+        name: {"trained": f"results/runs/{name}/trained", "config": f"results/runs/{name}/config.yaml", "sweep": run.sweep}
+        for name, run in EXP.runs.items()
+        if Path(f"results/runs/{name}/trained/train_summary.json").exists()
+    }
+
+
+# When jobs fail (with --keep-going, the others still finish), the summary and report of what has finished go
+# to results/partial/, marked partial; the final ones (results/compare, results/report) are written only when
+# every job is done, and results/partial/ is then removed.
+onerror:
+    from koaml.compare import write_partial
+    from koaml.report import write_report
+    from koaml.status import missing_reasons, status
+
+    write_partial(
+        comparison_pairs(),
+        missing_reasons(EXP, status(EXP)),
+        "results/partial/summary.csv",
+        "results/partial/summary.md",
+    )
+    write_report("results/partial/summary.csv", finished_runs(), "results/partial/report.html", EXP.name)
+    print("koa-ml: some jobs failed; what has finished is in results/partial/summary.md and results/partial/report.html")
+
+
+onsuccess:
+    shutil.rmtree("results/partial", ignore_errors=True)
