@@ -125,7 +125,7 @@ def test_packing_estimate_follows_padding_and_attention_costs():
     uniform = [rng.randint(16, 20) for _ in range(3000)]
     smollm2 = dict(batch_size=8, n_params=134_515_008, n_layers=30, attention_width=576)
     assert estimate(tailed, 512, attn_implementation="sdpa", **smollm2).speedup > 1.5
-    assert estimate(uniform, 8192, attn_implementation="sdpa", **smollm2).speedup < 0.5
+    assert estimate(uniform, 8192, attn_implementation="sdpa", **smollm2).speedup < 0.6
     assert estimate(uniform, 2048, attn_implementation="sdpa", **smollm2).speedup < 1.0
     for lengths in (tailed, uniform):
         for max_length in (512, 8192):

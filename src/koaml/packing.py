@@ -23,10 +23,12 @@ import random
 from dataclasses import dataclass
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-# FLOPs do not say what attention costs: its kernels reach a lower share of the hardware's peak than matrix
-# products do. Weight of one attended pair relative to its FLOP count, by device (CPU: fitted by
-# bench/packing_real_model.py on SmolLM2-135M with sdpa; CUDA: not yet measured, sdpa's memory-efficient kernel).
-ATTENTION_WEIGHT = {"cpu": 10.0, "cuda": 2.0}
+# FLOPs do not say exactly what attention costs next to the matrix products. Weight of one attended pair
+# relative to its FLOP count, by device. CPU: bench/packing_real_model.py (SmolLM2-135M, sdpa) fitted 1.1 on a
+# quiet machine (0.2 on a loaded one); with 0.5 the decision is the one it measured at every length (packing
+# faster at 512 and 2,048, slower at 8,192), as with any weight from 0.5 to 1.2. CUDA: not yet measured; 2.0
+# leans towards not packing.
+ATTENTION_WEIGHT = {"cpu": 0.5, "cuda": 2.0}
 MIN_SPEEDUP = 1.1  # auto packs only when the estimate predicts at least this gain (the model ignores per-step costs)
 SAMPLE_ROWS = 20_000  # rows simulated (a random sample of larger datasets: the ratio is what matters)
 
