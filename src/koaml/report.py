@@ -195,7 +195,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
         "missing" if st in ("missing", "failed", "pending") else ("sig" if str(s) == "True" else "")
         for s, st in zip(table.significant, table.status)
     ]
-    rows_html = _table_html(shown.fillna(""), marks)
+    rows_html = _table_html(shown.astype(object).fillna(""), marks)
 
     prov = provenance()
     training_rows = pd.DataFrame(
