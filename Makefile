@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv browser slurm clean
+.PHONY: demo test lint venv browser slurm clean
 
 venv: $(STAMP)
 
@@ -34,8 +34,15 @@ demo: $(STAMP)
 	@echo
 	@cat results/compare/summary.md
 
-test: $(STAMP) browser slurm
+test: $(STAMP) lint browser slurm
 	$(BIN)/pytest
+
+# Style and workflow checks (also run by `make test`): ruff, snakefmt, snakemake --lint.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/python tests/lint_workflow.py
 
 # Headless Chromium renders the HTML report in a test; installed with apt-get where we may.
 browser:

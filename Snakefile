@@ -24,7 +24,7 @@ include: "workflow/rules/compare.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.compare.output,
         rules.report.output,
-    default_target: True

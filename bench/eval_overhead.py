@@ -16,7 +16,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, median, repeats, run, smoke, timed, write_result  # noqa: E402
+from _common import BIN, REPO, alternate, median, repeats, run, smoke, timed, write_result
 
 BENCHMARK = "config/benchmarks/demo_arith_mc.yaml"
 THREADS = 2  # the rule asks for 4; `snakemake --cores 2` gives it 2
@@ -24,22 +24,48 @@ THREADS = 2  # the rule asks for 4; `snakemake --cores 2` gives it 2
 
 def commands(tmp: Path, model: Path, limit: int | None) -> dict[str, tuple[list, Path]]:
     """The two commands and their output folders."""
-    from koaml.config import load_benchmark
     from koaml.io import write_yaml
+    from koaml.recipe import load_benchmark
 
     bench = load_benchmark(REPO / BENCHMARK, {"limit": limit} if limit else None)
     config = tmp / "benchmark.yaml"
     write_yaml(config, bench)  # resolved, as the workflow's benchmark_config rule writes it
     task = bench["tasks"][0]
     gen = bench["generation"]
-    ours = [BIN / "koaml", "evaluate", "--config", config, "--model", model, "--out", tmp / "koaml_out",
-            "--threads", str(THREADS)]
+    ours = [
+        BIN / "koaml",
+        "evaluate",
+        "--config",
+        config,
+        "--model",
+        model,
+        "--out",
+        tmp / "koaml_out",
+        "--threads",
+        str(THREADS),
+    ]
     raw = [
-        BIN / "lm_eval", "run", "--model", "hf",
-        "--model_args", f"pretrained={model},dtype={bench['model']['dtype']},max_length={bench['model']['model_max_length']}",
-        "--tasks", task["task"], "--include_path", str(REPO / bench["include_path"]),
-        "--num_fewshot", str(task["num_fewshot"]), "--batch_size", str(gen["per_device_batch_size"]),
-        "--device", "cpu", "--seed", str(gen["seed"]), "--log_samples", "--output_path", tmp / "raw_out",
+        BIN / "lm_eval",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model},dtype={bench['model']['dtype']},max_length={bench['model']['model_max_length']}",
+        "--tasks",
+        task["task"],
+        "--include_path",
+        str(REPO / bench["include_path"]),
+        "--num_fewshot",
+        str(task["num_fewshot"]),
+        "--batch_size",
+        str(gen["per_device_batch_size"]),
+        "--device",
+        "cpu",
+        "--seed",
+        str(gen["seed"]),
+        "--log_samples",
+        "--output_path",
+        tmp / "raw_out",
     ]
     if limit:
         raw += ["--limit", str(limit)]
@@ -109,10 +135,12 @@ def main() -> None:
     result["task_index_saving_s"] = saving
     result["ratio_without_index_saving"] = (result["koaml_s"] + saving) / result["lm_eval_s"]
     result["target_met"] = result["ratio"] <= 1.1
-    print(f"evaluate demo_arith_mc on the tiny model: koaml evaluate {result['koaml_s']:.2f} s, raw lm_eval "
-          f"{result['lm_eval_s']:.2f} s, ratio {result['ratio']:.2f} (target <= 1.1; median of {rounds}, alternating; "
-          f"{result['ratio_without_index_saving']:.2f} with lm-eval's task index, {saving:.1f} s, added back); "
-          f"accuracy {scores['koaml']:.3f} vs {scores['lm_eval']:.3f}")
+    print(
+        f"evaluate demo_arith_mc on the tiny model: koaml evaluate {result['koaml_s']:.2f} s, raw lm_eval "
+        f"{result['lm_eval_s']:.2f} s, ratio {result['ratio']:.2f} (target <= 1.1; median of {rounds}, alternating; "
+        f"{result['ratio_without_index_saving']:.2f} with lm-eval's task index, {saving:.1f} s, added back); "
+        f"accuracy {scores['koaml']:.3f} vs {scores['lm_eval']:.3f}"
+    )
     write_result("eval_overhead", result)
 
 

@@ -14,16 +14,34 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import repeats, smoke, write_result  # noqa: E402
+from _common import repeats, smoke, write_result
 
 # Peak dense bf16 tensor-core TFLOPS (no sparsity), matched as substrings of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = [
-    ("GH200", 989), ("H200", 989), ("H100 PCIe", 756), ("H100", 989), ("B200", 2250), ("A100", 312),
-    ("L40S", 362), ("L40", 181), ("A40", 150), ("RTX A6000", 155), ("L4", 121), ("A30", 165),
-    ("RTX 4090", 165), ("RTX 3090", 71),
+    ("GH200", 989),
+    ("H200", 989),
+    ("H100 PCIe", 756),
+    ("H100", 989),
+    ("B200", 2250),
+    ("A100", 312),
+    ("L40S", 362),
+    ("L40", 181),
+    ("A40", 150),
+    ("RTX A6000", 155),
+    ("L4", 121),
+    ("A30", 165),
+    ("RTX 4090", 165),
+    ("RTX 3090", 71),
 ]
-GPU_ARCH = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
-                num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=False)
+GPU_ARCH = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+)
 
 
 def peak_tflops(name: str) -> float | None:
@@ -46,8 +64,18 @@ def main() -> None:
     quick = smoke()
     rows, max_length, batch, steps = (64, 128, 4, 2) if quick else (20000, 2048, 8, 30)
     # auto packs with flash-attention; without it, force packing on to still measure it
-    result = measure(SMOKE_ARCH if quick else GPU_ARCH, rows, max_length, batch, steps, repeats(3), dtype="bfloat16",
-                     attn=attn, packed_setting="auto" if flash else True, threads=8)
+    result = measure(
+        SMOKE_ARCH if quick else GPU_ARCH,
+        rows,
+        max_length,
+        batch,
+        steps,
+        repeats(3),
+        dtype="bfloat16",
+        attn=attn,
+        packed_setting="auto" if flash else True,
+        threads=8,
+    )
     peak = peak_tflops(name)
     for variant in ("packed", "unpacked"):
         flops = 6 * result["model_parameters"] * result[variant]["tokens_per_s"]
@@ -61,9 +89,11 @@ def main() -> None:
         liger_note="not used: recipes have no use_liger_kernel setting",
     )
     mfu = lambda v: f"{result[v]['mfu']:.1%}" if result[v]["mfu"] is not None else "n/a (unknown GPU peak)"  # noqa: E731
-    print(f"{name}, {attn}, bf16: packed {result['packed']['tokens_per_s']:.0f} tokens/s (MFU {mfu('packed')}), "
-          f"unpacked {result['unpacked']['tokens_per_s']:.0f} tokens/s (MFU {mfu('unpacked')}), "
-          f"speedup {result['speedup']:.2f}x")
+    print(
+        f"{name}, {attn}, bf16: packed {result['packed']['tokens_per_s']:.0f} tokens/s (MFU {mfu('packed')}), "
+        f"unpacked {result['unpacked']['tokens_per_s']:.0f} tokens/s (MFU {mfu('unpacked')}), "
+        f"speedup {result['speedup']:.2f}x"
+    )
     write_result("gpu_throughput", result)
 
 

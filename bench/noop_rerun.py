@@ -14,7 +14,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, copy_workflow, median, repeats, run, smoke, timed, write_result  # noqa: E402
+from _common import BIN, alternate, copy_workflow, median, repeats, run, smoke, timed, write_result
 
 SHRINK = ["recipe_overrides={training: {max_steps: 5}}", "benchmark_overrides={limit: 20}"]
 SMOKE_EXPERIMENT = """experiment: smoke
@@ -51,7 +51,9 @@ def main() -> None:
         snakemake(demo, *config), snakemake(bare)  # warm the page cache and bytecode
         times = alternate({"koaml": lambda: snakemake(demo, *config), "bare": lambda: snakemake(bare)}, rounds)
     result = {
-        "experiment": "smoke (1 run, 1 benchmark)" if smoke() else "demo (3 runs, 2 benchmarks), shrunk: " + "; ".join(SHRINK),
+        "experiment": "smoke (1 run, 1 benchmark)"
+        if smoke()
+        else "demo (3 runs, 2 benchmarks), shrunk: " + "; ".join(SHRINK),
         "output_files": jobs,
         "koaml_s": median(times["koaml"]),
         "bare_s": median(times["bare"]),
@@ -60,8 +62,10 @@ def main() -> None:
         "target_s": TARGET_S,
     }
     result["target_met"] = result["koaml_s"] < TARGET_S
-    print(f"no-op rerun of the finished demo: {result['koaml_s']:.2f} s (target < {TARGET_S:.0f} s; median of {rounds}, "
-          f"alternating), bare one-rule Snakefile {result['bare_s']:.2f} s")
+    print(
+        f"no-op rerun of the finished demo: {result['koaml_s']:.2f} s (target < {TARGET_S:.0f} s; median of {rounds}, "
+        f"alternating), bare one-rule Snakefile {result['bare_s']:.2f} s"
+    )
     write_result("noop_rerun", result)
 
 

@@ -18,15 +18,14 @@ more an attended pair costs than its FLOPs suggest compared with the matrix prod
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, alternate, median, repeats, smoke, smollm2, write_result  # noqa: E402
-from packing_throughput import make_rows  # noqa: E402
+from _common import REPO, alternate, median, repeats, smoke, smollm2, write_result
+from packing_throughput import make_rows
 
 BATCH = 4
 MAX_POSITIONS = 8192  # token positions timed per packed batch at most (rows beyond are cut)
@@ -37,13 +36,16 @@ def trainer_batches(model, tokenizer, rows: list[dict], max_length: int, packing
     from datasets import Dataset
     from trl import SFTConfig
 
-    from koaml.config import load_recipe
+    from koaml.recipe import load_recipe
     from koaml.train import sft_config_kwargs, sft_trainer
 
-    recipe = load_recipe(REPO / "config/recipes/smollm_135m_lora.yaml", {
-        "model": {"model_max_length": max_length, "dtype": "float32", "attn_implementation": "sdpa"},
-        "training": {"per_device_train_batch_size": BATCH},  # gradient checkpointing on, as in the recipe
-    })
+    recipe = load_recipe(
+        REPO / "config/recipes/smollm_135m_lora.yaml",
+        {
+            "model": {"model_max_length": max_length, "dtype": "float32", "attn_implementation": "sdpa"},
+            "training": {"per_device_train_batch_size": BATCH},  # gradient checkpointing on, as in the recipe
+        },
+    )
     trainer = sft_trainer(
         model=model,
         args=SFTConfig(**sft_config_kwargs(recipe, str(out), has_eval=False, on_gpu=False, packing=packing)),
@@ -113,9 +115,9 @@ def main() -> None:
     import torch
     from peft import get_peft_model
 
-    from koaml.config import load_recipe
     from koaml.modeling import load_tokenizer
     from koaml.packing import decide, estimate
+    from koaml.recipe import load_recipe
     from koaml.train import lora_config
 
     torch.set_num_threads(2)
@@ -143,10 +145,17 @@ def main() -> None:
         token_lengths = [len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in rows]
         by_length, samples = {}, []
         for max_length in lengths_to_run:
-            prepared = {p: trainer_batches(model, tokenizer, rows, max_length, p, tmp / f"{max_length}-{p}") for p in (False, True)}
+            prepared = {
+                p: trainer_batches(model, tokenizer, rows, max_length, p, tmp / f"{max_length}-{p}")
+                for p in (False, True)
+            }
             results: dict[str, list[dict]] = {"unpacked": [], "packed": []}
             variants = {
-                name: (lambda name=name, p=p: results[name].append(time_batches(prepared[p][1], prepared[p][0], p, 5 if quick else 40)) or 0.0)
+                name: (
+                    lambda name=name, p=p, results=results, prepared=prepared: (
+                        results[name].append(time_batches(prepared[p][1], prepared[p][0], p, 5 if quick else 40)) or 0.0
+                    )
+                )
                 for name, p in (("unpacked", False), ("packed", True))
             }
             alternate(variants, 1 if max_length >= 8192 else repeats(3))
@@ -184,7 +193,9 @@ def main() -> None:
         "auto_never_slower": all(v["auto_vs_unpacked"] >= 0.95 for v in by_length.values()),
         "fitted_attention_weight": weight,
     }
-    print(f"fitted attention weight (CPU, sdpa): {weight}; auto never slower than unpacked: {result['auto_never_slower']}")
+    print(
+        f"fitted attention weight (CPU, sdpa): {weight}; auto never slower than unpacked: {result['auto_never_slower']}"
+    )
     write_result("packing_real_model", result)
 
 

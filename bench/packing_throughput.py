@@ -25,13 +25,21 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, median, repeats, run, smoke, write_result  # noqa: E402
+from _common import BIN, alternate, median, repeats, run, smoke, write_result
 
 # A ~3.5M-parameter Llama (big enough that compute, not per-step overhead, dominates on a CPU).
-CPU_ARCH = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-SMOKE_ARCH = dict(CPU_ARCH, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=2)
+CPU_ARCH = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+SMOKE_ARCH = dict(
+    CPU_ARCH, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+)
 
 
 def pseudo_words(rng: random.Random, n: int) -> list[str]:
@@ -57,28 +65,38 @@ def build_model(out: Path, corpus: Path, arch: dict, vocab_size: int = 2048) -> 
     from koaml.io import write_yaml
 
     spec = out.parent / f"{out.name}.spec.yaml"
-    write_yaml(spec, {"seed": 0, "tokenizer": {"corpus": [str(corpus)], "vocab_size": vocab_size}, "architecture": arch})
+    write_yaml(
+        spec, {"seed": 0, "tokenizer": {"corpus": [str(corpus)], "vocab_size": vocab_size}, "architecture": arch}
+    )
     run([BIN / "koaml", "build-model", "--spec", spec, "--out", out])
     return out
 
 
-def recipe(data_file: Path, max_length: int, batch_size: int, steps: int, packing, dtype: str = "float32",
-           attn: str = "sdpa") -> dict:
+def recipe(
+    data_file: Path, max_length: int, batch_size: int, steps: int, packing, dtype: str = "float32", attn: str = "sdpa"
+) -> dict:
     return {
         "model": {"model_max_length": max_length, "dtype": dtype, "attn_implementation": attn},
         "data": {"train_dataset": {"dataset_name": str(data_file)}, "template": "none", "eval_fraction": 0.0},
         "training": {
-            "per_device_train_batch_size": batch_size, "learning_rate": 5.0e-4, "lr_scheduler_type": "constant",
-            "warmup_ratio": 0.0, "max_steps": steps, "logging_steps": 1, "save_steps": 100_000,
-            "gradient_checkpointing": False, "packing": packing, "seed": 42,
+            "per_device_train_batch_size": batch_size,
+            "learning_rate": 5.0e-4,
+            "lr_scheduler_type": "constant",
+            "warmup_ratio": 0.0,
+            "max_steps": steps,
+            "logging_steps": 1,
+            "save_steps": 100_000,
+            "gradient_checkpointing": False,
+            "packing": packing,
+            "seed": 42,
         },
     }
 
 
 def train_once(root: Path, model: Path, recipe_dict: dict, threads: int) -> dict:
     """One real `koaml prepare-data` + `koaml train` job; its throughput and losses from the trainer's log."""
-    from koaml.config import load_recipe
     from koaml.io import write_yaml
+    from koaml.recipe import load_recipe
 
     root.mkdir(parents=True, exist_ok=True)
     raw = root / "recipe.yaml"
@@ -92,8 +110,24 @@ def train_once(root: Path, model: Path, recipe_dict: dict, threads: int) -> dict
         import shutil
 
         shutil.rmtree(out)
-    proc = run([BIN / "koaml", "train", "--config", config, "--model", model, "--data", root / "data", "--out", out,
-                "--checkpoints", root / "checkpoints", "--threads", str(threads)])
+    proc = run(
+        [
+            BIN / "koaml",
+            "train",
+            "--config",
+            config,
+            "--model",
+            model,
+            "--data",
+            root / "data",
+            "--out",
+            out,
+            "--checkpoints",
+            root / "checkpoints",
+            "--threads",
+            str(threads),
+        ]
+    )
     history = json.loads((out / "log_history.json").read_text())
     steps = [e for e in history if "loss" in e and "num_tokens" in e]
     final = next(e for e in reversed(history) if "train_runtime" in e)
@@ -130,8 +164,18 @@ def compare(results: dict[str, list[dict]]) -> dict:
     return summary
 
 
-def measure(arch: dict, rows: int, max_length: int, batch: int, steps: int, rounds: int, dtype: str = "float32",
-            attn: str = "sdpa", packed_setting=True, threads: int = 2) -> dict:
+def measure(
+    arch: dict,
+    rows: int,
+    max_length: int,
+    batch: int,
+    steps: int,
+    rounds: int,
+    dtype: str = "float32",
+    attn: str = "sdpa",
+    packed_setting=True,
+    threads: int = 2,
+) -> dict:
     """Build the model and data, train unpacked and packed alternately; the comparison and its setting."""
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -143,8 +187,19 @@ def measure(arch: dict, rows: int, max_length: int, batch: int, steps: int, roun
         model = build_model(tmp / "model", corpus, arch)
         results: dict[str, list[dict]] = {"unpacked": [], "packed": []}
         variants = {
-            name: (lambda name=name, packing=packing: results[name].append(train_once(
-                tmp / name, model, recipe(data_file, max_length, batch, steps, packing, dtype, attn), threads)) or 0.0)
+            name: (
+                lambda name=name, packing=packing: (
+                    results[name].append(
+                        train_once(
+                            tmp / name,
+                            model,
+                            recipe(data_file, max_length, batch, steps, packing, dtype, attn),
+                            threads,
+                        )
+                    )
+                    or 0.0
+                )
+            )
             for name, packing in (("unpacked", False), ("packed", packed_setting))
         }
         alternate(variants, rounds)
@@ -162,8 +217,14 @@ def measure(arch: dict, rows: int, max_length: int, batch: int, steps: int, roun
         "repeats": rounds,
         "packing_setting": packed_setting,
         "data": {
-            "rows": stats["rows"], "tokens": stats["tokens"], "truncated_rows": stats["truncated_rows"],
-            "words_per_row": {"median": lengths[len(lengths) // 2], "p90": lengths[int(len(lengths) * 0.9)], "max": lengths[-1]},
+            "rows": stats["rows"],
+            "tokens": stats["tokens"],
+            "truncated_rows": stats["truncated_rows"],
+            "words_per_row": {
+                "median": lengths[len(lengths) // 2],
+                "p90": lengths[int(len(lengths) * 0.9)],
+                "max": lengths[-1],
+            },
             "distribution": "prompt and completion lengths lognormal (mu 3.2 and 2.6, sigma 0.8 and 1.0, in words)",
         },
         **compare(results),
@@ -183,8 +244,10 @@ def main() -> None:
         auto_note="training.packing: auto packs here too (sdpa, a built-in architecture): each packed row is a batch "
         "row, its sequences masked apart from their position_ids (tests/test_train.py); auto leaves packing off only "
         "for trust_remote_code models with sdpa/eager",
-        by_max_length={str(r["max_length"]): {k: r[k] for k in ("speedup", "speedup_best", "packed", "unpacked", "data")}
-                       for r in runs},
+        by_max_length={
+            str(r["max_length"]): {k: r[k] for k in ("speedup", "speedup_best", "packed", "unpacked", "data")}
+            for r in runs
+        },
         target_speedup=1.5,
     )
     result["target_met"] = result["speedup"] >= 1.5

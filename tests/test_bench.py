@@ -9,14 +9,18 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
 def bench(name: str, tmp_path) -> dict:
     env = dict(os.environ, KOAML_BENCH_OUT=str(tmp_path), KOAML_BENCH_SMOKE="1")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.stdout.strip(), "a bench script prints its figure"
     result = json.loads((tmp_path / f"{name}.json").read_text())
@@ -100,4 +104,6 @@ def test_real_model_training(tmp_path, smollm2, monkeypatch):
     assert set(result["methods"]) == {"lora", "qlora", "full"}
     for method in result["methods"].values():
         assert method["tokens_per_s"] > 0 and method["training_rss_mb"] > result["baseline_rss_mb"] > 0
-        assert method["estimate"]["total_mb"] > 0 and all(r["steps"] == result["optimizer_steps"] for r in method["runs"])
+        assert method["estimate"]["total_mb"] > 0 and all(
+            r["steps"] == result["optimizer_steps"] for r in method["runs"]
+        )

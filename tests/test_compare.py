@@ -30,10 +30,20 @@ def results_dir(tmp_path, name, acc, em, mc_items=None):
 
 
 def test_metric_rows_skip_stderr_and_non_numbers():
-    rows = metric_rows({
-        "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.6, "acc_norm_stderr,none": "N/A"}},
-        "n-samples": {"t": {"effective": 10}},
-    })
+    rows = metric_rows(
+        {
+            "results": {
+                "t": {
+                    "alias": "t",
+                    "acc,none": 0.5,
+                    "acc_stderr,none": 0.1,
+                    "acc_norm,none": 0.6,
+                    "acc_norm_stderr,none": "N/A",
+                }
+            },
+            "n-samples": {"t": {"effective": 10}},
+        }
+    )
     assert rows == [
         {"task": "t", "metric": "acc", "filter": "none", "score": 0.5, "stderr": 0.1, "n": 10},
         {"task": "t", "metric": "acc_norm", "filter": "none", "score": 0.6, "stderr": None, "n": 10},
@@ -61,7 +71,11 @@ def test_write_summary_csv_and_markdown(tmp_path):
 
 
 def test_greedy_generation_by_default():
-    assert gen_kwargs({"temperature": 0.0, "max_new_tokens": 8}) == {"max_gen_toks": 8, "do_sample": False, "temperature": 0.0}
+    assert gen_kwargs({"temperature": 0.0, "max_new_tokens": 8}) == {
+        "max_gen_toks": 8,
+        "do_sample": False,
+        "temperature": 0.0,
+    }
     assert gen_kwargs({"temperature": 0.7, "max_new_tokens": 8})["do_sample"] is True
 
 
@@ -79,7 +93,9 @@ def test_paired_statistics_from_per_sample_logs(tmp_path):
 
 def test_missing_evaluation_is_a_row_not_a_gap(tmp_path):
     base = results_dir(tmp_path, "base", acc=0.25, em=0.1)
-    table = summarize([{"run": "r", "base_model": "b", "benchmark": "bench", "run_results": tmp_path / "nope", "base_results": base}])
+    table = summarize(
+        [{"run": "r", "base_model": "b", "benchmark": "bench", "run_results": tmp_path / "nope", "base_results": base}]
+    )
     assert set(table.status) == {"missing"} and len(table) == 2 and table.score.isna().all()
 
 

@@ -3,7 +3,9 @@
 import pytest
 import yaml
 
-from koaml.config import ConfigError, canonical, deep_merge, load_benchmark, load_experiment, load_recipe, load_yaml
+from koaml.config import load_experiment
+from koaml.configfiles import ConfigError, canonical, deep_merge, load_yaml
+from koaml.recipe import load_benchmark, load_recipe
 
 DEMO_RECIPE = "config/recipes/demo_lora.yaml"
 
@@ -46,13 +48,17 @@ def test_full_finetuning_recipe_has_no_lora_keys():
 
 
 def test_yaml_12_floats_are_numbers(tmp_path):
-    path = write(tmp_path, "r.yaml", "data: {train_dataset: {dataset_name: x.jsonl}}\ntraining: {learning_rate: 3e-4}\n")
+    path = write(
+        tmp_path, "r.yaml", "data: {train_dataset: {dataset_name: x.jsonl}}\ntraining: {learning_rate: 3e-4}\n"
+    )
     assert load_recipe(path)["training"]["learning_rate"] == pytest.approx(3e-4)
 
 
 def test_all_errors_are_reported_at_once(tmp_path):
     path = write(tmp_path, "r.yaml", {"data": {"train_dataset": {}}, "training": {"seed": "x", "foo": 1}})
-    message = str(pytest.raises(ConfigError, load_recipe, path).value)
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    message = str(error.value)
     assert "data.train_dataset: 'dataset_name' is a required property" in message
     assert "training.seed" in message and "training.foo: unknown key" in message
 
@@ -70,7 +76,13 @@ def test_base_defaults_to_the_recipe_model_name(tmp_path, online):
     recipe = load_yaml(DEMO_RECIPE)
     recipe["model"]["model_name"] = "meta-llama/Llama-3.1-8B-Instruct"
     path = write(tmp_path, "r.yaml", recipe)
-    exp = load_experiment({"experiment": "x", "runs": {"a": {"recipe": path}, "b": {"recipe": path}}, "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"]})
+    exp = load_experiment(
+        {
+            "experiment": "x",
+            "runs": {"a": {"recipe": path}, "b": {"recipe": path}},
+            "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+        }
+    )
     assert exp.runs["a"].base == exp.runs["b"].base == "meta-llama-Llama-3.1-8B-Instruct"
     assert exp.base_models[exp.runs["a"].base].model_name == "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -101,7 +113,13 @@ def test_every_shipped_recipe_and_benchmark_validates():
 
 def test_sweep_expands_to_a_grid_with_readable_names():
     config = demo_experiment()
-    config["runs"] = {"rank": {"base": "tiny", "recipe": DEMO_RECIPE, "sweep": {"peft.lora_r": [4, 8], "training.learning_rate": [1e-4, 3e-4]}}}
+    config["runs"] = {
+        "rank": {
+            "base": "tiny",
+            "recipe": DEMO_RECIPE,
+            "sweep": {"peft.lora_r": [4, 8], "training.learning_rate": [1e-4, 3e-4]},
+        }
+    }
     exp = load_experiment(config)
     assert list(exp.runs) == [
         "rank_lora_r4_learning_rate0.0001",
@@ -124,7 +142,9 @@ def test_multi_stage_chain_and_root_base():
 
 def test_command_line_overrides_arrive_as_strings_and_are_typed():
     # `snakemake --config 'recipe_overrides={training: {max_steps: 10}}'` yields string leaves
-    config = demo_experiment(recipe_overrides={"training": {"max_steps": "10", "learning_rate": "1e-4"}}, benchmark_overrides={"limit": "5"})
+    config = demo_experiment(
+        recipe_overrides={"training": {"max_steps": "10", "learning_rate": "1e-4"}}, benchmark_overrides={"limit": "5"}
+    )
     exp = load_experiment(config)
     assert all(r.recipe["training"]["max_steps"] == 10 for r in exp.runs.values())
     assert exp.runs["tiny-full"].recipe["training"]["learning_rate"] == 1e-4
@@ -162,10 +182,14 @@ def test_recipe_output_dir_is_ignored_with_a_warning(tmp_path, caplog):
 
 
 def test_benchmark_model_name_is_ignored_with_a_warning(tmp_path, caplog):
-    bench = deep_merge(load_yaml("config/benchmarks/demo_arith_mc.yaml"), {"model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct"}})
+    bench = deep_merge(
+        load_yaml("config/benchmarks/demo_arith_mc.yaml"), {"model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct"}}
+    )
     path = write(tmp_path, "b.yaml", bench)
     load_benchmark(path)
-    assert warnings(caplog) == [f"{path}: model.model_name: ignored; the experiment decides which models are evaluated (its base_models and runs)"]
+    assert warnings(caplog) == [
+        f"{path}: model.model_name: ignored; the experiment decides which models are evaluated (its base_models and runs)"
+    ]
 
 
 def test_benchmark_output_paths_are_ignored_with_one_warning(tmp_path, caplog):
@@ -173,7 +197,9 @@ def test_benchmark_output_paths_are_ignored_with_one_warning(tmp_path, caplog):
     bench["tasks"] = [dict(bench["tasks"][0], output_path="./out"), dict(bench["tasks"][0], output_path="./out2")]
     path = write(tmp_path, "b.yaml", bench)
     load_benchmark(path)
-    assert warnings(caplog) == [f"{path}: tasks.0.output_path, tasks.1.output_path: ignored; results go to results/eval/<model>/<benchmark>/"]
+    assert warnings(caplog) == [
+        f"{path}: tasks.0.output_path, tasks.1.output_path: ignored; results go to results/eval/<model>/<benchmark>/"
+    ]
 
 
 def test_target_column_is_ignored_with_a_warning_when_the_data_is_not_plain_text(tmp_path, caplog):
@@ -185,24 +211,43 @@ def test_target_column_is_ignored_with_a_warning_when_the_data_is_not_plain_text
 def test_target_column_of_plain_text_or_hub_data_is_not_warned_about(tmp_path, caplog, online):
     text = tmp_path / "text.jsonl"
     text.write_text('{"body": "2 plus 2 is 4"}\n')
-    plain = write(tmp_path, "plain.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"train_dataset": {"dataset_name": str(text)}, "target_column": "body"}}))
-    hub = write(tmp_path, "hub.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"train_dataset": {"dataset_name": "yahma/alpaca-cleaned"}, "target_column": "text"}}))
-    load_experiment(demo_experiment(runs={"a": {"base": "tiny", "recipe": plain}, "b": {"base": "tiny", "recipe": hub}}))
+    plain = write(
+        tmp_path,
+        "plain.yaml",
+        deep_merge(
+            load_yaml(DEMO_RECIPE), {"data": {"train_dataset": {"dataset_name": str(text)}, "target_column": "body"}}
+        ),
+    )
+    hub = write(
+        tmp_path,
+        "hub.yaml",
+        deep_merge(
+            load_yaml(DEMO_RECIPE),
+            {"data": {"train_dataset": {"dataset_name": "yahma/alpaca-cleaned"}, "target_column": "text"}},
+        ),
+    )
+    load_experiment(
+        demo_experiment(runs={"a": {"base": "tiny", "recipe": plain}, "b": {"base": "tiny", "recipe": hub}})
+    )
     assert warnings(caplog) == []  # a hub dataset's format is known only to prepare_data, which warns then
 
 
 def test_a_recipe_shared_by_many_runs_is_warned_about_once(tmp_path, caplog):
     path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"training": {"output_dir": "./output/x"}}))
-    runs = {"a": {"base": "tiny", "recipe": path}, "b": {"base": "tiny", "recipe": path, "sweep": {"peft.lora_r": [4, 8]}}}
+    runs = {
+        "a": {"base": "tiny", "recipe": path},
+        "b": {"base": "tiny", "recipe": path, "sweep": {"peft.lora_r": [4, 8]}},
+    }
     load_experiment(demo_experiment(runs=runs))
     assert warnings(caplog) == [f"{path}: {OUTPUT_DIR}"]
 
 
 def test_shipped_configs_have_no_ignored_keys(caplog, monkeypatch, online):
     from conftest import REPO
-    from koaml import config
 
-    monkeypatch.setattr(config, "_WARNED", set())
+    from koaml import configfiles
+
+    monkeypatch.setattr(configfiles, "_WARNED", set())
     for path in [REPO / "config/config.yaml", *sorted((REPO / "config/examples").glob("*.yaml"))]:
         load_experiment(load_yaml(path), str(path))
     for path in sorted((REPO / "config/recipes").glob("*.yaml")):

@@ -50,24 +50,38 @@ def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
     path = jsonl(tmp_path, rows)
     recipe = {
         "model": {"model_max_length": 32},
-        "data": {"train_dataset": {"dataset_name": path}, "eval_fraction": 0.1, "template": "none", "target_column": "text"},
+        "data": {
+            "train_dataset": {"dataset_name": path},
+            "eval_fraction": 0.1,
+            "template": "none",
+            "target_column": "text",
+        },
         "training": {"seed": 1, "completion_only_loss": True},
     }
     stats = prepare(recipe, str(tiny_model), tmp_path / "out")
     assert stats["rows"] + stats["eval_rows"] == 41 and stats["too_long_rows"] == 1
     assert stats["truncated_rows"] == 1 and stats["format"] == "prompt_completion"
-    train = [json.loads(l) for l in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert len(train) == stats["rows"] and set(train[0]) == {"prompt", "completion"}
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
 
 
 def test_alpaca_columns_become_prompt_completion(tmp_path):
-    path = jsonl(tmp_path, [{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Say hi", "input": "", "output": "hi"}])
+    path = jsonl(
+        tmp_path,
+        [
+            {"instruction": "Add", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hi", "input": "", "output": "hi"},
+        ],
+    )
     rows = read_rows({"dataset_name": path})
     fmt = detect_format(rows, "text")
     assert fmt == "alpaca"
     assert to_training_row(rows[0], fmt, "none", "text") == {"prompt": "Add\n\n2 and 3", "completion": "5"}
-    assert to_training_row(rows[1], fmt, "chatml", "text")["prompt"] == "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        to_training_row(rows[1], fmt, "chatml", "text")["prompt"]
+        == "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, caplog):
@@ -75,7 +89,12 @@ def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, 
     path = jsonl(tmp_path, [{"instruction": "Add 2 and 3", "input": "", "output": "5"}] * 4)
     recipe = {
         "model": {"model_max_length": 64},
-        "data": {"train_dataset": {"dataset_name": path}, "eval_fraction": 0, "template": "none", "target_column": "output"},
+        "data": {
+            "train_dataset": {"dataset_name": path},
+            "eval_fraction": 0,
+            "template": "none",
+            "target_column": "output",
+        },
         "training": {"seed": 1, "completion_only_loss": True},
     }
     prepare(recipe, str(tiny_model), tmp_path / "out")

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import CANARIES, planned_jobs, secret_leaks, snakemake
 
 pytestmark = pytest.mark.slow
@@ -51,6 +50,15 @@ def test_html_report_and_snakemake_report(finished_demo):
     assert 'src="http' not in page
     snakemake(finished_demo, "--report", "snakemake-report.html")
     assert (finished_demo / "snakemake-report.html").stat().st_size > 10_000
+
+
+def test_every_job_wrote_its_log(finished_demo):
+    """Each rule with a log writes it (the aggregation steps too, not only the shell commands)."""
+    logs = finished_demo / "logs"
+    assert "wrote results/compare/summary.csv" in (logs / "compare.log").read_text()
+    assert "wrote results/report/index.html" in (logs / "report.log").read_text()
+    for rule in ("build_base_model", "prepare_data", "train", "merge", "evaluate"):
+        assert any(f.stat().st_size > 0 for f in (logs / rule).rglob("*.log")), rule
 
 
 def test_scores_come_from_per_sample_logs(finished_demo):
@@ -130,7 +138,7 @@ def test_unmerged_adapter_evaluates_like_the_merged_model(finished_demo):
         merged = finished_demo / "results/eval/tiny-lora" / bench / f"samples_{bench}.jsonl"
         unmerged = finished_demo / "results/eval/tiny-lora_adapter" / bench / f"samples_{bench}.jsonl"
         scores = [[json.loads(line)[metric] for line in path.read_text().splitlines()] for path in (merged, unmerged)]
-        agreement = sum(a == b for a, b in zip(*scores)) / len(scores[0])
+        agreement = sum(a == b for a, b in zip(*scores, strict=True)) / len(scores[0])
         assert agreement >= 0.99, f"{bench}: unmerged adapter agrees with the merged model on {agreement:.0%} of items"
     table = pd.read_csv(finished_demo / "results/compare/summary.csv")
     assert {"tiny-lora_adapter", "tiny-qlora_adapter"} <= set(table.run)
@@ -149,13 +157,18 @@ def test_killed_workflow_resumes_training_from_its_checkpoint(tmp_path):
 
     workdir = copy_workflow(tmp_path)
     config = workdir / "config/config.yaml"
-    config.write_text(config.read_text().split("  tiny-lora:")[0] + "  tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n"
-                      "benchmarks: [config/benchmarks/demo_arith_mc.yaml]\n")
+    config.write_text(
+        config.read_text().split("  tiny-lora:")[0]
+        + "  tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}\n"
+        "benchmarks: [config/benchmarks/demo_arith_mc.yaml]\n"
+    )
     overrides = "recipe_overrides={training: {max_steps: 300, save_steps: 40}}"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     target = "results/runs/tiny-full/trained"
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", target, "--config", overrides]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while not list((workdir / "results/checkpoints/tiny-full").glob("*/checkpoint-80/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, "training ended before the checkpoint"

@@ -8,27 +8,29 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
-from koaml.config import load_benchmark
+
 from koaml.evaluate import evaluate
 from koaml.io import write_yaml
+from koaml.recipe import load_benchmark
 
 
 @pytest.fixture
 def bench_config(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
+
     def make(name="demo_arith_mc", **overrides):
         path = tmp_path / f"{name}.yaml"
         write_yaml(path, load_benchmark(f"config/benchmarks/{name}.yaml", overrides))
         return str(path)
+
     return make
 
 
 def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
     results = evaluate(bench_config("demo_arith_gen", limit=5), str(tiny_model), str(tmp_path / "out"), threads=1)
     assert results["n-samples"]["demo_arith_gen"]["effective"] == 5
-    samples = [json.loads(l) for l in (tmp_path / "out/samples_demo_arith_gen.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "out/samples_demo_arith_gen.jsonl").read_text().splitlines()]
     assert len(samples) == 5 and all("exact_match" in s and "resps" in s for s in samples)
     saved = json.loads((tmp_path / "out/results.json").read_text())
     assert saved["results"]["demo_arith_gen"]["exact_match,first-number"] == sum(s["exact_match"] for s in samples) / 5
@@ -36,8 +38,21 @@ def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
 
 
 def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
-    cmd = [sys.executable, "-m", "koaml.cli", "evaluate", "--config", bench_config(), "--model", str(tiny_model), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "koaml.cli",
+        "evaluate",
+        "--config",
+        bench_config(),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=REPO
+    )
     deadline = time.time() + 300
     for line in proc.stderr:  # kill it while lm-eval runs the model, before any result is written
         assert time.time() < deadline
@@ -51,10 +66,12 @@ def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
 def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monkeypatch):
     import importlib.util
 
-    from koaml.config import ConfigError
+    from koaml.configfiles import ConfigError
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )
     path = bench_config(model={"backend": "vllm"})
     with pytest.raises(ConfigError, match=r"model.backend: vllm needs the vllm package"):
         evaluate(path, str(tiny_model), str(tmp_path / "out"), threads=1)
@@ -63,7 +80,7 @@ def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monke
 def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch):
     import lm_eval.tasks
 
-    from koaml.config import load_yaml
+    from koaml.configfiles import load_yaml
     from koaml.evaluate import task_manager
 
     built = []
@@ -86,7 +103,12 @@ def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch)
 
 @pytest.mark.parametrize(
     ("gpus", "backend", "expected"),
-    [(0, "hf", {"device": "cpu"}), (1, "vllm", {}), (2, "hf", {"parallelize": True}), (4, "vllm", {"tensor_parallel_size": 4})],
+    [
+        (0, "hf", {"device": "cpu"}),
+        (1, "vllm", {}),
+        (2, "hf", {"parallelize": True}),
+        (4, "vllm", {"tensor_parallel_size": 4}),
+    ],
 )
 def test_a_model_too_big_for_one_gpu_is_spread_over_the_jobs_gpus(gpus, backend, expected, monkeypatch):
     import torch
@@ -109,9 +131,25 @@ def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_
     run.symlink_to(tiny_model)
     assert main(["evaluate", "--config", "demo_arith_mc", "--model", "run:mine", "--limit", "4"]) == 0
     results = json.loads((workflow_dir / "results/eval/run-mine/demo_arith_mc/results.json").read_text())
-    assert results["n-samples"]["demo_arith_mc"]["effective"] == 4 and results["model_path"] == "results/runs/mine/trained"
-    assert main(["evaluate", "--config", "config/benchmarks/demo_arith_gen.yaml", "--model", str(tiny_model), "--limit", "2",
-                 "--out", "here"]) == 0
+    assert (
+        results["n-samples"]["demo_arith_mc"]["effective"] == 4 and results["model_path"] == "results/runs/mine/trained"
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                "config/benchmarks/demo_arith_gen.yaml",
+                "--model",
+                str(tiny_model),
+                "--limit",
+                "2",
+                "--out",
+                "here",
+            ]
+        )
+        == 0
+    )
     assert (workflow_dir / "here/samples_demo_arith_gen.jsonl").read_text().count("\n") == 2
     assert main(["evaluate", "--config", "demo_arith", "--model", str(tiny_model)]) == 2
     assert main(["evaluate", "--config", "demo_arith_mc", "--model", "run:other"]) == 2

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -40,7 +39,7 @@ def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
     targets = [f"results/data/{run}" for run in ("tiny-lora", "tiny-qlora", "tiny-full")]
     rows = (workflow_dir / "resources/demo/data/arith_train.jsonl").read_text().splitlines()
     data = workflow_dir / "full_train.jsonl"
-    data.write_text("\n".join(rows[:2000] + ["{not json"] + rows[2000:]) + "\n")
+    data.write_text("\n".join([*rows[:2000], "{not json", *rows[2000:]]) + "\n")
     config = workflow_dir / "config/config.yaml"
     config.write_text(config.read_text().replace(
         "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}",
@@ -51,7 +50,9 @@ def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
     assert failed.returncode != 0 and "Error in rule prepare_data" in failed.stdout
     assert "full_train.jsonl:2001" in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
     assert not (workflow_dir / "results/data/tiny-full").exists()
-    done = {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in ("tiny-lora", "tiny-qlora")}
+    done = {
+        run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in ("tiny-lora", "tiny-qlora")
+    }
 
     data.write_text("\n".join(rows) + "\n")
     assert planned_jobs(snakemake(workflow_dir, "-n", *targets).stdout) == [("prepare_data", "run=tiny-full")]
@@ -83,7 +84,11 @@ def test_failed_jobs_leave_a_partial_summary_and_report_then_the_final_one(workf
         "base_models": {"tiny": {"build": "resources/demo/tiny_model.yaml"}},
         "runs": {
             "good": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml"},
-            "bad": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml", "overrides": {"model": {"model_max_length": 8}}},
+            "bad": {
+                "base": "tiny",
+                "recipe": "config/recipes/demo_full.yaml",
+                "overrides": {"model": {"model_max_length": 8}},
+            },
         },
         "recipe_overrides": {"training": {"max_steps": 2, "save_steps": 2}},
         "benchmark_overrides": {"limit": 20},

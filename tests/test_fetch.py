@@ -3,13 +3,18 @@
 import json
 
 import pytest
-
 from conftest import REPO, cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
-from koaml.config import ConfigError, load_experiment, load_yaml
+
+from koaml.config import load_experiment
+from koaml.configfiles import ConfigError, load_yaml
 from koaml.fetch import requirements
 
-ABLATION = "config/examples/lora_rank_ablation.yaml"  # meta-llama/Llama-3.1-8B-Instruct, trained on yahma/alpaca-cleaned
-MODEL_LINE = f"{ABLATION}: base_models.llama8b.model_name: meta-llama/Llama-3.1-8B-Instruct: model not in the Hugging Face cache"
+ABLATION = (
+    "config/examples/lora_rank_ablation.yaml"  # meta-llama/Llama-3.1-8B-Instruct, trained on yahma/alpaca-cleaned
+)
+MODEL_LINE = (
+    f"{ABLATION}: base_models.llama8b.model_name: meta-llama/Llama-3.1-8B-Instruct: model not in the Hugging Face cache"
+)
 DATASET_LINE = "config/recipes/llama_8b_lora.yaml: data.train_dataset.dataset_name: yahma/alpaca-cleaned: dataset not in the Hugging Face cache"
 FETCH = f"env -u HF_HUB_OFFLINE -u HF_DATASETS_OFFLINE snakemake fetch --cores 1 --configfile {ABLATION}"
 
@@ -34,6 +39,10 @@ def test_fetch_rule_caches_task_data_offline(workflow_dir):
     manifest = json.loads((workflow_dir / "results/fetch/manifest.json").read_text())
     assert manifest == {"models": {}, "datasets": [], "tasks": ["demo_arith_mc", "demo_arith_gen"]}
     assert not (workflow_dir / "results/eval").exists()
+    assert (
+        "fetching the data of lm-eval tasks demo_arith_mc, demo_arith_gen"
+        in (workflow_dir / "logs/fetch.log").read_text()
+    )
 
 
 def test_offline_every_hub_id_must_be_cached_before_any_job(hf_cache, monkeypatch):

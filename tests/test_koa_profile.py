@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CANARIES, REPO, copy_workflow, secret_leaks
 
 VENV_BIN = Path(sys.executable).parent
@@ -39,8 +38,14 @@ def doctor(cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 def slurm_jobs(env: dict) -> list[dict[str, str]]:
     """Every job the cluster remembers (MinJobAge keeps finished ones), as scontrol's key=value fields."""
-    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True, check=True).stdout
-    return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in out.splitlines() if line.startswith("JobId=")]
+    out = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        dict(f.split("=", 1) for f in line.split() if "=" in f)
+        for line in out.splitlines()
+        if line.startswith("JobId=")
+    ]
 
 
 def rule_of(job: dict[str, str]) -> str:
@@ -53,7 +58,7 @@ def rule_of(job: dict[str, str]) -> str:
 
 def test_partition_file_and_gpu_table_agree():
     """profiles/koa/partitions.yaml (the plugin's) and koa_gpus.yaml (the sizing's) name the same GPUs."""
-    from koaml.sizing import KOA_GPUS
+    from koaml.gpus import KOA_GPUS
 
     partitions = yaml.safe_load((REPO / "profiles/koa/partitions.yaml").read_text())["partitions"]
     for gpu in KOA_GPUS:
@@ -164,9 +169,9 @@ def slurm_demo(local_slurm, tmp_path_factory):
 
 @pytest.mark.slow
 def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
-    from koaml.config import load_yaml
-    from koaml.sizing import model_shape
-    from koaml.slurm import evaluation_gpu, training_gpu
+    from koaml.configfiles import load_yaml
+    from koaml.resources import evaluation_gpu, training_gpu
+    from koaml.shapes import model_shape
 
     workdir, env, _ = slurm_demo
     jobs = [j for j in slurm_jobs(env) if j.get("WorkDir") == str(workdir)]
@@ -196,7 +201,9 @@ def test_preempted_training_resumes_from_its_checkpoint(slurm_demo):
     step = int(Path(summary["resumed_from"]).name.removeprefix("checkpoint-"))
     assert step > 0  # resumed where SIGTERM stopped it, not from step 0
     assert summary["global_step"] > step
-    assert not (workdir / "results/checkpoints/tiny-full").exists() or not any((workdir / "results/checkpoints/tiny-full").iterdir())
+    assert not (workdir / "results/checkpoints/tiny-full").exists() or not any(
+        (workdir / "results/checkpoints/tiny-full").iterdir()
+    )
 
 
 @pytest.mark.slow
@@ -217,7 +224,9 @@ def test_no_secret_in_job_scripts_logs_or_results_on_slurm(slurm_demo):
     scripts = {}
     for job in slurm_jobs(env):
         if job.get("WorkDir") == str(workdir):
-            proc = subprocess.run(["scontrol", "write", "batch_script", job["JobId"], "-"], env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                ["scontrol", "write", "batch_script", job["JobId"], "-"], env=env, capture_output=True, text=True
+            )
             assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
             scripts[f"batch script of job {job['JobId']}"] = proc.stdout
     assert not secret_leaks(workdir, extra=scripts)
@@ -249,7 +258,12 @@ def plan_with_profile(workdir: Path, recipe: str, *args: str) -> subprocess.Comp
 
 
 def test_dry_run_shows_each_jobs_gpu(workflow_dir):
-    proc = plan_with_profile(workflow_dir, "config/recipes/llama_70b_qlora.yaml", "--config", "benchmark_overrides={model: {dtype: bfloat16}}")
+    proc = plan_with_profile(
+        workflow_dir,
+        "config/recipes/llama_70b_qlora.yaml",
+        "--config",
+        "benchmark_overrides={model: {dtype: bfloat16}}",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     planned = proc.stdout + proc.stderr
     gres = {line.split("gres=")[1].split(",")[0] for line in planned.splitlines() if "gres=gpu" in line}
@@ -262,6 +276,8 @@ def test_a_job_that_fits_no_koa_gpu_stops_before_anything_runs(workflow_dir):
     proc = plan_with_profile(workflow_dir, str(recipe), "--config", "benchmark_overrides={model: {dtype: bfloat16}}")
     assert proc.returncode != 0
     message = proc.stdout + proc.stderr
-    assert "needs ~" in message and "more than the largest bfloat16-capable KOA GPU (nvidia_h200_nvl, 141 GB)" in message, message[-3000:]
+    assert (
+        "needs ~" in message and "more than the largest bfloat16-capable KOA GPU (nvidia_h200_nvl, 141 GB)" in message
+    ), message[-3000:]
     assert "To use less memory: peft.type: qlora" in message
     assert not (workflow_dir / "results").exists()

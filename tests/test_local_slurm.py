@@ -3,7 +3,17 @@
 import subprocess
 import time
 
-KOA_PARTITIONS = {"sandbox", "shared", "shared-long", "exclusive", "exclusive-long", "gpu", "gpu-sandbox", "kill-shared", "kill-exclusive"}
+KOA_PARTITIONS = {
+    "sandbox",
+    "shared",
+    "shared-long",
+    "exclusive",
+    "exclusive-long",
+    "gpu",
+    "gpu-sandbox",
+    "kill-shared",
+    "kill-exclusive",
+}
 
 
 def run(env, *cmd):

@@ -14,11 +14,12 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from koaml.config import load_benchmark, load_recipe, load_yaml
+
+from koaml.configfiles import load_yaml
 from koaml.data import prepare
 from koaml.io import write_yaml
+from koaml.recipe import load_benchmark, load_recipe
 
 QUESTION = "What is the capital of France?"
 END = "<|im_end|>"  # SmolLM2's end of turn (and EOS); its chat template ends every turn with END + "\n"
@@ -42,7 +43,9 @@ DATA = {"max_samples": 8, "eval_fraction": 0.0}
 def chat_ids(tokenizer, content: str):
     """Token IDs (1 x n tensor) of one user message and the assistant's generation prompt."""
     messages = [{"role": "user", "content": content}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")[
+        "input_ids"
+    ]
 
 
 def train_run(model: Path, tmp: Path, recipe_name: str, template: str) -> tuple[Path, Path]:
@@ -59,7 +62,7 @@ def train_run(model: Path, tmp: Path, recipe_name: str, template: str) -> tuple[
         config = tmp / "config.yaml"
         write_yaml(config, recipe)
         prepare(recipe, str(model), tmp / "data")
-        train(str(config), str(model), str(tmp / "data"), str(tmp / "trained"), str(tmp / "checkpoints"), threads=2)
+        train(recipe, str(model), str(tmp / "data"), str(tmp / "trained"), str(tmp / "checkpoints"), threads=2)
     return config, tmp / "trained"
 
 
@@ -111,8 +114,6 @@ def koaml_trainer(monkeypatch, tmp_path: Path, model: Path, rows: list[dict], te
         },
     )
     assert recipe["training"]["completion_only_loss"] is True
-    config = tmp_path / "config.yaml"
-    write_yaml(config, recipe)
     prepare(recipe, str(model), tmp_path / "data")
 
     built, real = [], koaml.train.sft_trainer
@@ -123,7 +124,7 @@ def koaml_trainer(monkeypatch, tmp_path: Path, model: Path, rows: list[dict], te
 
     monkeypatch.setattr(koaml.train, "sft_trainer", spy)
     with pytest.raises(_Built):
-        koaml.train.train(str(config), str(model), str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "ckpt"), 2)
+        koaml.train.train(recipe, str(model), str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "ckpt"), 2)
     return built[0]
 
 
@@ -133,7 +134,7 @@ def trained_spans(trainer) -> list[str]:
     tokenizer, spans = trainer.processing_class, []
     for row in trainer.train_dataset:
         run = []
-        for token, label in zip(row["input_ids"] + [None], row["labels"] + [-100]):
+        for token, label in zip(row["input_ids"] + [None], row["labels"] + [-100], strict=True):
             if label != -100:
                 assert label == token
                 run.append(label)
@@ -144,8 +145,15 @@ def trained_spans(trainer) -> list[str]:
 
 
 CHATS = [
-    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Paris"}],
-    [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "Four"}],  # + the template's default system turn
+    [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "Paris"},
+    ],
+    [
+        {"role": "user", "content": "What is 2 plus 2?"},
+        {"role": "assistant", "content": "Four"},
+    ],  # + the template's default system turn
     [
         {"role": "user", "content": "Name a primary colour."},
         {"role": "assistant", "content": "Red"},
@@ -162,7 +170,9 @@ def test_chat_template_trains_on_the_assistant_reply_only(smollm2, tmp_path, mon
     An earlier assistant turn of a multi-turn chat ("Red") is context for the last reply, not trained."""
     trainer = koaml_trainer(monkeypatch, tmp_path, smollm2, [{"messages": m} for m in CHATS * 2], "model", packing)
     if packing:
-        assert trainer.args.packing and any(len(r["seq_lengths"]) > 1 for r in trainer.train_dataset), "nothing was packed"
+        assert trainer.args.packing and any(len(r["seq_lengths"]) > 1 for r in trainer.train_dataset), (
+            "nothing was packed"
+        )
     assert trained_spans(trainer) == sorted(f"{reply}{END}\n" for reply in ("Paris", "Four", "Blue") * 2)
 
 
@@ -256,7 +266,9 @@ def test_merged_lora_keeps_the_adapter_models_logits(lora_run, smollm2, tmp_path
     bf16_recipe = dict(recipe, model=dict(recipe["model"], dtype="bfloat16"))
     write_yaml(tmp_path / "bf16.yaml", bf16_recipe)
     merge(str(tmp_path / "bf16.yaml"), str(smollm2), str(adapter), str(tmp_path / "merged_bf16"))
-    unmerged16 = logits_of(PeftModel.from_pretrained(load_causal_lm(str(smollm2), bf16_recipe["model"]), adapter), tokenizer)
+    unmerged16 = logits_of(
+        PeftModel.from_pretrained(load_causal_lm(str(smollm2), bf16_recipe["model"]), adapter), tokenizer
+    )
     merged16 = logits_of(load_causal_lm(str(tmp_path / "merged_bf16"), bf16_recipe["model"]), tokenizer)
     diff16 = (merged16 - unmerged16).abs().max().item()
     agree16 = (merged16.argmax(-1) == unmerged16.argmax(-1)).float().mean().item()
@@ -295,7 +307,9 @@ def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
         return trainer
 
     monkeypatch.setattr(koaml.train, "sft_trainer", spy)
-    config, trained = train_run(smollm2, tmp_path, "demo_qlora.yaml", template="none")  # short rows: 4-bit is slow on CPU
+    config, trained = train_run(
+        smollm2, tmp_path, "demo_qlora.yaml", template="none"
+    )  # short rows: 4-bit is slow on CPU
     shape = json.loads((smollm2 / "config.json").read_text())
     assert seen["layers"] == 7 * shape["num_hidden_layers"], seen  # q, k, v, o, gate, up, down in every layer
     assert seen["quant_types"] == {load_yaml(config)["peft"]["bnb_4bit_quant_type"]}

@@ -14,9 +14,18 @@ from koaml.report import write_report
 def fake_run(tmp_path, name, losses):
     trained = tmp_path / name / "trained"
     trained.mkdir(parents=True)
-    history = [{"step": i * 10, "loss": loss} for i, loss in enumerate(losses, 1)] + [{"step": 30, "eval_loss": losses[-1]}]
+    history = [{"step": i * 10, "loss": loss} for i, loss in enumerate(losses, 1)] + [
+        {"step": 30, "eval_loss": losses[-1]}
+    ]
     (trained / "log_history.json").write_text(json.dumps(history))
-    summary = {"method": "lora", "global_step": 30, "train_loss": losses[-1], "final_eval_loss": losses[-1], "config_hash": "abc123", "wall_time_s": 12.5}
+    summary = {
+        "method": "lora",
+        "global_step": 30,
+        "train_loss": losses[-1],
+        "final_eval_loss": losses[-1],
+        "config_hash": "abc123",
+        "wall_time_s": 12.5,
+    }
     (trained / "train_summary.json").write_text(json.dumps(summary))
     write_yaml(tmp_path / name / "config.yaml", {"peft": {"lora_r": 8}})
     return {"trained": str(trained), "config": str(tmp_path / name / "config.yaml")}
@@ -25,16 +34,35 @@ def fake_run(tmp_path, name, losses):
 def summary_rows(runs):
     rows = []
     for i, run in enumerate(runs):
-        rows.append({"run": run, "base_model": "base", "benchmark": "bench", "task": "t", "metric": "acc", "filter": "none",
-                     "base_score": 0.3, "score": 0.4 + 0.1 * i, "delta": 0.1 + 0.1 * i, "ci_low": 0.05, "ci_high": 0.2,
-                     "p_value": 0.01, "test": "mcnemar", "significant": True, "base_stderr": 0.02, "stderr": 0.02, "n": 100, "status": "ok"})
+        rows.append(
+            {
+                "run": run,
+                "base_model": "base",
+                "benchmark": "bench",
+                "task": "t",
+                "metric": "acc",
+                "filter": "none",
+                "base_score": 0.3,
+                "score": 0.4 + 0.1 * i,
+                "delta": 0.1 + 0.1 * i,
+                "ci_low": 0.05,
+                "ci_high": 0.2,
+                "p_value": 0.01,
+                "test": "mcnemar",
+                "significant": True,
+                "base_stderr": 0.02,
+                "stderr": 0.02,
+                "n": 100,
+                "status": "ok",
+            }
+        )
     rows.append({**rows[0], "run": "broken", "score": None, "delta": None, "significant": None, "status": "missing"})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def test_report_is_self_contained_with_tables_plots_and_configs(tmp_path):
     runs = {name: fake_run(tmp_path, name, [2.0, 1.0, 0.5]) for name in ("rank_lora_r4", "rank_lora_r8")}
-    for name, r in zip(runs, (4, 8)):
+    for name, r in zip(runs, (4, 8), strict=True):
         runs[name]["sweep"] = {"group": "rank", "point": {"peft.lora_r": r}}
     summary_rows(list(runs)).to_csv(tmp_path / "summary.csv", index=False)
     out = tmp_path / "report" / "index.html"
@@ -48,7 +76,9 @@ def test_report_is_self_contained_with_tables_plots_and_configs(tmp_path):
     assert not re.search(r'(src|href)="https?://', page), "the report must open without network"
     assert "lora_r: 8" in page and "abc123" in page and "transformers" in page
     assert {p.name for p in (tmp_path / "report/plots").iterdir()} == {
-        "scores_bench.png", "losses.png", "sweep_rank_bench_t_acc.png"
+        "scores_bench.png",
+        "losses.png",
+        "sweep_rank_bench_t_acc.png",
     }
 
 
@@ -70,7 +100,6 @@ def test_report_renders_in_a_real_browser(tmp_path):
     import subprocess
 
     import pytest
-
     from conftest import REPO
 
     browser = chromium()
@@ -81,7 +110,9 @@ def test_report_renders_in_a_real_browser(tmp_path):
     write_report(tmp_path / "summary.csv", runs, tmp_path / "report/index.html", "browser-check")
     probe = tmp_path / "report/probe.html"
     probe.write_text(
-        (tmp_path / "report/index.html").read_text().replace(
+        (tmp_path / "report/index.html")
+        .read_text()
+        .replace(
             "</body>",
             "<script>window.addEventListener('load', () => {document.body.dataset.images = document.images.length;"
             "document.body.dataset.broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;"
@@ -93,7 +124,11 @@ def test_report_renders_in_a_real_browser(tmp_path):
     assert 'data-images="2"' in dom and 'data-broken="0"' in dom, dom[:500]
     assert 'data-tables="5"' in dom  # 3 summary rows + 2 training rows
     shot = tmp_path / "report.png"
-    subprocess.run([*common, "--window-size=1280,1600", f"--screenshot={shot}", (tmp_path / "report/index.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [*common, "--window-size=1280,1600", f"--screenshot={shot}", (tmp_path / "report/index.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)

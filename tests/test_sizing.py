@@ -11,40 +11,80 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cache_hub_model
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from conftest import cache_hub_model
-from koaml.config import load_benchmark, load_recipe
-from koaml.sizing import (
-    KOA_GPUS,
-    GpuChoice,
-    MemoryEstimate,
-    SizingError,
-    choose_gpu,
-    estimate_eval_memory,
-    estimate_training_disk_gb,
-    estimate_training_memory,
-    model_shape,
-    shape_from_config,
-)
+from koaml.gpus import KOA_GPUS, GpuChoice, choose_gpu
+from koaml.memory import MemoryEstimate, estimate_eval_memory, estimate_training_disk_gb, estimate_training_memory
+from koaml.recipe import Recipe, load_benchmark, load_recipe
+from koaml.shapes import SizingError, model_shape, shape_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "config" / "recipes"
 
 # Published configs (config.json on the hub) and parameter counts (the hub's safetensors metadata).
-LLAMA_8B = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, intermediate_size=14336,
-                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
-LLAMA_3B = dict(model_type="llama", hidden_size=3072, num_hidden_layers=28, intermediate_size=8192, head_dim=128,
-                num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
-LLAMA_70B = dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, intermediate_size=28672,
-                 num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
-SMOLLM_135M = dict(model_type="llama", hidden_size=576, num_hidden_layers=30, intermediate_size=1536,
-                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
-QWEN_7B = dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, intermediate_size=18944,
-               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)
-PHI_2 = dict(model_type="phi", hidden_size=2560, num_hidden_layers=32, intermediate_size=10240,
-             num_attention_heads=32, num_key_value_heads=None, vocab_size=51200, tie_word_embeddings=False)
+LLAMA_8B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    num_hidden_layers=32,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+)
+LLAMA_3B = dict(
+    model_type="llama",
+    hidden_size=3072,
+    num_hidden_layers=28,
+    intermediate_size=8192,
+    head_dim=128,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+)
+LLAMA_70B = dict(
+    model_type="llama",
+    hidden_size=8192,
+    num_hidden_layers=80,
+    intermediate_size=28672,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+)
+SMOLLM_135M = dict(
+    model_type="llama",
+    hidden_size=576,
+    num_hidden_layers=30,
+    intermediate_size=1536,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+)
+QWEN_7B = dict(
+    model_type="qwen2",
+    hidden_size=3584,
+    num_hidden_layers=28,
+    intermediate_size=18944,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    tie_word_embeddings=False,
+)
+PHI_2 = dict(
+    model_type="phi",
+    hidden_size=2560,
+    num_hidden_layers=32,
+    intermediate_size=10240,
+    num_attention_heads=32,
+    num_key_value_heads=None,
+    vocab_size=51200,
+    tie_word_embeddings=False,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +148,7 @@ def test_missing_shard_or_quantized_checkpoint_counts_from_config(tmp_path):
 
 
 def test_unreadable_folder_and_config(tmp_path):
-    with pytest.raises(SizingError, match="no config.json"):
+    with pytest.raises(SizingError, match=r"no config\.json"):
         model_shape(str(tmp_path))
     with pytest.raises(SizingError, match="intermediate_size"):
         shape_from_config({"hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 10, "num_attention_heads": 2})
@@ -117,7 +157,7 @@ def test_unreadable_folder_and_config(tmp_path):
 def test_tiny_demo_model(tiny_model):
     shape = model_shape(str(tiny_model))
     with safe_open(tiny_model / "model.safetensors", framework="np") as f:
-        numel = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+        numel = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (not iterable)
     assert shape.n_params == numel
     config = json.loads((tiny_model / "config.json").read_text())
     assert shape_from_config(config).n_params == numel  # the formula agrees with the real (tied) Llama
@@ -145,10 +185,14 @@ def test_hub_model_not_cached_offline(offline_hub):
 
 def test_hub_model_from_the_cache(offline_hub, tmp_path):
     numel = _write_model(tmp_path / "src", TENSORS)
-    cache_hub_model(offline_hub, "koaml-test/cached", {
-        "config.json": (tmp_path / "src" / "config.json").read_bytes(),
-        "model.safetensors": (tmp_path / "src" / "model.safetensors").read_bytes(),
-    })
+    cache_hub_model(
+        offline_hub,
+        "koaml-test/cached",
+        {
+            "config.json": (tmp_path / "src" / "config.json").read_bytes(),
+            "model.safetensors": (tmp_path / "src" / "model.safetensors").read_bytes(),
+        },
+    )
     assert model_shape("koaml-test/cached").n_params == numel
 
     cache_hub_model(offline_hub, "koaml-test/config-only", {"config.json": json.dumps(LLAMA_8B).encode()})
@@ -156,18 +200,30 @@ def test_hub_model_from_the_cache(offline_hub, tmp_path):
 
 
 # The guide's table (GB of GPU memory) and the settings it is compared under: the shipped recipes with
-# per_device_train_batch_size: 1 and their own model_max_length (see the koaml.sizing docstring).
+# per_device_train_batch_size: 1 and their own model_max_length (see the koaml.memory docstring).
 GUIDE = {
-    ("smollm", "lora"): 2, ("smollm", "qlora"): 1, ("smollm", "full"): 4,
-    ("3b", "lora"): 8, ("3b", "qlora"): 4, ("3b", "full"): 16,
-    ("8b", "lora"): 24, ("8b", "qlora"): 12, ("8b", "full"): 40,
-    ("70b", "lora"): 80, ("70b", "qlora"): 40, ("70b", "full"): 280,
+    ("smollm", "lora"): 2,
+    ("smollm", "qlora"): 1,
+    ("smollm", "full"): 4,
+    ("3b", "lora"): 8,
+    ("3b", "qlora"): 4,
+    ("3b", "full"): 16,
+    ("8b", "lora"): 24,
+    ("8b", "qlora"): 12,
+    ("8b", "full"): 40,
+    ("70b", "lora"): 80,
+    ("70b", "qlora"): 40,
+    ("70b", "full"): 280,
 }
-MODELS = {"smollm": ("smollm_135m", SMOLLM_135M), "3b": ("llama_3b", LLAMA_3B), "8b": ("llama_8b", LLAMA_8B),
-          "70b": ("llama_70b", LLAMA_70B)}
+MODELS = {
+    "smollm": ("smollm_135m", SMOLLM_135M),
+    "3b": ("llama_3b", LLAMA_3B),
+    "8b": ("llama_8b", LLAMA_8B),
+    "70b": ("llama_70b", LLAMA_70B),
+}
 
 
-def guide_recipe(model: str, method: str) -> dict:
+def guide_recipe(model: str, method: str) -> Recipe:
     """The shipped recipe for a guide cell at batch 1; missing ones are the LoRA recipe with another method."""
     prefix = MODELS[model][0]
     path = RECIPES / f"{prefix}_{method}.yaml"
@@ -175,11 +231,13 @@ def guide_recipe(model: str, method: str) -> dict:
         recipe = load_recipe(path)
     else:
         recipe = load_recipe(RECIPES / f"{prefix}_lora.yaml")
-        recipe["peft"] = {**recipe["peft"], "type": "qlora"} if method == "qlora" else {"type": "none"}
+        peft = {**recipe["peft"], "type": "qlora"} if method == "qlora" else {"type": "none"}
+        recipe = recipe.replace(peft=peft)
         if method == "full":  # on one GPU: the row the guide's figure is compared with
-            recipe["training"].update(num_processes=1, fsdp="", fsdp_config=None)
-    recipe["training"]["per_device_train_batch_size"] = 1
-    return recipe
+            recipe = recipe.replace(
+                training={**recipe["training"], "num_processes": 1, "fsdp": "", "fsdp_config": None}
+            )
+    return recipe.replace(training={**recipe["training"], "per_device_train_batch_size": 1})
 
 
 @pytest.mark.parametrize(("model", "method"), list(GUIDE))
@@ -210,7 +268,10 @@ def test_full_fine_tuning_precision_and_sharding():
     sharded = estimate_training_memory(fsdp, shape)
     assert sharded.num_gpus == 4 and sharded.optimizer_gb == pytest.approx(8 * params_gb / 4)
     assert 0.75 <= sharded.total_gb / 40 <= 1.25
-    zero3 = {**recipe, "training": {**recipe["training"], "num_processes": 4, "deepspeed": "config/deepspeed/zero3.json"}}
+    zero3 = {
+        **recipe,
+        "training": {**recipe["training"], "num_processes": 4, "deepspeed": "config/deepspeed/zero3.json"},
+    }
     assert estimate_training_memory(zero3, shape).total_gb == pytest.approx(sharded.total_gb, rel=0.05)
     ddp = {**recipe, "training": {**recipe["training"], "num_processes": 4}}
     assert estimate_training_memory(ddp, shape).weights_gb == single.weights_gb  # DDP replicates
@@ -302,7 +363,7 @@ def test_koa_gpu_table():
 
 def test_import_is_cheap():
     code = (
-        "import sys, koaml.sizing; "
+        "import sys, koaml.resources; "
         "print([m for m in ('torch', 'transformers', 'huggingface_hub', 'safetensors') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -335,7 +396,7 @@ def test_koaml_train_refuses_to_start_without_disk(tiny_model, tmp_path, monkeyp
     from koaml.io import write_yaml
 
     config = tmp_path / "config.yaml"
-    write_yaml(config, load_recipe(RECIPES / "demo_full.yaml"))
+    write_yaml(config, load_recipe(RECIPES / "demo_full.yaml").as_dict())
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
     argv = ["train", "--config", str(config), "--model", str(tiny_model), "--data", str(tmp_path / "data"),
             "--out", str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ckpt")]  # fmt: skip

@@ -20,14 +20,17 @@ def states(steps) -> dict[tuple[str, str], str]:
 
 @pytest.fixture
 def demo(workflow_dir, monkeypatch):
-    from koaml.config import load_experiment, load_yaml
+    from koaml.config import load_experiment
+    from koaml.configfiles import load_yaml
 
     monkeypatch.chdir(workflow_dir)
     return workflow_dir, load_experiment(load_yaml("config/config.yaml"))
 
 
 def koaml_status(workdir: Path, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "koaml.cli", "status"], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "koaml.cli", "status"], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -51,7 +54,11 @@ def test_done_failed_running_pending_and_not_planned(demo):
 
     steps = status(exp, workdir)
     got = states(steps)
-    assert got[("tiny", "build")] == "done" and got[("tiny-lora", "prepare")] == "done" and got[("tiny-lora", "train")] == "done"
+    assert (
+        got[("tiny", "build")] == "done"
+        and got[("tiny-lora", "prepare")] == "done"
+        and got[("tiny-lora", "train")] == "done"
+    )
     assert got[("tiny-lora", "merge")] == "pending" and got[("tiny-full", "merge")] == "not planned"
     assert got[("tiny-qlora", "train")] == "failed" and got[("tiny-full", "train")] == "running"
     assert got[("tiny", "eval demo_arith_mc")] == "pending" and got[("(experiment)", "compare")] == "pending"
@@ -63,7 +70,11 @@ def test_done_failed_running_pending_and_not_planned(demo):
     (workdir / ".snakemake/locks/0.output.lock").unlink()  # the workflow died: its job is no longer running
     assert states(status(exp, workdir))[("tiny-full", "train")] == "failed"
     text = table(status(exp, workdir))
-    assert "tiny-qlora" in text and "rerun with --rerun-incomplete" in text and "3 done, 2 failed, 14 pending, 1 not planned" in text
+    assert (
+        "tiny-qlora" in text
+        and "rerun with --rerun-incomplete" in text
+        and "3 done, 2 failed, 14 pending, 1 not planned" in text
+    )
 
 
 def test_the_command_reads_the_experiment_files_given(demo):
@@ -71,8 +82,13 @@ def test_the_command_reads_the_experiment_files_given(demo):
     (workdir / "results/eval/tiny/demo_arith_mc").mkdir(parents=True)
     out = koaml_status(workdir)
     assert "tiny          eval demo_arith_mc   done" in out and out.rstrip().endswith("1 not planned")
-    proc = subprocess.run([sys.executable, "-m", "koaml.cli", "status", "--configfile", "config/examples/evaluate_only.yaml"],
-                          cwd=workdir, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "koaml.cli", "status", "--configfile", "config/examples/evaluate_only.yaml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "smollm2       convert" in proc.stdout and "tiny-lora" not in proc.stdout
 
 
@@ -82,15 +98,42 @@ def test_a_slurm_job_shows_its_id_and_state(local_slurm, demo):
     workdir, _ = demo
     env = dict(local_slurm)
     job = subprocess.run(
-        ["sbatch", "--parsable", "-p", "shared", "-t", "5", "--mem=100", "--comment", "rule_train_wildcards_tiny-lora",
-         "-o", "/dev/null", "--wrap", "sleep 120"], env=env, capture_output=True, text=True, check=True, timeout=60,
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            "shared",
+            "-t",
+            "5",
+            "--mem=100",
+            "--comment",
+            "rule_train_wildcards_tiny-lora",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 120",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout.strip()
     try:
         deadline = time.time() + 60
-        while "RUNNING" not in subprocess.run(["squeue", "-j", job, "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
+        while (
+            "RUNNING"
+            not in subprocess.run(
+                ["squeue", "-j", job, "-h", "-o", "%T"], env=env, capture_output=True, text=True
+            ).stdout
+        ):
             assert time.time() < deadline
             time.sleep(0.5)
-        line = next(line for line in koaml_status(workdir, env).splitlines() if line.startswith("tiny-lora") and " train " in line)
+        line = next(
+            line
+            for line in koaml_status(workdir, env).splitlines()
+            if line.startswith("tiny-lora") and " train " in line
+        )
         assert "running" in line and job in line
     finally:
         subprocess.run(["scancel", job], env=env, timeout=60)

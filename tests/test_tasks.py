@@ -1,9 +1,10 @@
 """Benchmark task names are checked against lm-eval's own index before any job starts."""
 
 import pytest
-
 from conftest import REPO
-from koaml.config import ConfigError, load_benchmark
+
+from koaml.configfiles import ConfigError
+from koaml.recipe import load_benchmark
 from koaml.tasks import check_benchmark, task_index
 
 GUIDE_TASKS = {
@@ -43,21 +44,23 @@ def test_every_shipped_benchmark_resolves_to_known_tasks(path):
     if path.stem in CODE_BENCHMARKS:
         with pytest.raises(ConfigError, match="executes code written by the model; set allow_code_execution: true"):
             check_benchmark(str(path), bench)
-        bench["allow_code_execution"] = True
+        bench = bench.replace(allow_code_execution=True)
     check_benchmark(str(path), bench)
 
 
 def test_unknown_task_gets_did_you_mean():
     bench = load_benchmark("config/benchmarks/gsm8k.yaml")
     bench["tasks"][0]["task"] = "gsm8kk"
-    with pytest.raises(ConfigError, match=r"gsm8k.yaml: tasks.0.task: unknown lm-eval task 'gsm8kk'; did you mean 'gsm8k'"):
+    with pytest.raises(
+        ConfigError, match=r"gsm8k.yaml: tasks.0.task: unknown lm-eval task 'gsm8kk'; did you mean 'gsm8k'"
+    ):
         check_benchmark("config/benchmarks/gsm8k.yaml", bench)
 
 
 def test_custom_tasks_are_found_in_include_path():
     bench = load_benchmark("config/benchmarks/demo_arith_mc.yaml")
     check_benchmark("demo", bench)
-    bench["include_path"] = "resources/demo/nope"
+    bench = bench.replace(include_path="resources/demo/nope")
     with pytest.raises(ConfigError, match="include_path: resources/demo/nope: folder not found"):
         check_benchmark("demo", bench)
 
@@ -67,7 +70,11 @@ def test_index_is_cached_and_refreshed_when_custom_tasks_change(tmp_path):
     folder.mkdir()
     (folder / "a.yaml").write_text((REPO / "resources/demo/tasks/demo_arith_mc.yaml").read_text())
     assert "demo_arith_mc" in task_index(str(folder))
-    (folder / "a.yaml").write_text((REPO / "resources/demo/tasks/demo_arith_mc.yaml").read_text().replace("task: demo_arith_mc", "task: renamed_task"))
+    (folder / "a.yaml").write_text(
+        (REPO / "resources/demo/tasks/demo_arith_mc.yaml")
+        .read_text()
+        .replace("task: demo_arith_mc", "task: renamed_task")
+    )
     assert "renamed_task" in task_index(str(folder))
 
 

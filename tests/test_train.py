@@ -2,8 +2,8 @@
 
 import pytest
 
-from koaml.config import load_recipe
-from koaml.train import sft_config_kwargs
+from koaml.recipe import load_recipe
+from koaml.train import sft_config_kwargs, trained_token_count
 
 
 @pytest.fixture
@@ -68,7 +68,9 @@ def test_flash_attention_falls_back_to_sdpa_with_a_warning(monkeypatch, caplog):
     from koaml.modeling import attn_implementation
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a)
+    )
     assert attn_implementation("flash_attention_2") == "sdpa"
     assert "falling back to sdpa" in caplog.text
     assert attn_implementation("eager") == "eager"
@@ -148,7 +150,9 @@ def test_forced_packing_is_accepted_by_sftconfig(recipe, tmp_path):
 
 def test_packing_schema_accepts_auto_and_booleans_only():
     from conftest import REPO
-    from koaml.config import ConfigError, load_recipe
+
+    from koaml.configfiles import ConfigError
+    from koaml.recipe import load_recipe
 
     path = REPO / "config/recipes/demo_lora.yaml"
     for value in ("auto", True, False):
@@ -169,8 +173,10 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
     from koaml.modeling import load_causal_lm, load_tokenizer
     from koaml.train import sft_trainer
 
-    rows = [{"prompt": f"What is {a} plus {b}? " * (1 + a % 4), "completion": str(a + b)} for a, b in
-            [(3, 4), (120, 7), (55, 901), (8, 8), (77, 13), (402, 96), (1, 2), (30, 3), (9, 90), (11, 5)]]
+    rows = [
+        {"prompt": f"What is {a} plus {b}? " * (1 + a % 4), "completion": str(a + b)}
+        for a, b in [(3, 4), (120, 7), (55, 901), (8, 8), (77, 13), (402, 96), (1, 2), (30, 3), (9, 90), (11, 5)]
+    ]
     recipe["model"]["attn_implementation"] = attn
     recipe["training"].update(packing=True, per_device_train_batch_size=3, max_steps=1)
     model = load_causal_lm(str(tiny_model), recipe["model"])
@@ -186,7 +192,7 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
     model.eval()
     padded = 0
     for first in range(0, len(packed_rows) - 1, 3):
-        examples = packed_rows[first:first + 3]
+        examples = packed_rows[first : first + 3]
         batch = trainer.data_collator(examples)
         width = batch["input_ids"].shape[1]
         assert "attention_mask" not in batch and batch["input_ids"].shape[0] == len(examples) > 1
@@ -201,7 +207,10 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
                 begin = 0
                 for length in example["seq_lengths"]:
                     end = begin + length
-                    ids, labels = batch["input_ids"][row:row + 1, begin:end], batch["labels"][row:row + 1, begin:end]
+                    ids, labels = (
+                        batch["input_ids"][row : row + 1, begin:end],
+                        batch["labels"][row : row + 1, begin:end],
+                    )
                     assert batch["position_ids"][row, begin:end].tolist() == list(range(length))
                     alone = model(input_ids=ids, labels=labels, use_cache=False)
                     torch.testing.assert_close(packed[row, begin:end], alone.logits[0], atol=1e-4, rtol=1e-4)
@@ -212,12 +221,26 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
                 assert (batch["labels"][row, begin:] == -100).all(), "padding must not count in the loss"
             assert crossing > 1e-2, "without position_ids the sequences would see each other: the check must notice"
             model.train()  # compute_loss counts the tokens of training batches only (the tiny model has no dropout)
-            counted = trainer._total_train_tokens
+            counted = trained_token_count(trainer)
             loss = trainer.compute_loss(model, dict(batch))
             model.eval()
         assert loss.item() == pytest.approx(loss_sum / n_tokens, rel=1e-4)
-        assert trainer._total_train_tokens - counted == batch["num_real_tokens"], "num_tokens counts real tokens"
+        assert trained_token_count(trainer) - counted == batch["num_real_tokens"], "num_tokens counts real tokens"
+        assert trainer._metrics["train"]["num_tokens"] == [trained_token_count(trainer)]
     assert padded > 0, "expected rows of different lengths, padded to the longest"
+
+
+def test_trl_private_token_count_is_where_koaml_expects():
+    """koaml.train corrects TRL's count of trained tokens through two private SFTTrainer attributes (no public
+    API); a TRL release that renames or stops updating them must fail here, not log a wrong num_tokens."""
+    import inspect
+
+    from trl import SFTTrainer
+
+    source = inspect.getsource(SFTTrainer)
+    assert "self._total_train_tokens = 0" in source, "TRL no longer keeps SFTTrainer._total_train_tokens"
+    assert "self._total_train_tokens +=" in source, "TRL no longer counts tokens in compute_loss"
+    assert '["num_tokens"] = [self._total_train_tokens]' in source, "TRL's num_tokens metric moved"
 
 
 def test_each_process_loads_its_4bit_model_on_its_own_gpu(monkeypatch):

@@ -9,17 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from koaml.config import load_recipe
+
 from koaml.data import prepare
 from koaml.io import config_hash, write_yaml
+from koaml.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
 
 
 def setup_run(tmp_path, tiny_model, recipe_name="demo_full.yaml", **training):
-    overrides = {"training": {"max_steps": 40, "save_steps": 10, "logging_steps": 5, **training}, "data": {"max_samples": 400}}
+    overrides = {
+        "training": {"max_steps": 40, "save_steps": 10, "logging_steps": 5, **training},
+        "data": {"max_samples": 400},
+    }
     os.chdir(REPO)
     recipe = load_recipe(f"config/recipes/{recipe_name}", overrides)
     config = tmp_path / "config.yaml"
@@ -30,9 +33,22 @@ def setup_run(tmp_path, tiny_model, recipe_name="demo_full.yaml", **training):
 
 def train_cmd(tmp_path, tiny_model, config):
     return [
-        sys.executable, "-m", "koaml.cli", "train", "--config", str(config), "--model", str(tiny_model),
-        "--data", str(tmp_path / "data"), "--out", str(tmp_path / "trained"),
-        "--checkpoints", str(tmp_path / "checkpoints"), "--threads", "1",
+        sys.executable,
+        "-m",
+        "koaml.cli",
+        "train",
+        "--config",
+        str(config),
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "trained"),
+        "--checkpoints",
+        str(tmp_path / "checkpoints"),
+        "--threads",
+        "1",
     ]
 
 
@@ -92,13 +108,13 @@ def test_merged_model_matches_the_adapter_model(tmp_path, tiny_model, recipe_nam
 
     from koaml.merge import load_merge_base, merge
     from koaml.modeling import load_causal_lm
-    from koaml.config import load_yaml
+    from koaml.recipe import read_recipe
 
     config, _ = setup_run(tmp_path, tiny_model, recipe_name, max_steps=20)
     subprocess.run(train_cmd(tmp_path, tiny_model, config), check=True, capture_output=True)
     merge(str(config), str(tiny_model), str(tmp_path / "trained"), str(tmp_path / "merged"))
 
-    recipe = load_yaml(config)
+    recipe = read_recipe(config)
     adapter_model = PeftModel.from_pretrained(load_merge_base(str(tiny_model), recipe), tmp_path / "trained")
     merged = load_causal_lm(str(tmp_path / "merged"), recipe["model"])
     untouched = load_merge_base(str(tiny_model), recipe)
@@ -109,7 +125,9 @@ def test_merged_model_matches_the_adapter_model(tmp_path, tiny_model, recipe_nam
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     if recipe["peft"]["type"] == "qlora":
         # what training saw: the 4-bit base (bitsandbytes' CPU kernels compute in lower precision)
-        trained = PeftModel.from_pretrained(load_causal_lm(str(tiny_model), recipe["model"], recipe["peft"]), tmp_path / "trained")
+        trained = PeftModel.from_pretrained(
+            load_causal_lm(str(tiny_model), recipe["model"], recipe["peft"]), tmp_path / "trained"
+        )
         with torch.no_grad():
             seen = trained(ids).logits
         assert (seen - got).abs().max() < 0.05 * seen.abs().max()

@@ -3,7 +3,6 @@
 from collections import Counter
 
 import pytest
-
 from conftest import cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
 
 
@@ -30,8 +29,13 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
 def test_ignored_keys_are_warned_about_once_in_the_dry_run(workflow_dir):
     recipe = workflow_dir / "config/recipes/demo_lora.yaml"
     recipe.write_text(recipe.read_text().replace("training:\n", "training:\n  output_dir: ./output/tiny-lora\n", 1))
-    proc = snakemake(workflow_dir, "-n", "--config", "runs={tiny-lora: {base: tiny, recipe: config/recipes/demo_lora.yaml}, "
-                     "r4: {base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {peft: {lora_r: 4}}}}")
+    proc = snakemake(
+        workflow_dir,
+        "-n",
+        "--config",
+        "runs={tiny-lora: {base: tiny, recipe: config/recipes/demo_lora.yaml}, "
+        "r4: {base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {peft: {lora_r: 4}}}}",
+    )
     warning = (
         "koa-ml: warning: config/recipes/demo_lora.yaml: training.output_dir: ignored; "
         "trained models go to results/runs/<run>/trained and checkpoints to results/checkpoints/<run>/"
@@ -45,13 +49,18 @@ def test_config_typo_stops_before_any_job(workflow_dir):
     recipe.write_text(recipe.read_text().replace("learning_rate:", "lerning_rate:"))
     proc = snakemake(workflow_dir, check=False)
     assert proc.returncode != 0
-    assert "config/recipes/demo_lora.yaml: training.lerning_rate: unknown key; did you mean 'learning_rate'?" in proc.stdout
+    assert (
+        "config/recipes/demo_lora.yaml: training.lerning_rate: unknown key; did you mean 'learning_rate'?"
+        in proc.stdout
+    )
     assert not (workflow_dir / "results").exists()
 
 
 def test_wrong_type_in_experiment_is_reported(workflow_dir):
     config = workflow_dir / "config/config.yaml"
-    config.write_text(config.read_text().replace("experiment: arith-demo", "experiment: arith-demo\nevaluate_base: sometimes"))
+    config.write_text(
+        config.read_text().replace("experiment: arith-demo", "experiment: arith-demo\nevaluate_base: sometimes")
+    )
     proc = snakemake(workflow_dir, "-n", check=False)
     assert proc.returncode != 0
     assert "config/config.yaml: evaluate_base: 'sometimes' is not of type 'boolean'" in proc.stdout
@@ -69,13 +78,17 @@ def test_sweep_and_multi_stage_in_the_dag(workflow_dir):
     )
     jobs = planned_jobs(snakemake(workflow_dir, "-n").stdout)
     trained = {w for rule, w in jobs if rule == "train"}
-    assert trained == {f"run={r}" for r in ("tiny-lora", "tiny-qlora", "tiny-full", "stage2", "rank_lora_r4", "rank_lora_r8")}
+    assert trained == {
+        f"run={r}" for r in ("tiny-lora", "tiny-qlora", "tiny-full", "stage2", "rank_lora_r4", "rank_lora_r8")
+    }
     proc = snakemake(workflow_dir, "-n", "--printshellcmds")
     assert "--model results/runs/tiny-full/trained --data results/data/stage2" in proc.stdout
 
 
 def test_command_line_overrides(workflow_dir):
-    proc = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 10}}", "benchmark_overrides={limit: 5}")
+    proc = snakemake(
+        workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 10}}", "benchmark_overrides={limit: 5}"
+    )
     assert "Job stats" in proc.stdout
     bad = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_stepz: 10}}", check=False)
     assert bad.returncode != 0 and "training.max_stepz: unknown key; did you mean 'max_steps'?" in bad.stdout
@@ -92,7 +105,9 @@ def test_unknown_task_stops_before_any_job(workflow_dir):
 
 def test_code_executing_benchmark_needs_opt_in(workflow_dir):
     config = workflow_dir / "config/config.yaml"
-    config.write_text(config.read_text().replace("  - config/benchmarks/demo_arith_gen.yaml", "  - config/benchmarks/humaneval.yaml"))
+    config.write_text(
+        config.read_text().replace("  - config/benchmarks/demo_arith_gen.yaml", "  - config/benchmarks/humaneval.yaml")
+    )
     proc = snakemake(workflow_dir, "-n", check=False)
     assert proc.returncode != 0 and "'humaneval' executes code written by the model" in proc.stdout
     bench = workflow_dir / "config/benchmarks/humaneval.yaml"
@@ -102,7 +117,9 @@ def test_code_executing_benchmark_needs_opt_in(workflow_dir):
 
 def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
     """--configfile names the whole experiment: the demo's runs are not merged into it."""
-    cache_hub_model(hf_cache / "hub", "meta-llama/Llama-3.1-8B-Instruct", {"config.json": b"{}"})  # as `snakemake fetch` leaves them
+    cache_hub_model(
+        hf_cache / "hub", "meta-llama/Llama-3.1-8B-Instruct", {"config.json": b"{}"}
+    )  # as `snakemake fetch` leaves them
     cache_hub_dataset(hf_cache / "datasets", "yahma___alpaca-cleaned")
     jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
     runs = {wildcards for rule, wildcards in jobs if rule == "train"}
@@ -112,7 +129,15 @@ def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
 def test_evaluation_only_experiment_plans_no_training(workflow_dir):
     jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/evaluate_only.yaml").stdout)
     counts = Counter(rule for rule, _ in jobs)
-    assert counts == {"convert_gguf": 1, "build_base_model": 1, "benchmark_config": 1, "evaluate": 2, "compare": 1, "report": 1, "all": 1}
+    assert counts == {
+        "convert_gguf": 1,
+        "build_base_model": 1,
+        "benchmark_config": 1,
+        "evaluate": 2,
+        "compare": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 @pytest.mark.slow
@@ -122,19 +147,23 @@ def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
     import pandas as pd
     import yaml
 
-    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump({
-        "experiment": "eval-only",
-        "base_models": {"small": {"build": "resources/demo/tiny_model.yaml"}, "wide": {"build": "wide.yaml"}},
-        "compare": [["wide", "small"]],
-        "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
-    }))
+    (workflow_dir / "exp.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "eval-only",
+                "base_models": {"small": {"build": "resources/demo/tiny_model.yaml"}, "wide": {"build": "wide.yaml"}},
+                "compare": [["wide", "small"]],
+                "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+            }
+        )
+    )
     spec = yaml.safe_load((workflow_dir / "resources/demo/tiny_model.yaml").read_text())
     spec["seed"] += 1
     spec["architecture"]["hidden_size"] = 64
     (workflow_dir / "wide.yaml").write_text(yaml.safe_dump(spec))
     snakemake(workflow_dir, "--configfile", "exp.yaml", "--config", "benchmark_overrides={limit: 40}")
     table = pd.read_csv(workflow_dir / "results/compare/summary.csv")
-    assert list(zip(table.base_model, table.run)) == [("small", "wide"), ("wide", "small")]
+    assert list(zip(table.base_model, table.run, strict=True)) == [("small", "wide"), ("wide", "small")]
     assert (table.status == "ok").all() and (table.n == 40).all() and table.p_value.notna().all()
     assert table.delta.iloc[0] == pytest.approx(-table.delta.iloc[1])
     assert not (workflow_dir / "results/runs").exists()

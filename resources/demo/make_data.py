@@ -40,7 +40,12 @@ def main() -> None:
                 else:
                     choices = sorted(str(n + delta) for delta in OPERATIONS.values())
                     rng.shuffle(choices)
-                    row = {"question": question, "answer": str(answer), "choices": choices, "label": choices.index(str(answer))}
+                    row = {
+                        "question": question,
+                        "answer": str(answer),
+                        "choices": choices,
+                        "label": choices.index(str(answer)),
+                    }
                 f.write(json.dumps(row) + "\n")
 
 

@@ -7,12 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from koaml.config import ConfigError, slug
+from koaml.configfiles import ConfigError, slug
 from koaml.io import DiskSpaceError
 
 
 def _build_model(a):
-    from koaml.config import load_yaml
+    from koaml.configfiles import load_yaml
     from koaml.tinymodel import build_tiny_model
 
     build_tiny_model(load_yaml(a.spec), a.out)
@@ -25,17 +25,18 @@ def _convert_gguf(a):
 
 
 def _prepare_data(a):
-    from koaml.config import load_yaml
     from koaml.data import prepare
+    from koaml.recipe import read_recipe
 
-    stats = prepare(load_yaml(a.config), a.tokenizer, a.out)
+    stats = prepare(read_recipe(a.config), a.tokenizer, a.out)
     logging.info("prepared %s", stats)
 
 
-def _check_training_disk(recipe: dict, model: str, checkpoints: str) -> None:
+def _check_training_disk(recipe, model: str, checkpoints: str) -> None:
     """Refuse to start training without disk for its checkpoints and final model (estimated from the model)."""
     from koaml.io import ensure_free_disk
-    from koaml.sizing import SizingError, estimate_training_disk_gb, model_shape
+    from koaml.memory import estimate_training_disk_gb
+    from koaml.shapes import SizingError, model_shape
 
     try:
         need_gb = estimate_training_disk_gb(recipe, model_shape(model))
@@ -48,17 +49,17 @@ def _check_training_disk(recipe: dict, model: str, checkpoints: str) -> None:
 
 
 def _train(a):
-    from koaml.config import load_yaml
+    from koaml.recipe import read_recipe
     from koaml.train import is_distributed_worker, launch, train
 
-    recipe = load_yaml(a.config)
+    recipe = read_recipe(a.config)
     if not is_distributed_worker():
         _check_training_disk(recipe, a.model, a.checkpoints)
     num_processes = recipe["training"]["num_processes"]
     if num_processes > 1 and not is_distributed_worker():
         launch(a.argv, num_processes)
     else:
-        train(a.config, a.model, a.data, a.out, a.checkpoints, a.threads)
+        train(recipe, a.model, a.data, a.out, a.checkpoints, a.threads)
 
 
 def _merge(a):
@@ -87,7 +88,8 @@ def _compare(a):
 
 
 def _status(a):
-    from koaml.config import deep_merge, load_experiment, load_yaml
+    from koaml.config import load_experiment
+    from koaml.configfiles import deep_merge, load_yaml
     from koaml.status import status, table, watch
 
     files = a.configfile or ["config/config.yaml"]  # as the Snakefile: the demo unless experiment files are given
@@ -154,8 +156,16 @@ def parser() -> argparse.ArgumentParser:
         description="Evaluate one model on one benchmark suite, as the workflow's evaluate jobs do, or by hand: "
         "koaml evaluate --model Qwen/Qwen3-8B --config mmlu --limit 10",
     )
-    s.add_argument("--config", required=True, help="benchmark file (as written or resolved), or the name of one in config/benchmarks/")
-    s.add_argument("--model", required=True, help="hub ID, model folder, or run:<name> (that run's final model under results/runs/)")
+    s.add_argument(
+        "--config",
+        required=True,
+        help="benchmark file (as written or resolved), or the name of one in config/benchmarks/",
+    )
+    s.add_argument(
+        "--model",
+        required=True,
+        help="hub ID, model folder, or run:<name> (that run's final model under results/runs/)",
+    )
     s.add_argument("--adapter", help="LoRA adapter folder: evaluate it on --model without merging")
     s.add_argument("--out", help="output folder (default: results/eval/<model>/<benchmark>)")
     s.add_argument("--limit", type=int, help="only the first N documents of each task (a quick check)")
@@ -175,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_compare)
 
     s = sub.add_parser("status", help="where each model of the experiment stands: stage, state, SLURM job, progress")
-    s.add_argument("--configfile", nargs="+", help="experiment file(s), as given to snakemake (default: config/config.yaml)")
+    s.add_argument(
+        "--configfile", nargs="+", help="experiment file(s), as given to snakemake (default: config/config.yaml)"
+    )
     s.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C")
     s.set_defaults(func=_status)
 

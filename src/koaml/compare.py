@@ -68,10 +68,14 @@ def _paired_columns(row, run_location, base_location) -> dict:
     }
 
 
-def compare(run_location, base_location, run: str = "fine-tuned", base_model: str = "base", benchmark: str = "") -> pd.DataFrame:
+def compare(
+    run_location, base_location, run: str = "fine-tuned", base_model: str = "base", benchmark: str = ""
+) -> pd.DataFrame:
     """Rows comparing one evaluation with its base's on the same benchmark."""
     tuned = scores(run_location)
-    base = scores(base_location)[[*KEYS, "score", "stderr"]].rename(columns={"score": "base_score", "stderr": "base_stderr"})
+    base = scores(base_location)[[*KEYS, "score", "stderr"]].rename(
+        columns={"score": "base_score", "stderr": "base_stderr"}
+    )
     table = tuned.merge(base, on=KEYS, how="left")
     base_only = base.merge(tuned[KEYS], on=KEYS, how="left", indicator=True).query("_merge == 'left_only'")
     table = pd.concat([table, base_only.drop(columns="_merge")], ignore_index=True)  # lm-eval order, then gaps
@@ -81,7 +85,8 @@ def compare(run_location, base_location, run: str = "fine-tuned", base_model: st
     stats = [_paired_columns(row, run_location, base_location) for _, row in table.iterrows()]
     table = pd.concat([table.reset_index(drop=True), pd.DataFrame(stats, index=table.index)], axis=1)
     table["status"] = [
-        "missing" if pd.isna(row.score) else ("no base" if pd.isna(row.base_score) else "ok") for _, row in table.iterrows()
+        "missing" if pd.isna(row.score) else ("no base" if pd.isna(row.base_score) else "ok")
+        for _, row in table.iterrows()
     ]
     table["run"], table["base_model"], table["benchmark"], table["complete"] = run, base_model, benchmark, True
     return table.reindex(columns=COLUMNS)
@@ -93,9 +98,7 @@ def summarize(pairs: list[dict]) -> pd.DataFrame:
     ``pairs`` holds one dict per (run, benchmark): ``run``, ``base_model``, ``benchmark``,
     ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated).
     """
-    frames = [
-        compare(p["run_results"], p["base_results"], p["run"], p["base_model"], p["benchmark"]) for p in pairs
-    ]
+    frames = [compare(p["run_results"], p["base_results"], p["run"], p["base_model"], p["benchmark"]) for p in pairs]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
@@ -107,12 +110,13 @@ def to_markdown(table: pd.DataFrame) -> str:
             "base model": table.base_model,
             "benchmark": table.benchmark,
             "task": table.task,
-            "metric": [m if f == "none" else f"{m} ({f})" for m, f in zip(table.metric, table["filter"])],
+            "metric": [m if f == "none" else f"{m} ({f})" for m, f in zip(table.metric, table["filter"], strict=True)],
             "base": table.base_score.map(_pct),
             "score": table.score.map(_pct),
             "delta": table.delta.map(lambda v: "" if pd.isna(v) else f"{100 * v:+.1f}"),
             "95% CI": [
-                "" if pd.isna(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" for lo, hi in zip(table.ci_low, table.ci_high)
+                "" if pd.isna(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                for lo, hi in zip(table.ci_low, table.ci_high, strict=True)
             ],
             "p": table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
             "sig.": table.significant.map(lambda v: "yes" if v is True else ("no" if v is False else "")),
@@ -125,7 +129,9 @@ def to_markdown(table: pd.DataFrame) -> str:
         shown = shown.drop(columns="reason")
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    body = [
+        "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in shown.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body]) + "\n"
 
 
@@ -154,7 +160,9 @@ def partial_banner(table: pd.DataFrame) -> str:
     )
 
 
-def write_partial(pairs: list[dict], reasons: dict[str, tuple[str, str]], csv_path: str | Path, md_path: str | Path) -> pd.DataFrame:
+def write_partial(
+    pairs: list[dict], reasons: dict[str, tuple[str, str]], csv_path: str | Path, md_path: str | Path
+) -> pd.DataFrame:
     """The summary of what has finished while other jobs failed or never ran: rows of missing evaluations get
     ``failed`` or ``pending`` and a reason (``reasons``: evaluation folder -> (status, reason)), every row
     ``complete`` False, and the Markdown a banner: it is never mistaken for the final table."""
@@ -163,10 +171,16 @@ def write_partial(pairs: list[dict], reasons: dict[str, tuple[str, str]], csv_pa
     for pair in pairs:
         folders = [pair["run_results"], pair["base_results"]]
         why = next((reasons[f] for f in folders if f in reasons), None)
-        rows = (table.run == pair["run"]) & (table.base_model == pair["base_model"]) & (table.benchmark == pair["benchmark"])
+        rows = (
+            (table.run == pair["run"])
+            & (table.base_model == pair["base_model"])
+            & (table.benchmark == pair["benchmark"])
+        )
         if why and (table.loc[rows, "status"] != "ok").any():
             table.loc[rows & (table.status != "ok"), ["status", "reason"]] = why
     table["complete"] = False
     write_text_atomic(csv_path, table.to_csv(index=False))
-    write_text_atomic(md_path, f"# Base vs fine-tuned (partial)\n\n**{partial_banner(table)}**\n\n" + NOTE + to_markdown(table))
+    write_text_atomic(
+        md_path, f"# Base vs fine-tuned (partial)\n\n**{partial_banner(table)}**\n\n" + NOTE + to_markdown(table)
+    )
     return table

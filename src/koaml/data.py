@@ -12,12 +12,12 @@ import logging
 import random
 from pathlib import Path
 
-from koaml.config import ConfigError, schema, warn
+from koaml.configfiles import ConfigError, schema, warn
 from koaml.io import write_json, write_text_atomic
+from koaml.recipe import LOCAL_SUFFIXES, is_local_dataset
 
 log = logging.getLogger(__name__)
 
-LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 PEEK_ROWS = 1000  # rows of a local JSONL file checked when the workflow is parsed; prepare_data checks all
 
 # Prompt formats for template names other than 'none' and 'model' (the tokenizer's own chat template).
@@ -45,11 +45,6 @@ TEMPLATES = {
 _ALPACA_TITLES = {"system": "Context", "user": "Instruction", "assistant": "Response"}
 
 
-def is_local(dataset_name: str) -> bool:
-    """True when ``dataset_name`` names a local file rather than a hub dataset ID."""
-    return Path(dataset_name).suffix in LOCAL_SUFFIXES or Path(dataset_name).exists()
-
-
 def _local_file(spec: dict, key: str) -> Path:
     path = Path(spec["dataset_name"])
     if not path.is_file():
@@ -74,7 +69,7 @@ def _nonempty(rows: list[dict], name: str, key: str) -> list[dict]:
 def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
     """Rows of the dataset spec at recipe key ``key`` (``dataset_name``, ``split``, ``subset``), each with its ``_source``."""
     name = spec["dataset_name"]
-    if is_local(name):
+    if is_local_dataset(name):
         path = _local_file(spec, key)
         if _is_jsonl(path):
             return _nonempty(_read_jsonl(path), name, key)
@@ -85,7 +80,9 @@ def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
     import datasets
 
     table = datasets.load_dataset(name, spec.get("subset"), split=spec.get("split", "train"))
-    return _nonempty([dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)], name, key)
+    return _nonempty(
+        [dict(row, _source=f"{name}[{spec.get('split', 'train')}] row {i}") for i, row in enumerate(table)], name, key
+    )
 
 
 def check_local_data(data: dict, source: str) -> list[str | None]:
@@ -97,7 +94,7 @@ def check_local_data(data: dict, source: str) -> list[str | None]:
         spec = data.get(key)
         if not spec:
             continue
-        path = _local_file(spec, f"{source}: data.{key}") if is_local(spec["dataset_name"]) else None
+        path = _local_file(spec, f"{source}: data.{key}") if is_local_dataset(spec["dataset_name"]) else None
         if path is None or not _is_jsonl(path):
             formats.append(None)
             continue
@@ -112,7 +109,8 @@ def check_local_data(data: dict, source: str) -> list[str | None]:
     return formats
 
 
-_CHECKED: dict[tuple, str] = {}  # format of the datasets that passed check_local_data, by (file, mtime, column, template)
+# The format of each dataset that passed check_local_data, by (file, mtime, column, template).
+_CHECKED: dict[tuple, str] = {}
 
 
 def warn_unused_target_column(formats: list[str | None], source: str) -> None:
@@ -167,7 +165,9 @@ def detect_format(rows: list[dict], target_column: str) -> str:
                 raise ConfigError(f"{row['_source']}: missing '{key}' (the first row is in {fmt} format)")
             if not (_is_chat(row[key]) if key == "messages" else _is_text(row[key])):
                 expected = "a list of {role, content} objects" if key == "messages" else "a string (or a number)"
-                raise ConfigError(f"{row['_source']}: '{key}' must be {expected}, got {type(row[key]).__name__}: {str(row[key])[:40]}")
+                raise ConfigError(
+                    f"{row['_source']}: '{key}' must be {expected}, got {type(row[key]).__name__}: {str(row[key])[:40]}"
+                )
     return fmt
 
 
@@ -224,7 +224,9 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
 def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
     """Token IDs of a text, or of chat messages rendered by the tokenizer's chat template."""
     if isinstance(value, list):
-        return tokenizer.apply_chat_template(value, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
+        return tokenizer.apply_chat_template(
+            value, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+        )
     return tokenizer(value)["input_ids"]
 
 
@@ -237,7 +239,9 @@ def _learnable(rows: list[dict], tokenizer, max_len: int, completion_only: bool)
     completions only, a prompt of ``max_len`` tokens or more leaves none (and NaN losses)."""
     if not completion_only:
         return rows
-    return [r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) < max_len]
+    return [
+        r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) < max_len
+    ]
 
 
 def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
@@ -265,7 +269,9 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
         n_eval = max(1, round(len(shuffled) * data["eval_fraction"]))
         evals, train = shuffled[:n_eval], shuffled[n_eval:]
         if not train:
-            raise ConfigError(f"{name}: no training rows left after holding out {n_eval} for evaluation (data.eval_fraction); add rows or lower it")
+            raise ConfigError(
+                f"{name}: no training rows left after holding out {n_eval} for evaluation (data.eval_fraction); add rows or lower it"
+            )
     else:
         evals = []
     if data["target_column"] != schema("recipe")["properties"]["data"]["properties"]["target_column"]["default"]:
@@ -284,7 +290,9 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     kept_evals = _learnable(evals, tokenizer, max_len, completion_only)
     too_long = len(train) - len(kept) + len(evals) - len(kept_evals)
     if too_long:
-        log.warning("%s: %d rows dropped: their prompts fill model.model_max_length (%d tokens)", name, too_long, max_len)
+        log.warning(
+            "%s: %d rows dropped: their prompts fill model.model_max_length (%d tokens)", name, too_long, max_len
+        )
     train, evals = kept, kept_evals
     lengths = [_token_count(r, tokenizer) for r in train]
     stats = {

@@ -102,21 +102,38 @@ def check_partitions(partitions: dict, cluster: dict[str, PartitionInfo], partit
     checks = []
     for name, limits in partitions.items():
         if name not in cluster:
-            checks.append(Check("FAIL", f"{partition_file}: partition '{name}' does not exist on this cluster "
-                                        f"(it has: {', '.join(sorted(cluster))})"))
+            checks.append(
+                Check(
+                    "FAIL",
+                    f"{partition_file}: partition '{name}' does not exist on this cluster "
+                    f"(it has: {', '.join(sorted(cluster))})",
+                )
+            )
             continue
         live = cluster[name]
         missing = sorted(set(limits.get("available_gpu_models") or []) - live.gpu_types)
         if missing:
-            checks.append(Check("FAIL", f"{partition_file}: partition '{name}' has no GPU type {', '.join(missing)} "
-                                        f"(sinfo shows: {', '.join(sorted(live.gpu_types)) or 'no GPUs'})"))
+            checks.append(
+                Check(
+                    "FAIL",
+                    f"{partition_file}: partition '{name}' has no GPU type {', '.join(missing)} "
+                    f"(sinfo shows: {', '.join(sorted(live.gpu_types)) or 'no GPUs'})",
+                )
+            )
         declared = limits.get("max_runtime")
         if declared is not None and slurm_minutes(str(declared)) > live.max_minutes:
-            checks.append(Check("FAIL", f"{partition_file}: partition '{name}' max_runtime {declared} exceeds "
-                                        f"the cluster's limit of {live.max_minutes:g} minutes"))
+            checks.append(
+                Check(
+                    "FAIL",
+                    f"{partition_file}: partition '{name}' max_runtime {declared} exceeds "
+                    f"the cluster's limit of {live.max_minutes:g} minutes",
+                )
+            )
         if not missing:
             gpus = limits.get("available_gpu_models")
-            checks.append(Check("ok", f"partition '{name}' exists" + (f" with GPU types {', '.join(gpus)}" if gpus else "")))
+            checks.append(
+                Check("ok", f"partition '{name}' exists" + (f" with GPU types {', '.join(gpus)}" if gpus else ""))
+            )
     return checks
 
 
@@ -130,13 +147,19 @@ def check_rule_resources(settings: dict, partitions: dict, cluster: dict[str, Pa
         merged = {**defaults, **resources}
         named = merged.get("slurm_partition")
         needs_gpu = rule in GPU_RULES or "gres" in merged
-        candidates = [named] if named else [
-            p for p, limits in partitions.items() if p in cluster and bool(limits.get("max_gpu")) == needs_gpu
-        ] or list(cluster)
+        candidates = (
+            [named]
+            if named
+            else [p for p, limits in partitions.items() if p in cluster and bool(limits.get("max_gpu")) == needs_gpu]
+            or list(cluster)
+        )
         if named and named not in cluster:
             checks.append(Check("FAIL", f"rule {rule}: slurm_partition '{named}' does not exist on this cluster"))
             continue
-        limits = {"runtime": (lambda p: cluster[p].max_minutes, "minutes"), "mem_mb": (lambda p: cluster[p].max_mem_mb, "MB")}
+        limits = {
+            "runtime": (lambda p: cluster[p].max_minutes, "minutes"),
+            "mem_mb": (lambda p: cluster[p].max_mem_mb, "MB"),
+        }
         for key, (limit_of, unit) in limits.items():
             if key not in merged:
                 continue
@@ -146,9 +169,14 @@ def check_rule_resources(settings: dict, partitions: dict, cluster: dict[str, Pa
                 continue
             best = max(limit_of(p) for p in candidates)
             if need > best:
-                checks.append(Check("FAIL", f"rule {rule}: {key} at attempt {attempts} is {need:g} {unit}, more than "
-                                            f"any partition allows ({best:g} {unit} on {', '.join(candidates)}); "
-                                            "lower it or the number of retries"))
+                checks.append(
+                    Check(
+                        "FAIL",
+                        f"rule {rule}: {key} at attempt {attempts} is {need:g} {unit}, more than "
+                        f"any partition allows ({best:g} {unit} on {', '.join(candidates)}); "
+                        "lower it or the number of retries",
+                    )
+                )
     if not any(c.status == "FAIL" for c in checks):
         checks.append(Check("ok", f"every rule's runtime and memory fit its partitions up to attempt {attempts}"))
     return checks
@@ -156,14 +184,17 @@ def check_rule_resources(settings: dict, partitions: dict, cluster: dict[str, Pa
 
 def check_preemption(settings: dict, partitions: dict) -> Check:
     """Jobs may go to preemptible partitions only if SLURM requeues them (training then resumes)."""
-    from koaml.sizing import PREEMPTIBLE_PARTITIONS
+    from koaml.gpus import PREEMPTIBLE_PARTITIONS
 
     preemptible = sorted(set(partitions) & set(PREEMPTIBLE_PARTITIONS))
     if not preemptible:
         return Check("ok", "no preemptible partition in the partition file")
     if not settings.get("slurm-requeue"):
-        return Check("FAIL", f"partition(s) {', '.join(preemptible)} are preemptible: set slurm-requeue: true so that "
-                             "SLURM requeues preempted jobs (training resumes from its checkpoint)")
+        return Check(
+            "FAIL",
+            f"partition(s) {', '.join(preemptible)} are preemptible: set slurm-requeue: true so that "
+            "SLURM requeues preempted jobs (training resumes from its checkpoint)",
+        )
     return Check("ok", f"preempted jobs on {', '.join(preemptible)} are requeued; training resumes from checkpoints")
 
 
@@ -172,8 +203,11 @@ def check_account(settings: dict) -> Check:
     raw = str((settings.get("default-resources") or {}).get("slurm_account", ""))
     account = os.path.expandvars(raw).strip("'\"")
     if not account or "$" in account:
-        return Check("FAIL", f"slurm_account {raw!r} is not set: export SLURM_ACCOUNT=<your allocation> "
-                             "(list yours with: sacctmgr show assoc user=$USER format=account)")
+        return Check(
+            "FAIL",
+            f"slurm_account {raw!r} is not set: export SLURM_ACCOUNT=<your allocation> "
+            "(list yours with: sacctmgr show assoc user=$USER format=account)",
+        )
     user = getpass.getuser()
     try:
         known = _run("sacctmgr", "-nP", "show", "assoc", f"user={user}", "format=account").split()
@@ -194,8 +228,9 @@ def check_hf_cache() -> Check:
     except OSError as exc:
         return Check("FAIL", f"Hugging Face cache {home} is not a writable folder ({exc.strerror})")
     if "HF_HOME" not in os.environ:
-        return Check("warn", f"HF_HOME is not set: the cache goes to {home} (put it on scratch: "
-                             "source profiles/koa/env.sh)")
+        return Check(
+            "warn", f"HF_HOME is not set: the cache goes to {home} (put it on scratch: source profiles/koa/env.sh)"
+        )
     return Check("ok", f"Hugging Face cache {home} is writable")
 
 
@@ -205,7 +240,11 @@ def doctor(profile_dir: str | Path) -> list[Check]:
     try:
         cluster = parse_sinfo(_run("sinfo", "-h", "-o", "%P|%l|%m|%G"))
     except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
-        return [Check("FAIL", f"SLURM does not answer (sinfo: {getattr(exc, 'stderr', '') or exc}); run this on a login node")]
+        return [
+            Check(
+                "FAIL", f"SLURM does not answer (sinfo: {getattr(exc, 'stderr', '') or exc}); run this on a login node"
+            )
+        ]
     partition_file = settings.get("slurm-partition-config", "")
     return [
         *check_partitions(partitions, cluster, partition_file),

@@ -13,14 +13,24 @@ import logging
 import os
 from pathlib import Path
 
-from koaml.config import ConfigError, load_benchmark
+from koaml.configfiles import ConfigError
 from koaml.io import atomic_dir, write_json
 from koaml.modeling import device
+from koaml.recipe import load_benchmark
 
 log = logging.getLogger(__name__)
 
 # Result sections that are per task and merged across the suite's lm-eval calls.
-_PER_TASK_SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
+_PER_TASK_SECTIONS = (
+    "results",
+    "groups",
+    "group_subtasks",
+    "configs",
+    "versions",
+    "n-shot",
+    "higher_is_better",
+    "n-samples",
+)
 
 
 def gen_kwargs(generation: dict) -> dict:
@@ -51,7 +61,7 @@ def task_manager(bench: dict):
 
 
 def multi_gpu_kwargs(backend: str) -> dict:
-    """How lm-eval spreads a model over the job's GPUs (several when one cannot hold it; koaml.slurm
+    """How lm-eval spreads a model over the job's GPUs (several when one cannot hold it; koaml.resources
     sizes the request): vLLM's tensor parallelism, or HF's ``parallelize`` (layers over the GPUs)."""
     import torch
 
@@ -66,7 +76,9 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
     model, generation = bench["model"], bench["generation"]
     if model["backend"] == "vllm":
         if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("model.backend: vllm needs the vllm package and a GPU: pip install -e '.[gpu]' on a GPU node")
+            raise ConfigError(
+                "model.backend: vllm needs the vllm package and a GPU: pip install -e '.[gpu]' on a GPU node"
+            )
         from lm_eval.models.vllm_causallms import VLLM
 
         kwargs = {"lora_local_path": adapter} if adapter else {}
@@ -103,7 +115,9 @@ def benchmark_file(name: str) -> str:
     if not path.is_file():
         shipped = sorted(p.stem for p in BENCHMARK_DIR.glob("*.yaml"))
         hint = difflib.get_close_matches(name, shipped, n=3)
-        suggestion = f"; did you mean {', '.join(hint)}?" if hint else f"; shipped: {', '.join(shipped)}" if shipped else ""
+        suggestion = (
+            f"; did you mean {', '.join(hint)}?" if hint else f"; shipped: {', '.join(shipped)}" if shipped else ""
+        )
         raise ConfigError(f"--config: {name}: no such benchmark file{suggestion}")
     check_benchmark(str(path), load_benchmark(path))
     return str(path)
@@ -118,11 +132,18 @@ def model_location(model: str) -> str:
         folder = Path("results/runs") / run / step
         if (folder / "config.json").is_file():
             return str(folder)
-    raise ConfigError(f"--model: {model}: no finished model in results/runs/{run}/ (merged or trained); run the workflow first")
+    raise ConfigError(
+        f"--model: {model}: no finished model in results/runs/{run}/ (merged or trained); run the workflow first"
+    )
 
 
 def evaluate(
-    bench_config_path: str, model_path: str, out_dir: str, threads: int, adapter: str | None = None, limit: int | None = None
+    bench_config_path: str,
+    model_path: str,
+    out_dir: str,
+    threads: int,
+    adapter: str | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Run every task of a benchmark suite on a model; return the merged results (without samples).
     ``limit`` overrides the benchmark's."""
@@ -195,7 +216,3 @@ def metric_rows(results: dict) -> list[dict]:
                 }
             )
     return rows
-
-
-def load_results(result_dir: str | Path) -> dict:
-    return json.loads((Path(result_dir) / "results.json").read_text())

@@ -13,9 +13,10 @@ import os
 import re
 from pathlib import Path
 
-from koaml.config import BaseModel, ConfigError, Experiment
-from koaml.data import is_local
+from koaml.configfiles import ConfigError
+from koaml.experiment import BaseModel, Experiment
 from koaml.io import write_json
+from koaml.recipe import is_local_dataset
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoke
 
 
 def hub_models(exp: Experiment) -> list[BaseModel]:
-    """The base models loaded from the hub: a ``model_name`` that is not an existing folder."""
-    return [b for b in exp.base_models.values() if b.model_name and not Path(b.model_name).exists()]
+    """The base models loaded from the hub."""
+    return [b for b in exp.base_models.values() if b.from_hub]
 
 
 def hub_datasets(exp: Experiment) -> list[tuple[str, str, dict]]:
@@ -33,8 +34,8 @@ def hub_datasets(exp: Experiment) -> list[tuple[str, str, dict]]:
     return [
         (run.recipe_path, key, spec)
         for run in exp.runs.values()
-        for key in ("train_dataset", "eval_dataset")
-        if (spec := run.recipe["data"].get(key)) and not is_local(spec["dataset_name"])
+        for key, spec in run.recipe.datasets.items()
+        if not is_local_dataset(spec["dataset_name"])
     ]
 
 
@@ -43,7 +44,7 @@ def requirements(exp: Experiment) -> dict:
     models = {b.model_name for b in hub_models(exp)}
     datasets = {(s["dataset_name"], s.get("subset"), s.get("split", "train")) for _, _, s in hub_datasets(exp)}
     benchmarks = {
-        name: {"tasks": [t["task"] for t in b.config["tasks"]], "include_path": b.config.get("include_path")}
+        name: {"tasks": b.config.task_names, "include_path": b.config.get("include_path")}
         for name, b in exp.benchmarks.items()
     }
     return {

@@ -16,12 +16,12 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import struct
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
-from koaml.config import ConfigError
+from koaml.configfiles import ConfigError
+from koaml.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,14 @@ def supported_architectures() -> list[str]:
     return _supported(cache_dir() / f"gguf-architectures-transformers-{version}.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _supported(path: Path) -> list[str]:
     if path.is_file():
         return json.loads(path.read_text())
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING  # no torch import
 
     names = sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(names))
-    tmp.replace(path)
+    write_json(path, names)
     return names
 
 
@@ -155,8 +152,6 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float32") 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from koaml.io import atomic_dir, write_json
-
     gguf_path = Path(gguf_path).resolve()
     folder, name = str(gguf_path.parent), gguf_path.name
     arch = architecture(gguf_path)
@@ -166,10 +161,12 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float32") 
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     config.__dict__.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=True)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{gguf_path}: weights do not match the {arch} architecture: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"{gguf_path}: weights do not match the {arch} architecture: missing {missing}, unexpected {unexpected}"
+        )
     model.tie_weights()
     model.generation_config = loaded.generation_config
     source = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -54,6 +56,23 @@ def write_yaml(path: str | Path, data: Any) -> None:
 def config_hash(data: Any) -> str:
     """Stable short hash of a JSON-serialisable config."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def logging_to(path: str | Path) -> Iterator[None]:
+    """Send koaml's log records (INFO and up) to the file ``path`` while the block runs (a rule's log)."""
+    logger = logging.getLogger("koaml")
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
 
 
 class DiskSpaceError(RuntimeError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from koaml.config import load_yaml
 from koaml.io import atomic_dir
 from koaml.modeling import load_causal_lm, load_tokenizer, torch_dtype
+from koaml.recipe import read_recipe
 
 
 def load_merge_base(base_path: str, recipe: dict):
@@ -16,7 +16,7 @@ def load_merge_base(base_path: str, recipe: dict):
     For QLoRA that is the 4-bit base dequantized (not the original weights), so the merged model
     computes what the trained adapter model computed.
     """
-    if recipe["peft"]["type"] == "qlora":
+    if recipe.quantized:
         quantized = load_causal_lm(base_path, recipe["model"], recipe["peft"])
         return quantized.dequantize().to(torch_dtype(recipe["model"]["dtype"]))
     return load_causal_lm(base_path, recipe["model"])
@@ -26,7 +26,7 @@ def merge(config_path: str, base_path: str, adapter_dir: str, out_dir: str) -> N
     """Apply the adapter to its base, merge the weights and save model, tokenizer and model card."""
     from peft import PeftModel
 
-    recipe = load_yaml(config_path)
+    recipe = read_recipe(config_path)
     merged = PeftModel.from_pretrained(load_merge_base(base_path, recipe), adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)

@@ -42,6 +42,11 @@ def attn_implementation(requested: str) -> str:
     return requested
 
 
+def attention_of(model) -> str:
+    """The attention kernel a loaded model runs (after any fallback: what packing and sizing must assume)."""
+    return model.config._attn_implementation
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

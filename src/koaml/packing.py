@@ -110,7 +110,9 @@ def estimate(
     return PackingCost(packed_flops, unpacked_flops, len(packed), len(rows))
 
 
-def decide(setting: bool | str, attn_implementation: str, trust_remote_code: bool, cost: PackingCost) -> tuple[bool, str]:
+def decide(
+    setting: bool | str, attn_implementation: str, trust_remote_code: bool, cost: PackingCost
+) -> tuple[bool, str]:
     """Whether to pack (``training.packing``: auto, true or false), and why, for the train log.
 
     ``auto`` packs when ``cost`` predicts at least ``MIN_SPEEDUP``, except for remote-code models with
@@ -126,7 +128,10 @@ def decide(setting: bool | str, attn_implementation: str, trust_remote_code: boo
                 "flash_attention_2)"
             )
         on = cost.speedup >= MIN_SPEEDUP
-        return on, f"{'on' if on else 'off'} (auto: {attn_implementation}, {cost.describe()}; packs from {MIN_SPEEDUP}x)"
+        return (
+            on,
+            f"{'on' if on else 'off'} (auto: {attn_implementation}, {cost.describe()}; packs from {MIN_SPEEDUP}x)",
+        )
     if not setting:
         return False, f"off (training.packing: false; {cost.describe()})"
     caveat = ""

@@ -7,12 +7,13 @@ import html
 import importlib.metadata
 import json
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from koaml.compare import NOTE, partial_banner
+from koaml.io import write_text_atomic
 
 PACKAGES = ("koaml", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "snakemake")
 
@@ -76,9 +77,11 @@ def plot_losses(histories: dict[str, list[dict]], out_dir: Path) -> Path | None:
         train = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
         evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
         if train:
-            ax.plot(*zip(*train), color=color, label=f"{run} train")
+            ax.plot(*zip(*train, strict=True), color=color, label=f"{run} train")
         if evals:
-            ax.plot(*zip(*evals), color=color, linestyle="--", marker="o", markersize=3, label=f"{run} eval")
+            ax.plot(
+                *zip(*evals, strict=True), color=color, linestyle="--", marker="o", markersize=3, label=f"{run} eval"
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -96,7 +99,7 @@ def plot_sweeps(table: pd.DataFrame, sweeps: dict[str, dict[str, dict]], out_dir
             continue
         key = keys.pop()
         rows = table[table.run.isin(points) & (table.status == "ok")]
-        for (bench, task, metric, filt), sub in rows.groupby(["benchmark", "task", "metric", "filter"], sort=False):
+        for (bench, task, metric, _filter), sub in rows.groupby(["benchmark", "task", "metric", "filter"], sort=False):
             values = sorted((points[r.run][key], r.score, r.ci_low, r.ci_high, r.base_score) for _, r in sub.iterrows())
             x = [v[0] for v in values]
             fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -126,7 +129,9 @@ def provenance(workdir: str | Path = ".") -> dict:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=workdir, capture_output=True, text=True).stdout.strip())
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], cwd=workdir, capture_output=True, text=True).stdout.strip()
+        )
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "not a git checkout"
@@ -136,7 +141,11 @@ def provenance(workdir: str | Path = ".") -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return {"git_commit": commit, "packages": versions, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "git_commit": commit,
+        "packages": versions,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _img(path: Path, alt: str) -> str:
@@ -193,7 +202,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
     shown["p_value"] = table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     marks = [
         "missing" if st in ("missing", "failed", "pending") else ("sig" if str(s) == "True" else "")
-        for s, st in zip(table.significant, table.status)
+        for s, st in zip(table.significant, table.status, strict=True)
     ]
     rows_html = _table_html(shown.astype(object).fillna(""), marks)
 
@@ -225,18 +234,15 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
 <style>{STYLE}</style></head><body>
 <h1>koa-ml report: {html.escape(experiment)}</h1>
 {banner}
-<p>Generated {prov['generated']} from workflow commit <code>{html.escape(prov['git_commit'])}</code>.</p>
+<p>Generated {prov["generated"]} from workflow commit <code>{html.escape(prov["git_commit"])}</code>.</p>
 <h2>Base vs fine-tuned</h2><p>{html.escape(NOTE.strip())}</p>
 {rows_html}
 <h2>Plots</h2>
-{''.join(_img(p, p.stem.replace('_', ' ')) for p in figures)}
+{"".join(_img(p, p.stem.replace("_", " ")) for p in figures)}
 <h2>Training</h2>
 {_table_html(training_rows)}
 {configs}
 <h2>Provenance</h2><p>{html.escape(packages)}</p>
 </body></html>
 """
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(out_html)
+    write_text_atomic(out_html, body)

@@ -17,7 +17,7 @@ from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
-from koaml.config import Experiment
+from koaml.experiment import Experiment
 
 STATES = ("done", "running", "queued", "failed", "pending", "not planned")
 LOG_TAIL = 3
@@ -50,9 +50,13 @@ def plan(exp: Experiment) -> list[Step]:
     for name, base in exp.base_models.items():
         if base.built_by_workflow:
             rule = "convert_gguf" if base.gguf else "build_base_model"
-            steps.append(Step(name, rule.split("_")[0], rule, (name,), f"results/base/{name}/model", f"logs/{rule}/{name}.log"))
+            steps.append(
+                Step(name, rule.split("_")[0], rule, (name,), f"results/base/{name}/model", f"logs/{rule}/{name}.log")
+            )
     for name, run in exp.runs.items():
-        steps.append(Step(name, "prepare", "prepare_data", (name,), f"results/data/{name}", f"logs/prepare_data/{name}.log"))
+        steps.append(
+            Step(name, "prepare", "prepare_data", (name,), f"results/data/{name}", f"logs/prepare_data/{name}.log")
+        )
         steps.append(Step(name, "train", "train", (name,), f"results/runs/{name}/trained", f"logs/train/{name}.log"))
         merge = Step(name, "merge", "merge", (name,), f"results/runs/{name}/merged", f"logs/merge/{name}.log")
         if run.method == "full":
@@ -60,8 +64,16 @@ def plan(exp: Experiment) -> list[Step]:
         steps.append(merge)
     for model in exp.evaluated_models:
         for bench in exp.benchmarks:
-            steps.append(Step(model, f"eval {bench}", "evaluate", (model, bench), f"results/eval/{model}/{bench}",
-                              f"logs/evaluate/{model}/{bench}.log"))
+            steps.append(
+                Step(
+                    model,
+                    f"eval {bench}",
+                    "evaluate",
+                    (model, bench),
+                    f"results/eval/{model}/{bench}",
+                    f"logs/evaluate/{model}/{bench}.log",
+                )
+            )
     steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
     steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
     return steps
@@ -82,12 +94,14 @@ def slurm_jobs() -> dict[str, dict]:
     if shutil.which("squeue") is None:
         return {}
     try:
-        out = subprocess.run(["squeue", "--me", "--noheader", "--format=%i|%T|%M|%k"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["squeue", "--me", "--noheader", "--format=%i|%T|%M|%k"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     jobs = {}
     for line in out.stdout.splitlines():
-        job_id, state, elapsed, comment = (line.split("|", 3) + ["", "", ""])[:4]
+        job_id, state, elapsed, comment = ([*line.split("|", 3), "", "", ""])[:4]
         jobs[comment.strip()] = {"job_id": job_id.strip(), "state": state.strip(), "elapsed": elapsed.strip()}
     return jobs
 
@@ -113,7 +127,9 @@ def training_progress(checkpoints: Path) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def status(exp: Experiment, workdir: str | Path = ".") -> list[Step]:
@@ -152,7 +168,7 @@ def table(steps: list[Step], width: int | None = None) -> str:
     rows = [("model", "stage", "state", "job", "elapsed", "detail")]
     rows += [(s.model, s.stage, s.state, s.job_id, s.elapsed, s.detail) for s in steps]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
     counts = {state: sum(s.state == state for s in steps) for state in STATES}
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     return "\n".join(line[:width].rstrip() for line in lines) + f"\n\n{summary}\n"
@@ -199,5 +215,8 @@ def missing_reasons(exp: Experiment, steps: list[Step]) -> dict[str, tuple[str, 
         if failed:
             reasons[step.output] = ("pending", f"{failed.model} {failed.stage} failed: {failed.detail}")
         else:
-            reasons[step.output] = ("pending", f"waits for {waiting.model} {waiting.stage}" if waiting else f"evaluation {step.state}")
+            reasons[step.output] = (
+                "pending",
+                f"waits for {waiting.model} {waiting.stage}" if waiting else f"evaluation {step.state}",
+            )
     return reasons

@@ -13,16 +13,19 @@ import importlib.metadata
 import json
 import logging
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
-from koaml.config import ConfigError
+from koaml.configfiles import ConfigError
+from koaml.io import write_json
 
 log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("KOAML_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "koaml"
+    root = (
+        os.environ.get("KOAML_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "koaml"
+    )
     return Path(root)
 
 
@@ -52,16 +55,13 @@ def task_index(include_path: str | None = None) -> dict[str, dict]:
     return _index(cache_dir() / f"{key}.json", include_path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _index(path: Path, include_path: str | None) -> dict[str, dict]:
     """The index cached in ``path`` (read once per process: every benchmark of an experiment asks)."""
     if path.is_file():
         return json.loads(path.read_text())
     index = _build_index(include_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(index))
-    tmp.replace(path)
+    write_json(path, index)
     return index
 
 

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from koaml.io import atomic_dir, write_json
+from koaml.modeling import attention_of, device, load_causal_lm, load_tokenizer, torch_dtype
 from koaml.packing import VARLEN_ATTENTION, decide, estimate
-from koaml.config import load_yaml
-from koaml.io import atomic_dir, config_hash, write_json
-from koaml.modeling import device, load_causal_lm, load_tokenizer, torch_dtype
+from koaml.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def sft_trainer(**kwargs):
     class Trainer(SFTTrainer):
         def __init__(self, **kw):
             super().__init__(**kw)
-            attn = getattr(self.model.config, "_attn_implementation", None)
+            attn = attention_of(self.model)
             if self.padding_free and self.args.packing and attn not in VARLEN_ATTENTION:
                 flat = self.data_collator
                 self.data_collator = PackedRowsCollator(
@@ -85,21 +85,38 @@ def sft_trainer(**kwargs):
 
         def compute_loss(self, model, inputs, *args, **kw):
             real = inputs.pop("num_real_tokens", None)
-            counted = self._total_train_tokens
+            counted = trained_token_count(self)
             result = super().compute_loss(model, inputs, *args, **kw)
-            if real is not None and self._total_train_tokens != counted:  # TRL counted position_ids.size(1)
+            if real is not None and trained_token_count(self) != counted:  # TRL counted position_ids.size(1)
                 device = inputs["input_ids"].device
-                self._total_train_tokens = counted + int(self.accelerator.gather_for_metrics(torch.tensor([real], device=device)).sum())
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+                real = int(self.accelerator.gather_for_metrics(torch.tensor([real], device=device)).sum())
+                set_trained_token_count(self, counted + real)
             return result
 
     return Trainer(**kwargs)
 
 
-def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: bool, packing: bool = False) -> dict:
+# TRL keeps the count of trained tokens (the ``num_tokens`` metric) in private SFTTrainer attributes, with no
+# public API to correct it; these two functions are the only place koaml touches them, and
+# tests/test_train.py::test_trl_private_token_count_is_where_koaml_expects fails when a TRL release moves them.
+def trained_token_count(trainer) -> int:
+    """The tokens TRL has counted as trained so far."""
+    return trainer._total_train_tokens
+
+
+def set_trained_token_count(trainer, tokens: int) -> None:
+    """Set TRL's count of trained tokens and the ``num_tokens`` metric it logs."""
+    trainer._total_train_tokens = tokens
+    trainer._metrics["train"]["num_tokens"] = [tokens]
+
+
+def sft_config_kwargs(
+    recipe: Recipe, output_dir: str, has_eval: bool, on_gpu: bool, packing: bool = False, report_to: list[str] = ()
+) -> dict:
     """Map a recipe (the guide's keys) to ``trl.SFTConfig`` keyword arguments (transformers 5 names).
 
-    ``packing`` is the decision of ``koaml.packing.decide`` for the loaded model and the prepared data.
+    ``packing`` is the decision of ``koaml.packing.decide`` for the loaded model and the prepared data;
+    ``report_to`` the trackers :func:`tracking` enabled.
     """
     t = recipe["training"]
     kwargs = {key: t[key] for key in _PASSTHROUGH}
@@ -119,7 +136,7 @@ def sft_config_kwargs(recipe: dict, output_dir: str, has_eval: bool, on_gpu: boo
     kwargs.update(
         output_dir=output_dir,
         max_length=recipe["model"]["model_max_length"],
-        report_to=t["report_to"] or "none",
+        report_to=list(report_to) or "none",
         save_strategy="steps",
         logging_strategy="steps",
         logging_first_step=True,
@@ -151,7 +168,9 @@ def tracking(report_to: list[str], tracking_dir: str | Path) -> tuple[list[str],
     if "tensorboard" in enabled:
         env["TENSORBOARD_LOGGING_DIR"] = str(tracking_dir / "tensorboard")
     if "mlflow" in enabled:
-        env.setdefault("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI") or (tracking_dir / "mlruns").as_uri())
+        env.setdefault(
+            "MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI") or (tracking_dir / "mlruns").as_uri()
+        )
     if "wandb" in enabled:
         env["WANDB_DIR"] = str(tracking_dir)
     return enabled, env
@@ -224,7 +243,11 @@ def _callbacks():
             logs = logs or {}
             if state.is_world_process_zero and "loss" in logs:
                 self._write_progress(args, state, logs)
-            bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), float) and not math.isfinite(logs[k])}
+            bad = {
+                k: logs[k]
+                for k in ("loss", "grad_norm")
+                if isinstance(logs.get(k), float) and not math.isfinite(logs[k])
+            }
             if bad:
                 what = ", ".join(f"{k} is {v}" for k, v in bad.items())
                 raise NonFiniteLossError(
@@ -245,12 +268,12 @@ def is_distributed_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def choose_packing(recipe: dict, model, data_dir: str | Path) -> tuple[bool, str]:
+def choose_packing(recipe: Recipe, model, data_dir: str | Path) -> tuple[bool, str]:
     """``koaml.packing.decide`` for the loaded model (its attention after any fallback) and the prepared rows'
     token lengths (``lengths.json``); logged, with a warning where packing is forced on a remote-code model."""
     config = model.config
-    attn = getattr(config, "_attn_implementation", None) or recipe["model"]["attn_implementation"]
-    remote_code = recipe["model"].get("trust_remote_code", False)
+    attn = attention_of(model)
+    remote_code = recipe.trust_remote_code
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     cost = estimate(
         json.loads((Path(data_dir) / "lengths.json").read_text()),
@@ -263,13 +286,13 @@ def choose_packing(recipe: dict, model, data_dir: str | Path) -> tuple[bool, str
         device=device(),
         seed=recipe["training"]["seed"],
     )
-    on, why = decide(recipe["training"]["packing"], attn, remote_code, cost)
+    on, why = decide(recipe.packing, attn, remote_code, cost)
     unchecked = on and remote_code and attn not in VARLEN_ATTENTION
     log.log(logging.WARNING if unchecked else logging.INFO, "packing: %s", why)
     return on, why
 
 
-def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
+def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
     """Train one run and write its adapter (LoRA/QLoRA) or full model to ``out_dir``.
 
     Checkpoints go to ``checkpoint_root/<config hash>``, outside Snakemake's outputs, so a killed
@@ -280,10 +303,8 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
-    recipe = load_yaml(config_path)
     torch.set_num_threads(max(1, threads // recipe["training"]["num_processes"]))
-    method = "full" if recipe["peft"]["type"] == "none" else recipe["peft"]["type"]
-    checkpoint_dir = Path(checkpoint_root) / config_hash(recipe)
+    checkpoint_dir = Path(checkpoint_root) / recipe.config_hash
 
     data_files = {"train": str(Path(data_dir) / "train.jsonl")}
     has_eval = (Path(data_dir) / "eval.jsonl").stat().st_size > 0
@@ -292,20 +313,19 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
     data = load_dataset("json", data_files=data_files)
 
     tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if method == "qlora" else None)
+    model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if recipe.quantized else None)
     on_gpu = device() == "cuda"
     packing, why = choose_packing(recipe, model, data_dir)
-    report_to, env = tracking(recipe["training"]["report_to"], Path(out_dir).parent / "tracking")
+    report_to, env = tracking(recipe.report_to, Path(out_dir).parent / "tracking")
     os.environ.update(env)
-    kwargs = sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, packing)
-    args = SFTConfig(**{**kwargs, "report_to": report_to or "none"})
+    args = SFTConfig(**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, packing, report_to))
     trainer = sft_trainer(
         model=model,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data.get("eval"),
         processing_class=tokenizer,
-        peft_config=lora_config(recipe["peft"]) if method != "full" else None,
+        peft_config=lora_config(recipe["peft"]) if recipe.method != "full" else None,
         callbacks=[guard := _callbacks()],
     )
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
@@ -318,16 +338,18 @@ def train(config_path: str, model_path: str, data_dir: str, out_dir: str, checkp
         raise Preempted(trainer.state.global_step)
 
     summary = {
-        "method": method,
+        "method": recipe.method,
         "resumed_from": last,
         "global_step": trainer.state.global_step,
         "world_size": trainer.args.world_size,
         "packing": packing,
         "packing_reason": why,
         "train_loss": result.training_loss,
-        "final_eval_loss": next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None),
+        "final_eval_loss": next(
+            (e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None
+        ),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),
-        "config_hash": config_hash(recipe),
+        "config_hash": recipe.config_hash,
         **resource_usage(time.monotonic() - started, trainer.args.world_size),
     }
     if not trainer.is_world_process_zero():
@@ -357,7 +379,7 @@ def resource_usage(wall_time_s: float, world_size: int) -> dict:
     return usage
 
 
-def model_card(recipe: dict, data_stats: dict, summary: dict) -> str:
+def model_card(recipe: Recipe, data_stats: dict, summary: dict) -> str:
     """A Markdown model card: method, final losses, data statistics and the resolved recipe."""
     import yaml
 
@@ -368,11 +390,5 @@ def model_card(recipe: dict, data_stats: dict, summary: dict) -> str:
         f"- final training loss (mean over the run): {loss(summary['train_loss'])}\n"
         f"- final eval loss: {loss(summary['final_eval_loss'])}\n\n"
         f"## Data\n\n```json\n{json.dumps(data_stats, indent=2)}\n```\n\n"
-        f"## Resolved recipe (config hash {config_hash(recipe)})\n\n```yaml\n{yaml.safe_dump(recipe, sort_keys=True)}```\n"
+        f"## Resolved recipe (config hash {recipe.config_hash})\n\n```yaml\n{yaml.safe_dump(recipe.as_dict(), sort_keys=True)}```\n"
     )
-
-
-def losses(trained_dir: str | Path) -> list[dict]:
-    """The per-step training and eval losses of a trained run."""
-    history = json.loads((Path(trained_dir) / "log_history.json").read_text())
-    return [e for e in history if "loss" in e or "eval_loss" in e]

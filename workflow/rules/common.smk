@@ -3,11 +3,10 @@ import logging
 import shutil
 import re
 
-from koaml.config import ConfigError, load_experiment, load_yaml
-from koaml.data import is_local
+from koaml.config import load_experiment
+from koaml.configfiles import ConfigError, load_yaml
 from koaml.fetch import requirements as fetch_requirements
-from koaml.slurm import MIN_HOST_MEM_MB
-
+from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 
 # koaml's warnings (config keys the workflow ignores) on stderr, marked as ours, once.
 _koaml_log = logging.getLogger("koaml")
@@ -37,8 +36,7 @@ wildcard_constraints:
 
 def base_model_path(base):
     """Where a base model is loaded from: the folder the workflow built or converted, or a hub ID / local path."""
-    spec = EXP.base_models[base]
-    return f"results/base/{base}/model" if spec.built_by_workflow else spec.model_name
+    return EXP.base_models[base].location
 
 
 def base_model_input(base):
@@ -85,67 +83,88 @@ def adapter_option(model):
 
 def local_dataset_files(run):
     """Local data files of a run's recipe, so that editing them reruns the run."""
-    data = EXP.runs[run].recipe["data"]
-    specs = [data["train_dataset"], data.get("eval_dataset")]
-    return [s["dataset_name"] for s in specs if s and is_local(s["dataset_name"])]
+    return EXP.runs[run].recipe.local_data_files
 
 
 def eval_dir(model, bench):
     return f"results/eval/{model}/{bench}"
 
 
-# Cluster resources: a GPU sized from the model (koaml.sizing) and host memory, for SLURM. A model the
+def custom_task_files(bench):
+    """The YAML files of a benchmark's local lm-eval tasks, so that editing them reruns it."""
+    return EXP.benchmarks[bench].config.local_task_files
+
+
+def comparison_pairs():
+    """One entry per (reference, model) pair of the experiment and benchmark: both evaluation folders (the
+    reference's is None when it is not evaluated, e.g. evaluate_base: false)."""
+    return [
+        {
+            "run": model,
+            "base_model": reference,
+            "benchmark": bench,
+            "run_results": eval_dir(model, bench),
+            "base_results": eval_dir(reference, bench) if reference in EXP.evaluated_models else None,
+        }
+        for reference, model in EXP.comparisons
+        for bench in EXP.benchmarks
+    ]
+
+
+def report_runs(finished_only=False):
+    """The report's per-run inputs (all runs, or those whose training has finished)."""
+    return {
+        name: {
+            "trained": f"results/runs/{name}/trained",
+            "config": f"results/runs/{name}/config.yaml",
+            "sweep": run.sweep,
+        }
+        for name, run in EXP.runs.items()
+        if not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists()
+    }
+
+
+# Cluster resources: GPUs sized from the model and host memory, for SLURM (koaml.resources). A model the
 # workflow has not built yet is sized when its job is about to run. Off a cluster the sizing is only
-# informative: a model that cannot be sized there requests nothing.
+# informative: a job whose model cannot be sized there requests nothing.
 def on_cluster():
-    """Jobs go to SLURM, or a dry run plans for it (the profile sets slurm_* default resources)."""
+    """Jobs go to SLURM, or a dry run plans for it (the profile sets slurm_* default resources).
+
+    Snakemake 9 documents no way for a Snakefile to learn where its jobs run, so this reads three Workflow
+    internals: ``workflow.remote_exec`` (this process is a job on a node: its resources are already set),
+    ``workflow.local_exec`` (False under a cluster executor plugin such as slurm) and
+    ``workflow.resource_settings.default_resources`` (the profile's slurm_* defaults, there in a dry run too).
+    """
     if workflow.remote_exec:
         return False
-    if workflow.executor_plugin is not None and not workflow.local_exec:
+    if not workflow.local_exec:
         return True
     defaults = workflow.resource_settings.default_resources
     return defaults is not None and any(name.startswith("slurm_") for name in defaults.keys())
 
 
-def sized(request, empty):
-    """A resource callable from ``request(wildcards, is_built, attempt)``: strict on a cluster, lenient locally."""
-    from koaml.sizing import SizingError
-
-    def resource(wildcards, input, attempt):
-        try:
-            return request(wildcards, lambda model: model in input, attempt)
-        except SizingError:
-            if on_cluster():
-                raise
-            return empty
-
-    return resource
+def train_gres(wildcards, input):
+    model = start_model_path(wildcards.run)
+    recipe = EXP.runs[wildcards.run].recipe
+    return training_gres(recipe, model, built_by_workflow=model in input, strict=on_cluster())
 
 
-def _shape(model, is_built):
-    from koaml.slurm import shape_of
-
-    return shape_of(model, built_by_workflow=is_built(model))
-
-
-def train_gpu(wildcards, is_built, attempt):
-    from koaml.slurm import training_gpu
-
-    return training_gpu(EXP.runs[wildcards.run].recipe, _shape(start_model_path(wildcards.run), is_built)).gres
+def evaluate_gres(wildcards, input):
+    model = model_path(wildcards.model)
+    benchmark = EXP.benchmarks[wildcards.bench].config
+    return evaluation_gres(benchmark, model, built_by_workflow=model in input, strict=on_cluster())
 
 
-def evaluate_gpu(wildcards, is_built, attempt):
-    from koaml.slurm import evaluation_gpu
+def run_mem_mb(wildcards, input, attempt):
+    """mem_mb of a job that loads the model the run trains from (training, merging)."""
+    model = start_model_path(wildcards.run)
+    return model_job_mem_mb(model, attempt, built_by_workflow=model in input, strict=on_cluster())
 
-    return evaluation_gpu(EXP.benchmarks[wildcards.bench].config, _shape(model_path(wildcards.model), is_built)).gres
+
+def evaluate_mem_mb(wildcards, input, attempt):
+    model = model_path(wildcards.model)
+    return model_job_mem_mb(model, attempt, built_by_workflow=model in input, strict=on_cluster())
 
 
-def host_memory(model_of):
-    """mem_mb of a job that loads the model ``model_of(wildcards)``, doubled on each retry."""
-
-    def mem_mb(wildcards, is_built, attempt):
-        from koaml.slurm import host_mem_mb
-
-        return host_mem_mb(_shape(model_of(wildcards), is_built), attempt)
-
-    return sized(mem_mb, empty=MIN_HOST_MEM_MB)
+def convert_gguf_mem_mb(wildcards, input):
+    return gguf_conversion_mem_mb(input.gguf)

@@ -1,7 +1,5 @@
 rule build_base_model:
     """Build a tiny model from a spec (the offline demo's base model)."""
-    wildcard_constraints:
-        base=_alternation(name for name, spec in EXP.base_models.items() if spec.build),
     input:
         spec=lambda w: EXP.base_models[w.base].build,
         corpus=lambda w: load_yaml(EXP.base_models[w.base].build)["tokenizer"]["corpus"],
@@ -9,24 +7,26 @@ rule build_base_model:
         directory("results/base/{base}/model"),
     log:
         "logs/build_base_model/{base}.log",
+    wildcard_constraints:
+        base=_alternation(name for name, spec in EXP.base_models.items() if spec.build),
     shell:
         "koaml build-model --spec {input.spec} --out {output} > {log} 2>&1"
 
 
 rule convert_gguf:
     """Dequantize a GGUF model into a plain Hugging Face folder, once; later rules load it like any model."""
-    wildcard_constraints:
-        base=_alternation(name for name, spec in EXP.base_models.items() if spec.gguf),
     input:
         gguf=lambda w: EXP.base_models[w.base].gguf_file,
     output:
         directory("results/base/{base}/model"),
-    params:
-        dtype=lambda w: EXP.base_models[w.base].dtype,
-    resources:
-        mem_mb=lambda w, input: max(MIN_HOST_MEM_MB, 16 * Path(input.gguf).stat().st_size // 2**20),
     log:
         "logs/convert_gguf/{base}.log",
+    wildcard_constraints:
+        base=_alternation(name for name, spec in EXP.base_models.items() if spec.gguf),
+    resources:
+        mem_mb=convert_gguf_mem_mb,
+    params:
+        dtype=lambda w: EXP.base_models[w.base].dtype,
     shell:
         "koaml convert-gguf --gguf {input.gguf} --dtype {params.dtype} --out {output} > {log} 2>&1"
 
@@ -36,11 +36,11 @@ rule fetch:
     network (the login node): `snakemake fetch`. Not part of `all`: compute nodes run offline."""
     output:
         "results/fetch/manifest.json",
-    params:
-        needs=fetch_requirements(EXP),
-    localrule: True
     log:
         "logs/fetch.log",
+    localrule: True
+    params:
+        needs=fetch_requirements(EXP),
     run:
         from koaml.fetch import fetch
 

@@ -2,9 +2,9 @@ rule run_config:
     """The run's resolved recipe. Rewritten only when it changes (params trigger), which reruns the run."""
     output:
         "results/runs/{run}/config.yaml",
-    params:
-        recipe=lambda w: EXP.runs[w.run].recipe,
     localrule: True
+    params:
+        recipe=lambda w: EXP.runs[w.run].recipe.as_dict(),
     run:
         from koaml.io import write_yaml
 
@@ -19,10 +19,10 @@ rule prepare_data:
         data=lambda w: local_dataset_files(w.run),
     output:
         directory("results/data/{run}"),
-    params:
-        tokenizer=lambda w: start_model_path(w.run),
     log:
         "logs/prepare_data/{run}.log",
+    params:
+        tokenizer=lambda w: start_model_path(w.run),
     shell:
         "koaml prepare-data --config {input.config} --tokenizer {params.tokenizer} --out {output} > {log} 2>&1"
 
@@ -35,15 +35,15 @@ rule train:
         model=lambda w: start_model_input(w.run),
     output:
         directory("results/runs/{run}/trained"),
+    log:
+        "logs/train/{run}.log",
+    threads: 4
+    resources:
+        gres=train_gres,
+        mem_mb=run_mem_mb,
     params:
         model=lambda w: start_model_path(w.run),
         checkpoints="results/checkpoints/{run}",
-    threads: 4
-    resources:
-        gres=sized(train_gpu, empty=""),
-        mem_mb=host_memory(lambda w: start_model_path(w.run)),
-    log:
-        "logs/train/{run}.log",
     shell:
         "koaml train --config {input.config} --model {params.model} --data {input.data}"
         " --out {output} --checkpoints {params.checkpoints} --threads {threads} > {log} 2>&1"
@@ -57,11 +57,11 @@ rule merge:
         model=lambda w: start_model_input(w.run),
     output:
         directory("results/runs/{run}/merged"),
-    params:
-        base=lambda w: start_model_path(w.run),
-    resources:
-        mem_mb=host_memory(lambda w: start_model_path(w.run)),
     log:
         "logs/merge/{run}.log",
+    resources:
+        mem_mb=run_mem_mb,
+    params:
+        base=lambda w: start_model_path(w.run),
     shell:
         "koaml merge --config {input.config} --base {params.base} --adapter {input.adapter} --out {output} > {log} 2>&1"

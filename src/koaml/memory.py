@@ -1,9 +1,8 @@
-"""Estimate a job's GPU memory and pick the KOA GPU (GRES type and count) it fits on.
+"""Estimate a job's peak GPU memory (training and evaluation) and a training job's disk.
 
-Cheap to import (no torch, no transformers): the SLURM profile calls it while Snakemake parses.
-Shapes come from ``config.json`` and the safetensors headers (never the weights); the memory
-model is the usual back-of-the-envelope sum, per GPU, in GB of 2**30 bytes (what torch and
-nvidia-smi report):
+Cheap to import (no torch, no transformers): the Snakefile sizes jobs with it while it plans.
+The model's shape comes from :mod:`koaml.shapes` (never the weights); the memory model is the
+usual back-of-the-envelope sum, per GPU, in GB of 2**30 bytes (what torch and nvidia-smi report):
 
 - weights: the base model in ``model.dtype`` (``auto`` = bfloat16, as on KOA's Ampere+ GPUs); QLoRA
   stores the decoder's linear weights in 4-bit NF4 (0.5 byte/param plus the block constants), the
@@ -55,16 +54,11 @@ Llama-3.1-70B full   280    588       **exception** (2.1x), on one GPU: 280 GB i
 from __future__ import annotations
 
 import json
-import math
-import struct
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from koaml.config import ConfigError
+from koaml.recipe import training_method
+from koaml.shapes import ModelShape, SizingError
 
 GB = 2**30
 CUDA_CONTEXT_GB = 1.0
@@ -83,172 +77,6 @@ OOM_ADVICE = {
         "benchmark, or model.dtype: bfloat16."
     ),
 }
-
-
-class SizingError(ConfigError):
-    """A job's memory cannot be estimated, or fits no KOA GPU."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What sizing needs to know about a causal LM, read without loading its weights."""
-
-    n_params: int
-    n_layers: int
-    hidden_size: int
-    vocab_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-    linear_layers: tuple[tuple[str, int, int], ...]  # (module name, in_features, out_features) of one decoder layer
-
-    @property
-    def gated_mlp(self) -> bool:
-        return any(name in ("gate_proj", "gate_up_proj") for name, _, _ in self.linear_layers)
-
-    @property
-    def linear_params(self) -> int:
-        """Weights of the decoder layers' linear modules: what QLoRA quantizes and FSDP gathers layer by layer."""
-        return self.n_layers * sum(n_in * n_out for _, n_in, n_out in self.linear_layers)
-
-    def lora_params(self, rank: int, targets: str | list[str]) -> int:
-        """Parameters of rank-``rank`` LoRA adapters on ``targets`` (module names, or ``all-linear``)."""
-        return self.n_layers * sum(
-            rank * (n_in + n_out)
-            for name, n_in, n_out in self.linear_layers
-            if targets == "all-linear" or name in targets
-        )
-
-
-def _safetensors_numel(path: Path) -> int:
-    """Number of values stored in a safetensors file, from its JSON header alone."""
-    try:
-        with path.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
-        raise SizingError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def _weights_param_count(folder: Path) -> int | None:
-    """Parameters in ``folder``'s safetensors weights (sharded or not); None if they are not all there."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    else:
-        shards = [folder / "model.safetensors"]
-    if not all(shard.is_file() for shard in shards):
-        return None
-    return sum(_safetensors_numel(shard) for shard in shards)
-
-
-def _hub_config(model: str) -> Path:
-    """config.json of a hub model, from the Hugging Face cache (or the hub, when online)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(model, "config.json"))
-    except (OSError, ValueError, EntryNotFoundError) as exc:
-        raise SizingError(
-            f"{model}: not a local folder and its config.json is not in the Hugging Face cache "
-            f"({type(exc).__name__}): run `snakemake fetch` on the login node (it has internet) to cache "
-            "the model, or set the job's GPU resources by hand"
-        ) from None
-
-
-def _hub_param_count(model: str) -> int | None:
-    """Parameter count from the hub's safetensors headers (HTTP range requests); None offline or on failure."""
-    from huggingface_hub import constants, get_safetensors_metadata
-    from huggingface_hub.errors import EntryNotFoundError, NotASafetensorsRepoError, SafetensorsParsingError
-
-    if constants.is_offline_mode():
-        return None
-    try:
-        return sum(get_safetensors_metadata(model).parameter_count.values())
-    except (OSError, EntryNotFoundError, NotASafetensorsRepoError, SafetensorsParsingError):
-        return None
-
-
-def shape_from_config(config: dict, n_params: int | None = None, source: str = "config.json") -> ModelShape:
-    """A ModelShape from a config.json dict (Llama, Mistral, Qwen2, Phi and Phi-3 layouts).
-
-    ``n_params`` (e.g. from safetensors headers) overrides the count computed from the config: embeddings,
-    attention with grouped-query heads, the MLP, norms, biases, and ``lm_head`` unless tied.
-    """
-
-    def need(key: str) -> int:
-        if not isinstance(config.get(key), int):
-            raise SizingError(f"{source}: no integer '{key}': cannot size this architecture; set the job's resources by hand")
-        return config[key]
-
-    h, layers, vocab = need("hidden_size"), need("num_hidden_layers"), need("vocab_size")
-    inter, heads = need("intermediate_size"), need("num_attention_heads")
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
-    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
-    model_type = config.get("model_type", "")
-    if model_type == "phi":  # phi-1/2: biased projections, LayerNorm (weight + bias) shared by attention and MLP
-        linears = [("q_proj", h, q_dim, True), ("k_proj", h, kv_dim, True), ("v_proj", h, kv_dim, True),
-                   ("dense", q_dim, h, True), ("fc1", h, inter, True), ("fc2", inter, h, True)]
-        layer_norms, final_norm, head_bias = 2 * h, 2 * h, vocab
-    elif model_type == "phi3":  # fused qkv and gate/up projections
-        linears = [("qkv_proj", h, q_dim + 2 * kv_dim, False), ("o_proj", q_dim, h, False),
-                   ("gate_up_proj", h, 2 * inter, False), ("down_proj", inter, h, False)]
-        layer_norms, final_norm, head_bias = 2 * h, h, 0
-    else:  # Llama, Mistral, Qwen2 (q/k/v biases), ...: RMSNorm before attention and MLP
-        qkv_bias = bool(config.get("attention_bias")) or model_type == "qwen2"
-        mlp_bias = bool(config.get("mlp_bias"))
-        linears = [("q_proj", h, q_dim, qkv_bias), ("k_proj", h, kv_dim, qkv_bias), ("v_proj", h, kv_dim, qkv_bias),
-                   ("o_proj", q_dim, h, bool(config.get("attention_bias"))),
-                   ("gate_proj", h, inter, mlp_bias), ("up_proj", h, inter, mlp_bias), ("down_proj", inter, h, mlp_bias)]
-        layer_norms, final_norm, head_bias = 2 * h, h, 0
-    tied = bool(config.get("tie_word_embeddings", False))
-    if n_params is None:
-        per_layer = sum(n_in * n_out + (n_out if bias else 0) for _, n_in, n_out, bias in linears) + layer_norms
-        n_params = vocab * h + layers * per_layer + final_norm + (0 if tied else vocab * h + head_bias)
-    return ModelShape(
-        n_params=n_params,
-        n_layers=layers,
-        hidden_size=h,
-        vocab_size=vocab,
-        intermediate_size=inter,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        tie_word_embeddings=tied,
-        linear_layers=tuple((name, n_in, n_out) for name, n_in, n_out, _ in linears),
-    )
-
-
-@lru_cache(maxsize=None)
-def model_shape(model: str, trust_remote_code: bool = False) -> ModelShape:
-    """The shape of ``model`` (a local folder or a hub ID), without loading its weights.
-
-    The parameter count comes from the safetensors headers when the weights are there (a local
-    folder, the Hugging Face cache, or the hub when online), else from config.json. Checkpoints that
-    are already quantized are counted from config.json (their packed tensors would mislead).
-    ``trust_remote_code`` is accepted for symmetry with the recipe: only JSON is read, no code runs.
-    Cached per process: the Snakefile asks once per job.
-    """
-    folder = Path(model)
-    if folder.is_dir():
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise SizingError(f"{model}: no config.json in this folder")
-        n_params = _weights_param_count(folder)
-    else:
-        config_path = _hub_config(model)
-        n_params = _weights_param_count(config_path.parent)  # the cached snapshot `snakemake fetch` filled
-        if n_params is None:
-            n_params = _hub_param_count(model)
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if "quantization_config" in config:
-        n_params = None
-    return shape_from_config(config, n_params, source=str(config_path))
 
 
 @dataclass(frozen=True)
@@ -322,7 +150,7 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     dtype = _dtype(model["dtype"])
     wbytes = DTYPE_BYTES[dtype]
     master_bytes = 0  # an fp32 copy of the weights kept by the optimizer
-    if peft["type"] == "none":
+    if training_method(peft) == "full":
         trainable = shape.n_params
         grad_bytes = state_bytes = weight_bytes = wbytes  # pure 16-bit training: states follow the weights' dtype
         if dtype != "float32" and training.get("fsdp"):  # accelerate upcasts FSDP's trainable weights to fp32
@@ -334,7 +162,9 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
         trainable = shape.lora_params(peft["lora_r"], peft["lora_target_modules"])
         if peft["type"] == "qlora":
             # one absmax per block: fp32, or with double quantization 8-bit plus an fp32 one per 256 blocks
-            absmax = 1 / NF4_BLOCK + 4 / (256 * NF4_BLOCK) if peft.get("bnb_4bit_use_double_quant", True) else 4 / NF4_BLOCK
+            absmax = (
+                1 / NF4_BLOCK + 4 / (256 * NF4_BLOCK) if peft.get("bnb_4bit_use_double_quant", True) else 4 / NF4_BLOCK
+            )
             base = shape.linear_params * (0.5 + absmax) + (shape.n_params - shape.linear_params) * wbytes
         else:
             base = shape.n_params * wbytes
@@ -369,7 +199,7 @@ def estimate_training_disk_gb(recipe: dict, shape: ModelShape) -> float:
     weights and their AdamW states) and the final model or adapter, with a 10% margin."""
     training = recipe["training"]
     peft = recipe.get("peft") or {"type": "none"}
-    if peft["type"] == "none":
+    if training_method(peft) == "full":
         trainable, weight_bytes = shape.n_params, DTYPE_BYTES[_dtype(recipe["model"]["dtype"])]
     else:
         trainable, weight_bytes = shape.lora_params(peft["lora_r"], peft["lora_target_modules"]), 4
@@ -397,86 +227,3 @@ def estimate_eval_memory(benchmark: dict, shape: ModelShape, num_gpus: int = 1) 
     weights = shape.n_params * wbytes / num_gpus
     parts = {"weights": weights, "gradients": 0, "optimizer": 0, "activations": kv_cache / num_gpus + logits}
     return _with_overhead(parts, num_gpus=num_gpus, dtype=dtype, kind="evaluation")
-
-
-@dataclass(frozen=True)
-class KoaGpu:
-    """One of KOA's GPU types, as listed in ``koa_gpus.yaml``."""
-
-    type: str
-    vram_gb: int
-    partitions: tuple[str, ...]
-    bf16: bool
-    mig: bool
-    preemptible: bool
-
-
-def _load_gpus() -> tuple[tuple[str, ...], tuple[KoaGpu, ...]]:
-    table = yaml.safe_load(resources.files("koaml").joinpath("koa_gpus.yaml").read_text(encoding="utf-8"))
-    preemptible = tuple(table["preemptible_partitions"])
-    gpus = tuple(
-        KoaGpu(
-            type=g["type"],
-            vram_gb=g["vram_gb"],
-            partitions=tuple(g["partitions"]),
-            bf16=g["bf16"],
-            mig=g["mig"],
-            preemptible=all(p in preemptible for p in g["partitions"]),
-        )
-        for g in table["gpus"]
-    )
-    return preemptible, gpus
-
-
-PREEMPTIBLE_PARTITIONS, KOA_GPUS = _load_gpus()
-
-
-@dataclass(frozen=True)
-class GpuChoice:
-    """The GPUs a job should request."""
-
-    gres: str  # e.g. "gpu:NV-A30:1"
-    gpu_type: str
-    count: int
-    vram_gb: int
-    partitions: tuple[str, ...]
-    preemptible: bool
-
-
-def choose_gpu(
-    estimate: MemoryEstimate,
-    allow_preemptible: bool = True,
-    allow_mig: bool = True,
-    max_gpus_per_node: int = 4,
-) -> GpuChoice:
-    """The smallest KOA GPU type that holds ``estimate`` (``estimate.num_gpus`` of them, on one node).
-
-    Types on the non-preemptible ``gpu`` partition come first, then the preemptible kill-* ones; a
-    bfloat16 job needs an Ampere+ GPU; MIG slices serve single-GPU jobs only. The estimate already
-    carries its margin, so a GPU fits when its memory covers ``estimate.total_gb``.
-    """
-    count = estimate.num_gpus
-    if count > max_gpus_per_node:
-        raise SizingError(f"{estimate.describe()}: more than {max_gpus_per_node} GPUs on one node; lower training.num_processes")
-    needs_bf16 = estimate.dtype == "bfloat16"
-    usable = [
-        gpu for gpu in KOA_GPUS
-        if (gpu.bf16 or not needs_bf16) and not (gpu.mig and (count > 1 or not allow_mig))
-    ]
-    fitting = [gpu for gpu in usable if estimate.total_gb <= gpu.vram_gb]
-    allowed = [gpu for gpu in fitting if allow_preemptible or not gpu.preemptible]
-    if allowed:
-        gpu = min(allowed, key=lambda g: (g.preemptible, g.vram_gb))  # min() keeps the table's order on ties
-        return GpuChoice(f"gpu:{gpu.type}:{count}", gpu.type, count, gpu.vram_gb, gpu.partitions, gpu.preemptible)
-    advice = OOM_ADVICE[estimate.kind]
-    bf16 = " bfloat16-capable" if needs_bf16 else ""
-    if fitting:
-        names = ", ".join(gpu.type for gpu in fitting)
-        raise SizingError(
-            f"{estimate.describe()}: only the preemptible partitions ({', '.join(PREEMPTIBLE_PARTITIONS)}) have"
-            f"{bf16} GPUs that large ({names}); allow preemptible jobs there (and checkpoint often), or shrink the job. {advice}"
-        )
-    largest = max(usable, key=lambda g: g.vram_gb)
-    raise SizingError(
-        f"{estimate.describe()}: more than the largest{bf16} KOA GPU ({largest.type}, {largest.vram_gb} GB). {advice}"
-    )

@@ -1,0 +1,104 @@
+"""What an experiment is made of: base models, training runs, benchmark suites, and the experiment itself.
+
+Plain typed records, built by :func:`koaml.config.load_experiment` once the configs are valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from koaml.recipe import BenchmarkSuite, Recipe
+
+MODEL_SOURCES = ("model_name", "build", "gguf")
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    name: str
+    model_name: str | None = None  # hub ID or local path
+    build: str | None = None  # tiny-model spec the workflow builds
+    gguf: str | None = None  # GGUF file (or package:<pkg>/<file>) the workflow converts
+    dtype: str = "float32"  # of the weights converted from GGUF
+    gguf_file: str | None = None  # the GGUF file ``gguf`` names, once checked
+    where: str = field(default="", compare=False)  # "<file>: <key>" that defines it, for messages
+
+    @property
+    def built_by_workflow(self) -> bool:
+        """True when a rule makes the model folder (``build`` or ``gguf``), not the user or the hub."""
+        return bool(self.build or self.gguf)
+
+    @property
+    def location(self) -> str:
+        """Where the model loads from: the folder the workflow builds or converts, or the hub ID / local path."""
+        return f"results/base/{self.name}/model" if self.built_by_workflow else self.model_name
+
+    @property
+    def from_hub(self) -> bool:
+        """True for a hub ID (a ``model_name`` that is not an existing local folder)."""
+        return bool(self.model_name) and not Path(self.model_name).expanduser().exists()
+
+
+def is_local_path(model_name: str) -> bool:
+    """True when ``model_name`` can only be a local path: hub IDs are ``name`` or ``org/name``."""
+    return Path(model_name).is_absolute() or model_name.startswith((".", "~")) or model_name.count("/") > 1
+
+
+RUN_PREFIX = "run:"
+ADAPTER_SUFFIX = "_adapter"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    base: str  # a base model's name, or "run:<name>" to start from another run (multi-stage)
+    recipe_path: str
+    recipe: Recipe = field(hash=False)
+    sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
+
+    @property
+    def method(self) -> str:
+        """'full', 'lora' or 'qlora'."""
+        return self.recipe.method
+
+    @property
+    def parent_run(self) -> str | None:
+        """The run this one starts from, for multi-stage training."""
+        return self.base[len(RUN_PREFIX) :] if self.base.startswith(RUN_PREFIX) else None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: str
+    config: BenchmarkSuite = field(hash=False)
+
+
+@dataclass
+class Experiment:
+    name: str
+    base_models: dict[str, BaseModel]
+    runs: dict[str, Run]
+    benchmarks: dict[str, Benchmark]
+    evaluate_base: bool = True
+    evaluate_adapters: bool = False
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
+
+    def root_base(self, run: str) -> str:
+        """The base model at the start of a run's (possibly multi-stage) chain."""
+        while (parent := self.runs[run].parent_run) is not None:
+            run = parent
+        return self.runs[run].base
+
+    @property
+    def adapter_models(self) -> dict[str, str]:
+        """``<run>_adapter`` -> run, for the LoRA/QLoRA runs evaluated unmerged (``evaluate_adapters``)."""
+        if not self.evaluate_adapters:
+            return {}
+        return {f"{name}{ADAPTER_SUFFIX}": name for name, run in self.runs.items() if run.method != "full"}
+
+    @property
+    def evaluated_models(self) -> list[str]:
+        """Names of every model that gets evaluated: the bases (if enabled), the runs, the unmerged adapters."""
+        bases = list(self.base_models) if self.evaluate_base else []
+        return bases + list(self.runs) + list(self.adapter_models)

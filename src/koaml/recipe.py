@@ -1,0 +1,237 @@
+"""Training recipes and benchmark suites, validated once into read-only objects with their derived facts.
+
+A :class:`Recipe` (or :class:`BenchmarkSuite`) reads like the YAML it came from (``recipe["training"]["seed"]``)
+and cannot be changed in place; facts derived from several keys (the training method, whether the data is
+local, the trackers, ...) are properties here and nowhere else. ``results/runs/<run>/config.yaml`` holds a
+recipe's :meth:`Recipe.as_dict`, which :func:`read_recipe` turns back into the same object in a job.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from koaml.configfiles import (
+    ConfigError,
+    canonical,
+    deep_merge,
+    fill_defaults,
+    load_yaml,
+    raise_if_problems,
+    schema,
+    validate,
+    warn_ignored,
+)
+from koaml.io import config_hash
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets loader
+
+
+def training_method(peft: Mapping) -> str:
+    """'full', 'lora' or 'qlora' from a recipe's ``peft`` section."""
+    return "full" if peft["type"] == "none" else peft["type"]
+
+
+def is_local_dataset(dataset_name: str) -> bool:
+    """True when ``dataset_name`` names a local file rather than a hub dataset ID."""
+    return Path(dataset_name).suffix in LOCAL_SUFFIXES or Path(dataset_name).exists()
+
+
+class _Settings(Mapping):
+    """A validated config as a read-only mapping of its top-level sections."""
+
+    def __init__(self, settings: dict, source: str | Path):
+        self._settings = settings
+        self.source = str(source)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings)
+
+    def __len__(self) -> int:
+        return len(self._settings)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    __hash__ = None  # type: ignore[assignment]  (equal configs compare equal; use config_hash to key them)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} is read-only; use replace()")
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source})"
+
+    def as_dict(self) -> dict:
+        """The settings as a plain dict (keys sorted): what is written to YAML and hashed."""
+        return copy.deepcopy(self._settings)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self._settings)
+
+    def replace(self, **sections: Any):
+        """A copy with whole sections replaced (no validation: for tests and estimates)."""
+        return type(self)(canonical({**self.as_dict(), **sections}), self.source)
+
+
+yaml.SafeDumper.add_multi_representer(_Settings, lambda dumper, s: dumper.represent_dict(s.as_dict()))
+
+
+class Recipe(_Settings):
+    """A training recipe: ``model``, ``data``, ``training`` and ``peft`` sections, defaults filled in."""
+
+    @property
+    def method(self) -> str:
+        """'full', 'lora' or 'qlora'."""
+        return training_method(self["peft"])
+
+    @property
+    def quantized(self) -> bool:
+        """True for QLoRA: the base model is loaded in 4 bits."""
+        return self.method == "qlora"
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention kernel the recipe asks for (``koaml.modeling`` falls back to sdpa where it cannot run)."""
+        return self["model"]["attn_implementation"]
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self["model"].get("trust_remote_code", False))
+
+    @property
+    def packing(self) -> bool | str:
+        """The packing setting: True, False or 'auto' (decided at train time by ``koaml.packing.decide``)."""
+        return self["training"]["packing"]
+
+    @property
+    def report_to(self) -> list[str]:
+        """The trackers asked for (``koaml.train.tracking`` drops W&B without an API key)."""
+        return list(self["training"]["report_to"] or [])
+
+    @property
+    def datasets(self) -> dict[str, dict]:
+        """The dataset specs by key (``train_dataset``, and ``eval_dataset`` if given)."""
+        data = self["data"]
+        return {key: data[key] for key in ("train_dataset", "eval_dataset") if data.get(key)}
+
+    @property
+    def local_data_files(self) -> list[str]:
+        """The local files among the datasets (editing one reruns the run)."""
+        return [s["dataset_name"] for s in self.datasets.values() if is_local_dataset(s["dataset_name"])]
+
+    @property
+    def hub_datasets(self) -> list[dict]:
+        """The dataset specs that name hub datasets."""
+        return [s for s in self.datasets.values() if not is_local_dataset(s["dataset_name"])]
+
+
+def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
+    """Settings that cannot all hold. ``given`` is the recipe file ``raw`` with the run's overrides,
+    before defaults, so that a default never counts as a setting the user chose."""
+    problems = []
+    peft, training, data = recipe["peft"], recipe["training"], recipe["data"]
+    lora_keys = ", ".join(f"peft.{k}" for k in sorted(given.get("peft", {})) if k != "type")
+    if lora_keys and peft["type"] == "none":
+        problems.append(
+            f"{lora_keys}: LoRA settings, but peft.type is none (full fine-tuning); "
+            "remove the peft section or set peft.type: lora|qlora"
+        )
+    elif lora_keys and "peft" not in raw and "type" not in given["peft"]:
+        problems.append(
+            f"{lora_keys}: overrides on a full fine-tuning recipe (no peft section) would silently make it LoRA; "
+            "set peft.type: lora|qlora in the overrides too, or drop them"
+        )
+    if peft["type"] == "qlora":
+        for key in ("fsdp", "deepspeed"):
+            if training[key]:
+                problems.append(
+                    f"training.{key}: not supported with peft.type qlora (its 4-bit base is loaded whole on one GPU); "
+                    f"use peft.type lora, or remove training.{key}"
+                )
+    if training["fsdp"] and training["deepspeed"]:
+        problems.append("training.deepspeed: cannot be combined with training.fsdp; choose one")
+    if "warmup_steps" in given.get("training", {}) and training["warmup_ratio"] > 0:
+        problems.append(
+            "training.warmup_steps: given together with training.warmup_ratio; set only one "
+            "(warmup_ratio: 0 to count warmup in steps)"
+        )
+    if data.get("eval_dataset") and data["eval_fraction"] > 0:
+        problems.append("data.eval_fraction: has no effect when data.eval_dataset is given; remove one of them")
+    if training["eval_steps"] and not data.get("eval_dataset") and data["eval_fraction"] == 0:
+        problems.append(
+            "training.eval_steps: there is no eval data (data.eval_fraction is 0 and no data.eval_dataset); "
+            "remove eval_steps or add eval data"
+        )
+    return problems
+
+
+class BenchmarkSuite(_Settings):
+    """A benchmark suite: ``model``, ``generation``, ``tasks`` and the lm-eval options, defaults filled in."""
+
+    @property
+    def task_names(self) -> list[str]:
+        """The lm-eval task (or group) names, in order."""
+        return [task["task"] for task in self["tasks"]]
+
+    @property
+    def local_task_files(self) -> list[str]:
+        """The YAML files of the suite's local lm-eval tasks (``include_path``): editing one reruns the suite."""
+        task_dir = self.get("include_path")
+        return sorted(str(p) for p in Path(task_dir).rglob("*.yaml")) if task_dir else []
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """The recipe file ``path`` with run overrides applied, validated, defaults filled in."""
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model / data / training / peft sections")
+    merged = deep_merge(raw, overrides or {})
+    source = f"{path} (with run overrides)" if overrides else str(path)
+    validate(merged, "recipe", source)
+    warn_ignored(raw, "recipe", path)
+    warn_ignored(overrides, "recipe", source)
+    recipe = fill_defaults(merged, schema("recipe"))
+    raise_if_problems("recipe", source, _contradictions(raw, merged, recipe))
+    deepspeed = recipe["training"].get("deepspeed")
+    if deepspeed and not Path(deepspeed).is_file():
+        raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")
+    if recipe["peft"]["type"] == "none":
+        recipe["peft"] = {"type": "none"}
+    return Recipe(canonical(recipe), source)
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """A resolved recipe written by the workflow (``results/runs/<run>/config.yaml``), checked against the schema."""
+    settings = load_yaml(path)
+    validate(settings, "recipe", path)
+    return Recipe(canonical(settings), path)
+
+
+def load_benchmark(path: str | Path, overrides: dict | None = None) -> BenchmarkSuite:
+    """The benchmark file ``path`` with overrides applied, validated, defaults filled in."""
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model / generation / tasks sections")
+    merged = deep_merge(raw, overrides or {})
+    source = f"{path} (with overrides)" if overrides else str(path)
+    validate(merged, "benchmark", source)
+    warn_ignored(raw, "benchmark", path)
+    warn_ignored(overrides, "benchmark", source)
+    bench = fill_defaults(merged, schema("benchmark"))
+    if bench["generation"]["fewshot_as_multiturn"] and not bench["generation"]["apply_chat_template"]:
+        raise_if_problems(
+            "benchmark", source, ["generation.fewshot_as_multiturn: needs generation.apply_chat_template: true"]
+        )
+    task_schema = schema("benchmark")["properties"]["tasks"]["items"]
+    bench["tasks"] = [fill_defaults(t, task_schema) for t in bench["tasks"]]
+    return BenchmarkSuite(canonical(bench), source)
