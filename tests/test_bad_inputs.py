@@ -31,10 +31,10 @@ PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"
 @dataclass(frozen=True)
 class Bad:
     """A bad input: ``changes`` maps files of the demo workflow to a dict merged into the YAML, a
-    function that edits the parsed YAML in place, or the file's new text."""
+    function that edits the parsed YAML in place, or the file's new text (or bytes)."""
 
     id: str
-    changes: dict[str, dict | Callable[[Any], None] | str]
+    changes: dict[str, dict | Callable[[Any], None] | str | bytes]
     message: str
 
 
@@ -60,6 +60,20 @@ def _misspell_recipe_key(c):
 
 def _drop_train_dataset(r):
     del r["data"]["train_dataset"]
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 9**levels values ("billion laughs"), as the value of key ``bomb``."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nbomb: *l{levels - 1}\n"
+
+
+def _sweep_10000(c):
+    c["runs"]["tiny-lora"]["sweep"] = {f"training.{k}": list(range(1, 11)) for k in ("seed", "max_steps")} | {
+        "peft.lora_r": list(range(1, 11)),
+        "peft.lora_alpha": list(range(1, 11)),
+    }
 
 
 CASES = [
@@ -240,6 +254,44 @@ CASES = [
         },
         f"{CONFIG}: benchmarks: file name 'demo arith': expected letters, digits",
     ),
+    # parsing never hangs and never traces back
+    Bad(
+        "experiment-alias-bomb",
+        {CONFIG: sed(CONFIG, "\nexperiment:", "\n" + alias_bomb() + "experiment:")},
+        f"{CONFIG}: its aliases (&name / *name) expand to more than 100,000 values",
+    ),
+    Bad(
+        "recipe-alias-bomb",
+        {LORA: sed(LORA, "\nmodel:", "\n" + alias_bomb() + "model:")},
+        f"{LORA}: its aliases (&name / *name) expand to more than 100,000 values",
+    ),
+    Bad(
+        "benchmark-alias-bomb",
+        {MC: sed(MC, "\ntasks:", "\n" + alias_bomb() + "tasks:")},
+        f"{MC}: its aliases (&name / *name) expand to more than 100,000 values",
+    ),
+    Bad(
+        "yaml-nested-too-deep",
+        {LORA: "a: " + "[" * 50_000 + "]" * 50_000 + "\n"},
+        f"{LORA}: not valid YAML: nested too deeply",
+    ),
+    Bad(
+        "sweep-too-large",
+        {CONFIG: _sweep_10000},
+        f"{CONFIG}: the experiment makes 10,002 runs (runs.tiny-lora: 10 x 10 x 10 x 10 = 10,000), about 60,012 jobs "
+        "(4 per run to train it, plus 2 per run to evaluate it); more than max_runs: 256. Shrink the sweep, or "
+        "raise max_runs in the experiment file if you mean it",
+    ),
+    Bad(
+        "run-name-too-long",
+        {CONFIG: lambda c: c["runs"].update({"r" * 101: c["runs"].pop("tiny-lora")})},
+        f"{CONFIG}: runs: '{'r' * 40}...' has 101 characters; at most 100",
+    ),
+    Bad(
+        "run-name-periodic",
+        {CONFIG: lambda c: c["runs"].update({"run-" + "ab" * 20: c["runs"].pop("tiny-lora")})},
+        f"{CONFIG}: runs.run-{'ab' * 20}: the name 'run-{'ab' * 20}' ends in 'ab' repeated 20 times, which Snakemake refuses",
+    ),
     # recipes: config/recipes/*.yaml, and run overrides
     Bad("recipe-not-yaml", {LORA: "data:\n  train_dataset: [unclosed\n"}, f"{LORA}:3: not valid YAML"),
     Bad(
@@ -255,7 +307,7 @@ CASES = [
     Bad(
         "recipe-out-of-range",
         {LORA: {"peft": {"lora_dropout": 1.5}}},
-        f"{LORA}: peft.lora_dropout: 1.5 is greater than the maximum of 1",
+        f"{LORA}: peft.lora_dropout: 1.5 is greater than or equal to the maximum of 1",
     ),
     Bad("recipe-missing-key", {LORA: _drop_train_dataset}, f"{LORA}: data: 'train_dataset' is a required property"),
     Bad(
@@ -338,6 +390,21 @@ CASES = [
         {LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/train.jsonl"}}}},
         f"{LORA}: data.train_dataset.dataset_name: resources/demo/data/train.jsonl: file not found",
     ),
+    Bad(
+        "learning-rate-nan",
+        {LORA: sed(LORA, "learning_rate: 5.0e-03", "learning_rate: .nan")},
+        f"{LORA}: training.learning_rate: nan is not a finite number",
+    ),
+    Bad(
+        "optimizer-typo",
+        {LORA: {"training": {"optim": "adamw_trch"}}},
+        f"{LORA}: training.optim: 'adamw_trch' is not an optimizer of the installed transformers; did you mean 'adamw_torch'?",
+    ),
+    Bad(
+        "lora-dropout-one",
+        {LORA: {"peft": {"lora_dropout": 1.0}}},
+        f"{LORA}: peft.lora_dropout: 1.0 is greater than or equal to the maximum of 1",
+    ),
     # benchmarks: config/benchmarks/*.yaml
     Bad(
         "benchmark-unknown-key",
@@ -370,6 +437,16 @@ CASES = [
         {MC: {"generation": {"fewshot_as_multiturn": True}}},
         f"{MC}: generation.fewshot_as_multiturn: needs generation.apply_chat_template: true",
     ),
+    Bad(
+        "custom-task-data-missing",
+        {
+            "resources/demo/tasks/demo_arith_mc.yaml": sed(
+                "resources/demo/tasks/demo_arith_mc.yaml", "arith_test.jsonl", "arith_tset.jsonl"
+            )
+        },
+        f"{MC}: tasks.0.task: 'demo_arith_mc' reads resources/demo/data/arith_tset.jsonl: file not found "
+        "(dataset_kwargs.data_files in resources/demo/tasks/demo_arith_mc.yaml; relative paths start at the workflow folder)",
+    ),
     # offline (HF_HUB_OFFLINE=1, as tests/conftest.py sets it): hub models and datasets must be in the cache
     Bad(
         "hub-model-not-cached-offline",
@@ -381,7 +458,46 @@ CASES = [
         {LORA: {"data": {"train_dataset": {"dataset_name": "koaml-test/not-cached"}}}},
         f"{LORA}: data.train_dataset.dataset_name: koaml-test/not-cached: dataset not in the Hugging Face cache",
     ),
-    # data: local JSONL files, checked (first rows) when the workflow is parsed
+    # data: local files, checked when the workflow is parsed
+    Bad(
+        "data-unknown-file-type",
+        {
+            "resources/demo/data/arith_train.txt": PROMPT,
+            LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/arith_train.txt"}}},
+        },
+        f"{LORA}: data.train_dataset.dataset_name: resources/demo/data/arith_train.txt: unknown file type '.txt'; expected .jsonl, .json, .csv, .parquet",
+    ),
+    Bad(
+        "data-content-not-parquet",
+        {
+            "resources/demo/data/train.parquet": PROMPT,
+            LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/train.parquet"}}},
+        },
+        f"{LORA}: data.train_dataset.dataset_name: resources/demo/data/train.parquet: not a Parquet file (its content looks like JSON)",
+    ),
+    Bad(
+        "data-is-a-folder",
+        {LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data"}}}},
+        f"{LORA}: data.train_dataset.dataset_name: resources/demo/data: a folder; expected a data file (.jsonl, .json, .csv, .parquet)",
+    ),
+    Bad(
+        "data-not-utf8",
+        {DATA: (PROMPT + '{"prompt": "Question: caf\xe9?", "completion": " 2"}\n').encode("latin-1")},
+        f"{DATA}:2: not UTF-8 text (byte 0xe9 at offset 96); save the file as UTF-8",
+    ),
+    Bad(
+        "data-csv-not-utf8",
+        {
+            "resources/demo/data/train.csv": "prompt,completion\ncaf\xe9,1\n".encode("latin-1"),
+            LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/train.csv"}}},
+        },
+        "resources/demo/data/train.csv:2: not UTF-8 text (byte 0xe9 at offset 21); save the file as UTF-8",
+    ),
+    Bad(
+        "data-bad-row-after-1000",
+        {DATA: PROMPT * 1500 + '{"prompt": "Question: 2 plus 2?"}\n'},
+        f"{DATA}:1501: missing 'completion' (the first row is in prompt_completion format)",
+    ),
     Bad(
         "malformed-jsonl",
         {DATA: PROMPT + '{"prompt": "Question: 2 plus 2?", completion: " 4"}\n'},
@@ -423,6 +539,9 @@ CASES = [
 def apply(workdir, changes: dict) -> None:
     for name, change in changes.items():
         path = workdir / name
+        if isinstance(change, bytes):
+            path.write_bytes(change)
+            continue
         if isinstance(change, str):
             path.write_text(change)
             continue
@@ -553,3 +672,82 @@ def test_every_case_is_documented():
         assert message.replace("|", "\\|") in rows[case.id], (
             f"docs/errors.md: {case.id}: the message is not {message!r}"
         )
+
+
+def test_unbalanced_brace_on_the_command_line(workflow_dir):
+    proc = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 3}", check=False)
+    assert proc.returncode != 0 and planned_jobs(proc.stdout) == []
+    assert (
+        "recipe_overrides: '{training: {max_steps: 3}': not valid YAML (expected ',' or '}', but got '<stream end>'); "
+        "a --config value that starts with { or [ is read as a YAML mapping or list" in proc.stdout
+    )
+
+
+def test_alias_bomb_on_the_command_line_fails_fast():
+    from koaml.configfiles import typed
+
+    bomb = "{" + alias_bomb().replace("\n", ", ").rstrip(", ") + "}"
+    with pytest.raises(ConfigError, match=r"recipe_overrides: its aliases .* expand to more than 100,000 values"):
+        typed(bomb, "recipe_overrides")
+
+
+def local_base(tmp_path, tiny_model, **recipe_overrides) -> dict:
+    """The demo experiment with the built tiny model as a local base and one LoRA run with overrides."""
+    config = load_yaml(REPO / CONFIG)
+    config["base_models"] = {"tiny": {"model_name": str(tiny_model)}}
+    config["runs"] = {"tiny-lora": {"base": "tiny", "recipe": LORA, "overrides": recipe_overrides}}
+    return config
+
+
+MODEL_MISMATCHES = [
+    (
+        {"peft": {"lora_target_modules": ["q_prj", "v_proj"]}},
+        "peft.lora_target_modules: 'q_prj': no such linear module in {model} (it has: down_proj, embed_tokens, "
+        "gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj; or use all-linear)",
+    ),
+    (
+        {"model": {"model_max_length": 4096}},
+        "model.model_max_length: 4096 is beyond {model}'s position limit (max_position_embeddings: 256); "
+        "set model_max_length to 256 or less",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), MODEL_MISMATCHES, ids=["lora-target-typo", "beyond-positions"])
+def test_recipe_checked_against_a_local_model_when_parsed(overrides, message, tmp_path, tiny_model, monkeypatch):
+    from koaml.config import load_experiment
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as error:
+        load_experiment(local_base(tmp_path, tiny_model, **overrides), CONFIG)
+    assert f"{LORA} (run tiny-lora): {message.format(model=tiny_model)}" in str(error.value)
+
+
+@pytest.mark.parametrize(("overrides", "message"), MODEL_MISMATCHES, ids=["lora-target-typo", "beyond-positions"])
+def test_recipe_checked_by_prepare_data_against_a_model_built_by_the_workflow(overrides, message, tmp_path, tiny_model):
+    """A model the workflow builds (tiny, GGUF) is not there when the workflow is parsed: the prepare_data job,
+    on a CPU, checks the recipe against it before any GPU job."""
+    from koaml.io import write_yaml
+
+    config = tmp_path / "config.yaml"
+    write_yaml(
+        config, load_recipe(REPO / LORA, {**overrides, "data": {"train_dataset": {"dataset_name": str(REPO / DATA)}}})
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "koaml.cli",
+            "prepare-data",
+            "--config",
+            str(config),
+            "--tokenizer",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and f"{config}: {message.format(model=tiny_model)}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()

@@ -169,3 +169,23 @@ def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
     assert not (workflow_dir / "results/runs").exists()
     page = (workflow_dir / "results/report/index.html").read_text()
     assert "wide" in page and "small" in page
+
+
+def test_jobs_run_without_the_venv_on_path(workflow_dir):
+    """`.venv/bin/snakemake` without activating the venv: jobs still find the `koaml` command."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    proc = subprocess.run(
+        [f"{venv_bin}/snakemake", "--cores", "1", "results/base/tiny/model"],
+        cwd=workflow_dir,
+        env=dict(os.environ, PATH=path),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (workflow_dir / "results/base/tiny/model/config.json").is_file()

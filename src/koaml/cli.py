@@ -27,8 +27,11 @@ def _convert_gguf(a):
 def _prepare_data(a):
     from koaml.data import prepare
     from koaml.recipe import read_recipe
+    from koaml.shapes import check_recipe_fits_model
 
-    stats = prepare(read_recipe(a.config), a.tokenizer, a.out)
+    recipe = read_recipe(a.config)
+    check_recipe_fits_model(recipe, a.tokenizer, a.config)  # a model the workflow built only now
+    stats = prepare(recipe, a.tokenizer, a.out)
     logging.info("prepared %s", stats)
 
 

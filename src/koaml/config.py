@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from koaml.experiment import MODEL_SOURCES, RUN_PREFIX, BaseModel, Benchmark, Ex
 from koaml.fetch import check_cached
 from koaml.gguf import check as check_gguf
 from koaml.recipe import load_benchmark, load_recipe
+from koaml.shapes import check_recipe_fits_model
 from koaml.tasks import check_benchmark
 
 
@@ -51,6 +53,44 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
             suffix.append(f"{key.rsplit('.', 1)[-1]}{slug(str(value))}")
         runs[f"{name}_{'_'.join(suffix)}"] = point
     return runs
+
+
+_TYPED = ("boolean", "integer", "number", "object")  # top-level keys whose --config strings are read as YAML
+_NAME = schema("experiment")["$defs"]["name"]
+NAME_PATTERN = _NAME["pattern"].strip("^$")  # what every model name matches
+MAX_NAME_LENGTH = _NAME["maxLength"]  # names become file names and SLURM job names
+# Snakemake refuses a wildcard value that ends in one substring repeated 20 times or more (it takes it for
+# a rule matching its own output); the same pattern as snakemake.io.PeriodicityDetector.
+_PERIODIC = re.compile(r"(.+)\1{19,99}$")
+
+
+def _check_name(name: str, key: str, source: str) -> None:
+    """A model name must fit a file name and must not look periodic to Snakemake."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{source}: {key}: '{name[:40]}...' has {len(name)} characters; at most {MAX_NAME_LENGTH}")
+    if match := _PERIODIC.search(name):
+        raise ConfigError(
+            f"{source}: {key}: the name '{name}' ends in '{match.group(1)}' repeated {len(match.group(0)) // len(match.group(1))} "
+            "times, which Snakemake refuses (it looks like a rule matching its own output); choose another name"
+        )
+
+
+def _check_grid_size(runs: dict, max_runs: int, n_benchmarks: int, source: str) -> None:
+    """Refuse sweeps that make more than ``max_runs`` runs in all, before expanding them."""
+    sizes = {name: math.prod(len(v) for v in (spec.get("sweep") or {}).values()) for name, spec in runs.items()}
+    total = sum(sizes.values())
+    if total > max_runs:
+        grids = ", ".join(
+            f"runs.{name}: {' x '.join(str(len(v)) for v in runs[name]['sweep'].values())} = {n:,}"
+            for name, n in sizes.items()
+            if runs[name].get("sweep")
+        )
+        jobs = total * (4 + n_benchmarks)
+        raise ConfigError(
+            f"{source}: the experiment makes {total:,} runs ({grids}), about {jobs:,} jobs (4 per run to train it, "
+            f"plus {n_benchmarks} per run to evaluate it); more than max_runs: {max_runs}. Shrink the sweep, or "
+            "raise max_runs in the experiment file if you mean it"
+        )
 
 
 def _base_model(name: str, spec: dict, source: str) -> BaseModel:
@@ -145,29 +185,31 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     for path in source.split(", "):
         if Path(path).is_file():
             load_yaml(path)
-    config = {  # `snakemake --config evaluate_base=false` passes a string
-        key: typed(value)
-        if schema("experiment")["properties"].get(key, {}).get("type") in ("boolean", "integer", "number")
-        else value
+    properties = schema("experiment")["properties"]
+    config = {  # `snakemake --config evaluate_base=false` passes a string, `--config recipe_overrides=...` YAML
+        key: typed(value, key) if properties.get(key, {}).get("type") in _TYPED else value
         for key, value in config.items()
     }
     validate(config, "experiment", source)
     config = fill_defaults(config, schema("experiment"))
-    recipe_overrides = typed(config["recipe_overrides"])
-    benchmark_overrides = typed(config["benchmark_overrides"])
+    recipe_overrides, benchmark_overrides = config["recipe_overrides"], config["benchmark_overrides"]
     bases = {name: _base_model(name, spec, source) for name, spec in config["base_models"].items()}
     bases = {name: _check_model(model) for name, model in bases.items()}
 
+    _check_grid_size(config["runs"], config["max_runs"], len(config["benchmarks"]), source)
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
         for run_name, run_spec in expand_sweep(name, spec).items():
             if run_name in specs:
                 raise ConfigError(f"{source}: runs: sweep of '{name}' makes a run name that exists already: {run_name}")
+            _check_name(run_name, f"runs.{name}" + (" (a sweep point)" if "_sweep" in run_spec else ""), source)
             specs[run_name] = run_spec
+    for name in bases:
+        _check_name(name, f"base_models.{name}", source)
 
     runs: dict[str, Run] = {}
     for name, spec in specs.items():
-        overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}))
+        overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
         recipe = load_recipe(spec["recipe"], overrides)
         base = spec.get("base")
         if base is None:
@@ -196,19 +238,23 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
 
     benchmarks: dict[str, Benchmark] = {}
-    name_rule = schema("experiment")["$defs"]["name"]
     for path in config["benchmarks"]:
         name = Path(path).stem
         if name in benchmarks:
             raise ConfigError(f"{source}: benchmarks: two files are named '{name}' ({benchmarks[name].path}, {path})")
-        if not re.match(name_rule["pattern"], name):
-            raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {name_rule['description']}")
+        if not re.match(_NAME["pattern"], name):
+            raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {_NAME['description']}")
+        _check_name(name, f"benchmarks: {path}", source)
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, benchmark_overrides))
         check_benchmark(path, benchmarks[name].config)
 
     experiment = Experiment(
         config["experiment"], bases, runs, benchmarks, config["evaluate_base"], config["evaluate_adapters"]
     )
+    for name, run in runs.items():  # where the model's files are here already; else the prepare_data job checks
+        base = bases[experiment.root_base(name)]
+        if not base.built_by_workflow or Path(base.location).is_dir():
+            check_recipe_fits_model(run.recipe, base.location, f"{run.recipe_path} (run {name})")
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
     if clash:
         raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")

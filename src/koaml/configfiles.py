@@ -12,6 +12,7 @@ import copy
 import difflib
 import json
 import logging
+import math
 import re
 from functools import cache, lru_cache
 from importlib import resources
@@ -31,9 +32,50 @@ class ConfigError(ValueError):
     """A configuration problem, found before any job starts."""
 
 
+MAX_YAML_VALUES = 100_000  # values in a config file once its aliases are expanded; real configs have < 1,000
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A document whose aliases expand beyond MAX_YAML_VALUES values (a "billion laughs")."""
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many values ``root`` holds with every alias expanded, counting up to just past ``limit``.
+
+    Aliases share nodes, so each node's size is computed once (iteratively: deep nesting is no problem),
+    however many times it is referenced."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        if children_done or not children:
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads YAML 1.2 floats such as ``3e-4`` (PyYAML reads them as strings),
-    and rejects duplicate keys (PyYAML silently keeps the last one)."""
+    rejects duplicate keys (PyYAML silently keeps the last one), and refuses documents whose aliases expand
+    to more than MAX_YAML_VALUES values before building them (copying or validating one would never end)."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise YAMLTooLarge(
+                f"its aliases (&name / *name) expand to more than {MAX_YAML_VALUES:,} values; "
+                "a config never needs that many: remove the nested aliases"
+            )
+        return self.construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -64,11 +106,24 @@ def load_yaml(path: str | Path) -> Any:
 def _parse_yaml(path: Path, mtime_ns: int) -> Any:
     """The parsed file, once per version (an experiment's runs often share one recipe)."""
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text from ``source`` (a file, or a command-line value), with errors as ConfigError naming it."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except YAMLTooLarge as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
 
 
 @cache
@@ -99,6 +154,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         )
     if error.validator == "required":
         return f"{where}: {error.message}"
+    if error.validator == "maxLength":
+        return (
+            f"{where}: '{error.instance[:40]}...' has {len(error.instance)} characters; at most {error.validator_value}"
+        )
     if error.validator == "pattern":
         return f"{where}: {error.instance!r}: expected {error.schema.get('description', 'to match ' + error.validator_value)}"
     if error.validator == "oneOf" and error.context:
@@ -120,7 +179,19 @@ def validate(data: Any, schema_name: str, source: str | Path) -> None:
     """Validate ``data`` against a schema, raising one ConfigError that lists every problem."""
     validator = jsonschema.Draft202012Validator(schema(schema_name))
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    raise_if_problems(schema_name, source, [line for e in errors for line in _describe(e).split("\n")])
+    problems = [line for e in errors for line in _describe(e).split("\n")]
+    raise_if_problems(schema_name, source, problems + _non_finite(data))
+
+
+def _non_finite(data: Any, path: tuple = ()) -> list[str]:
+    """``key: .nan is not a number`` for each NaN or infinite float (JSON schemas count them as numbers)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{_key_path(path)}: {data!r} is not a finite number"]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite(v, (*path, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, (*path, i))]
+    return []
 
 
 def warn(message: str) -> None:
@@ -194,18 +265,28 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
 
 
-def typed(value: Any) -> Any:
-    """Leaves of ``snakemake --config`` values arrive as strings: read them as YAML scalars."""
+def typed(value: Any, key: str) -> Any:
+    """Leaves of ``snakemake --config`` values (at config key ``key``) arrive as strings: read them as YAML.
+    A string that opens a YAML mapping or list (``{`` or ``[``) must be valid YAML; other strings that are
+    not stay strings."""
     if isinstance(value, dict):
-        return {k: typed(v) for k, v in value.items()}
+        return {k: typed(v, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [typed(v) for v in value]
-    if isinstance(value, str):
-        try:
-            return yaml.load(value, Loader=_Loader)
-        except yaml.YAMLError:
-            return value
-    return value
+        return [typed(v, f"{key}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.load(value, Loader=_Loader)
+    except YAMLTooLarge as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    except yaml.YAMLError as exc:
+        if value.lstrip().startswith(("{", "[")):
+            raise ConfigError(
+                f"{key}: {value!r}: not valid YAML ({getattr(exc, 'problem', exc)}); a --config value that starts "
+                "with { or [ is read as a YAML mapping or list: check its brackets, and quote the whole "
+                "key=value for the shell"
+            ) from None
+        return value
 
 
 def set_dotted(data: dict, dotted: str, value: Any) -> dict:

@@ -9,6 +9,7 @@ recipe's :meth:`Recipe.as_dict`, which :func:`read_recipe` turns back into the s
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from koaml.configfiles import (
     validate,
     warn_ignored,
 )
+from koaml.hf_facts import optimizer_names
 from koaml.io import config_hash
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets loader
@@ -164,6 +166,13 @@ def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
         problems.append(
             "training.warmup_steps: given together with training.warmup_ratio; set only one "
             "(warmup_ratio: 0 to count warmup in steps)"
+        )
+    optimizers = optimizer_names()
+    if optimizers and training["optim"] not in optimizers:
+        hint = difflib.get_close_matches(training["optim"], optimizers, n=1)
+        problems.append(
+            f"training.optim: '{training['optim']}' is not an optimizer of the installed transformers; "
+            + (f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(optimizers)}")
         )
     if data.get("eval_dataset") and data["eval_fraction"] > 0:
         problems.append("data.eval_fraction: has no effect when data.eval_dataset is given; remove one of them")

@@ -53,27 +53,101 @@ class ModelShape:
         )
 
 
-def _safetensors_numel(path: Path) -> int:
-    """Number of values stored in a safetensors file, from its JSON header alone."""
+def _safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensors of a safetensors file (name -> dtype, shape, offsets), from its JSON header alone."""
     try:
         with path.open("rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))
-        return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
+        return {name: t for name, t in header.items() if name != "__metadata__"}
+    except (OSError, struct.error, ValueError) as exc:
         raise SizingError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def _weights_param_count(folder: Path) -> int | None:
-    """Parameters in ``folder``'s safetensors weights (sharded or not); None if they are not all there."""
+def _weight_files(folder: Path) -> list[Path] | None:
+    """``folder``'s safetensors weight files (sharded or not); None if they are not all there."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     else:
         shards = [folder / "model.safetensors"]
-    if not all(shard.is_file() for shard in shards):
+    return shards if all(shard.is_file() for shard in shards) else None
+
+
+def _weights_param_count(folder: Path) -> int | None:
+    """Parameters in ``folder``'s safetensors weights; None if they are not all there."""
+    shards = _weight_files(folder)
+    if shards is None:
         return None
-    return sum(_safetensors_numel(shard) for shard in shards)
+    try:
+        return sum(math.prod(t["shape"]) for shard in shards for t in _safetensors_header(shard).values())
+    except (KeyError, TypeError) as exc:
+        raise SizingError(f"{folder}: unreadable safetensors header ({exc})") from None
+
+
+def readable_model_folder(model: str) -> Path | None:
+    """Where ``model``'s config.json and weights can be read now without a download: the local folder, or the
+    hub cache's snapshot; None when neither is there (a model the workflow has yet to build, an uncached ID)."""
+    folder = Path(model).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.exists() or model.count("/") > 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+@cache
+def matrix_module_names(folder: Path) -> frozenset[str] | None:
+    """The modules with a 2-D weight (linear layers and embeddings, what LoRA adapts), such as
+    ``model.layers.0.self_attn.q_proj``, from the safetensors headers in ``folder``; None if the weights are
+    not all there."""
+    shards = _weight_files(folder)
+    if shards is None:
+        return None
+    return frozenset(
+        name.removesuffix(".weight")
+        for shard in shards
+        for name, tensor in _safetensors_header(shard).items()
+        if name.endswith(".weight") and len(tensor.get("shape", ())) == 2
+    )
+
+
+def check_recipe_fits_model(recipe, model: str, where: str) -> None:
+    """Raise ConfigError when ``recipe`` asks what ``model`` cannot do: LoRA target modules it does not have,
+    or ``model.model_max_length`` beyond its position limit. Checked where the model's files can be read (a
+    local folder, the hub cache); ``where`` names the recipe in messages."""
+    folder = readable_model_folder(model)
+    if folder is None:
+        return
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    limit_key = next((k for k in POSITION_LIMIT_KEYS if isinstance(config.get(k), int)), None)
+    length = recipe["model"]["model_max_length"]
+    if limit_key and length > config[limit_key]:
+        raise ConfigError(
+            f"{where}: model.model_max_length: {length} is beyond {model}'s position limit "
+            f"({limit_key}: {config[limit_key]}); set model_max_length to {config[limit_key]} or less"
+        )
+    targets = recipe["peft"].get("lora_target_modules")
+    if recipe["peft"]["type"] == "none" or not isinstance(targets, list):
+        return
+    modules = matrix_module_names(folder)
+    if modules is None:
+        return
+    if config.get("tie_word_embeddings"):
+        modules |= {"lm_head"}  # tied to the input embeddings: not stored, but a module all the same
+    missing = [t for t in targets if not any(m == t or m.endswith(f".{t}") for m in modules)]
+    if missing:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+        raise ConfigError(
+            f"{where}: peft.lora_target_modules: {', '.join(map(repr, missing))}: no such linear module in {model} "
+            f"(it has: {', '.join(leaves)}; or use all-linear)"
+        )
+
+
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def _hub_config(model: str) -> Path:

@@ -16,6 +16,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+import yaml
+
 from koaml.configfiles import ConfigError
 from koaml.io import write_json
 
@@ -65,6 +67,32 @@ def _index(path: Path, include_path: str | None) -> dict[str, dict]:
     return index
 
 
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAML, whose ``!function`` tags name Python code: kept as strings, never run."""
+
+
+_TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def missing_data_files(entry: dict) -> list[str]:
+    """The local data files a custom task reads (``dataset_kwargs.data_files``) that do not exist."""
+    if entry["kind"] != "task" or not entry["yaml_path"]:
+        return []
+    try:
+        task = yaml.load(Path(entry["yaml_path"]).read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # lm-eval reports what it cannot read
+    files = (task.get("dataset_kwargs") or {}).get("data_files") or []
+    if isinstance(files, dict):
+        files = list(files.values())
+    names = [
+        f
+        for item in ([files] if isinstance(files, str) else files)
+        for f in ([item] if isinstance(item, str) else item)
+    ]
+    return [f for f in names if "://" not in f and not any(ch in f for ch in "*?[") and not Path(f).exists()]
+
+
 def executes_code(entry: dict) -> bool:
     """True when a task runs model-written code (``unsafe_code: true``); for a group or tag, when
     any task in its folder does."""
@@ -102,6 +130,11 @@ def check_benchmark(path: str, config: dict) -> None:
             hint = suggest(name, list(index))
             suggestion = f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
             raise ConfigError(f"{path}: tasks.{i}.task: unknown lm-eval task '{name}'{suggestion}")
+        if config.get("include_path") and (missing := missing_data_files(index[name])):
+            raise ConfigError(
+                f"{path}: tasks.{i}.task: '{name}' reads {', '.join(missing)}: file not found "
+                f"(dataset_kwargs.data_files in {index[name]['yaml_path']}; relative paths start at the workflow folder)"
+            )
         if executes_code(index[name]) and not config.get("allow_code_execution"):
             raise ConfigError(
                 f"{path}: tasks.{i}.task: '{name}' executes code written by the model; "

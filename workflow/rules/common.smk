@@ -1,12 +1,19 @@
 # Config validation and the path helpers every rule uses. Logic lives in the koaml package.
 import logging
-import shutil
+import os
 import re
+import shlex
+import shutil
+import sys
 
-from koaml.config import load_experiment
+from koaml.config import NAME_PATTERN, load_experiment
 from koaml.configfiles import ConfigError, load_yaml
 from koaml.fetch import requirements as fetch_requirements
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
+
+# Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
+# through the shared file system, on compute nodes), whether or not that venv is activated.
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
 # koaml's warnings (config keys the workflow ignores) on stderr, marked as ours, once.
 _koaml_log = logging.getLogger("koaml")
@@ -27,10 +34,12 @@ def _alternation(names):
     return "|".join(map(re.escape, sorted(names))) or "(?!)"
 
 
+# Runs and models by the pattern every name follows, not by listing them: Snakemake applies these regexes
+# to every path of every job, and a sweep's 1,000 names made that the slowest part of planning.
 wildcard_constraints:
     base=_alternation(EXP.base_models),
-    run=_alternation(EXP.runs),
-    model=_alternation(EXP.evaluated_models),
+    run=NAME_PATTERN,
+    model=NAME_PATTERN,
     bench=_alternation(EXP.benchmarks),
 
 
