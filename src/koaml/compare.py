@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from koaml.evaluate import metric_rows
+from koaml.integrity import damage
 from koaml.io import write_text_atomic
 from koaml.stats import paired
 
@@ -50,8 +51,24 @@ def scores(location: str | Path | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*KEYS, "score", "stderr", "n"])
 
 
+def problem(location: str | Path | None) -> str | None:
+    """Why an evaluation's results cannot be used (``<file>: what is wrong``), or None: files changed or
+    deleted since the evaluation wrote them (``koaml.integrity``), or results that are not valid JSON."""
+    if location is None:
+        return None
+    if why := damage(location, thorough=True):
+        return f"{location}: {why}"
+    path = results_file(location)
+    try:
+        if path is not None:
+            json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"{path}: not valid JSON ({exc})"
+    return None
+
+
 def _paired_columns(row, run_location, base_location) -> dict:
-    if base_location is None or pd.isna(row.base_score):
+    if base_location is None or pd.isna(row.base_score) or pd.isna(row.score):
         return {}
     base = sample_scores(base_location, row.task, row.metric, row["filter"])
     tuned = sample_scores(run_location, row.task, row.metric, row["filter"])
@@ -71,7 +88,12 @@ def _paired_columns(row, run_location, base_location) -> dict:
 def compare(
     run_location, base_location, run: str = "fine-tuned", base_model: str = "base", benchmark: str = ""
 ) -> pd.DataFrame:
-    """Rows comparing one evaluation with its base's on the same benchmark."""
+    """Rows comparing one evaluation with its base's on the same benchmark. Statistics come only from two
+    intact evaluations; a damaged one is shown as ``damaged``, with what is wrong, and not used."""
+    run_problem, base_problem = problem(run_location), problem(base_location)
+    problems = [why for why in (run_problem, base_problem) if why]
+    run_location = None if run_problem else run_location
+    base_location = None if base_problem else base_location
     tuned = scores(run_location)
     base = scores(base_location)[[*KEYS, "score", "stderr"]].rename(
         columns={"score": "base_score", "stderr": "base_stderr"}
@@ -85,9 +107,12 @@ def compare(
     stats = [_paired_columns(row, run_location, base_location) for _, row in table.iterrows()]
     table = pd.concat([table.reset_index(drop=True), pd.DataFrame(stats, index=table.index)], axis=1)
     table["status"] = [
-        "missing" if pd.isna(row.score) else ("no base" if pd.isna(row.base_score) else "ok")
+        "damaged"
+        if problems
+        else ("missing" if pd.isna(row.score) else ("no base" if pd.isna(row.base_score) else "ok"))
         for _, row in table.iterrows()
     ]
+    table["reason"] = "; ".join(problems) or None
     table["run"], table["base_model"], table["benchmark"], table["complete"] = run, base_model, benchmark, True
     return table.reindex(columns=COLUMNS)
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from koaml.configfiles import ConfigError
+from koaml.integrity import mark_complete
 from koaml.io import atomic_dir, write_json
 from koaml.modeling import device
 from koaml.recipe import load_benchmark
@@ -192,6 +193,7 @@ def evaluate(
             with open(tmp / f"samples_{task_name}.jsonl", "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, default=handle_non_serializable) + "\n")
+        mark_complete(tmp)
     return merged
 
 

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from koaml.recipe import BenchmarkSuite, Recipe
 
+
+def evaluation_dir(model: str, bench: str) -> str:
+    """Where the evaluation of ``model`` on the benchmark suite ``bench`` is written."""
+    return f"results/eval/{model}/{bench}"
+
+
 MODEL_SOURCES = ("model_name", "build", "gguf")
 
 

@@ -17,9 +17,10 @@ from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
-from koaml.experiment import Experiment
+from koaml.experiment import Experiment, evaluation_dir
+from koaml.integrity import damage
 
-STATES = ("done", "running", "queued", "failed", "pending", "not planned")
+STATES = ("done", "running", "queued", "failed", "damaged", "pending", "not planned")
 LOG_TAIL = 3
 
 
@@ -70,7 +71,7 @@ def plan(exp: Experiment) -> list[Step]:
                     f"eval {bench}",
                     "evaluate",
                     (model, bench),
-                    f"results/eval/{model}/{bench}",
+                    evaluation_dir(model, bench),
                     f"logs/evaluate/{model}/{bench}.log",
                 )
             )
@@ -152,6 +153,8 @@ def status(exp: Experiment, workdir: str | Path = ".") -> list[Step]:
                 step.elapsed = _duration(time.time() - marker.stat().st_mtime)
             else:
                 step.detail = "killed while running (incomplete output); rerun with --rerun-incomplete"
+        elif step.rule == "evaluate" and (why := damage(output)):
+            step.state, step.detail = "damaged", f"{why}; move {step.output} away to have it re-run"
         elif output.exists():
             step.state = "done"
         elif log is not None and log.exists():

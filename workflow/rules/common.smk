@@ -7,6 +7,8 @@ import shutil
 import sys
 
 from koaml.config import NAME_PATTERN, load_experiment
+from koaml.experiment import evaluation_dir
+from koaml.integrity import check_finished_outputs
 from koaml.configfiles import ConfigError, load_yaml
 from koaml.fetch import requirements as fetch_requirements
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
@@ -26,6 +28,7 @@ if not _koaml_log.handlers:
 
 try:
     EXP = load_experiment(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+    check_finished_outputs(EXP)
 except ConfigError as error:
     raise WorkflowError(f"koa-ml: {error}") from None
 
@@ -95,10 +98,6 @@ def local_dataset_files(run):
     return EXP.runs[run].recipe.local_data_files
 
 
-def eval_dir(model, bench):
-    return f"results/eval/{model}/{bench}"
-
-
 def custom_task_files(bench):
     """The YAML files of a benchmark's local lm-eval tasks, so that editing them reruns it."""
     return EXP.benchmarks[bench].config.local_task_files
@@ -112,8 +111,8 @@ def comparison_pairs():
             "run": model,
             "base_model": reference,
             "benchmark": bench,
-            "run_results": eval_dir(model, bench),
-            "base_results": eval_dir(reference, bench) if reference in EXP.evaluated_models else None,
+            "run_results": evaluation_dir(model, bench),
+            "base_results": evaluation_dir(reference, bench) if reference in EXP.evaluated_models else None,
         }
         for reference, model in EXP.comparisons
         for bench in EXP.benchmarks

@@ -1,10 +1,11 @@
 rule compare:
-    """Base-vs-fine-tuned tables: results/compare/summary.csv and summary.md."""
+    """Base-vs-fine-tuned tables: results/compare/summary.csv and summary.md (update(): a failing rerun gives
+    the last good tables back instead of deleting them)."""
     input:
-        [eval_dir(model, bench) for model in EXP.evaluated_models for bench in EXP.benchmarks],
+        [evaluation_dir(model, bench) for model in EXP.evaluated_models for bench in EXP.benchmarks],
     output:
-        csv=report("results/compare/summary.csv", caption="../report/summary.rst", category="Comparison"),
-        md="results/compare/summary.md",
+        csv=update(report("results/compare/summary.csv", caption="../report/summary.rst", category="Comparison")),
+        md=update("results/compare/summary.md"),
     log:
         "logs/compare.log",
     localrule: True
@@ -21,7 +22,7 @@ rule report:
         trained=[f"results/runs/{run}/trained" for run in EXP.runs],
         configs=[f"results/runs/{run}/config.yaml" for run in EXP.runs],
     output:
-        html="results/report/index.html",
+        html=update("results/report/index.html"),
         plots=report(
             directory("results/report/plots"), patterns=["{name}.png"], caption="../report/plots.rst", category="Plots"
         ),
