@@ -70,9 +70,14 @@ def test_partition_file_and_gpu_table_agree():
 
 
 def test_doctor_accepts_the_koa_profile(local_slurm, tmp_path):
-    proc = doctor(REPO, koa_env(local_slurm, HF_HOME=str(tmp_path / "hf")))
+    """With job status from squeue, as on any cluster without an accounting database (this one)."""
+    workdir = copy_workflow(tmp_path)
+    profile_file = workdir / "profiles/koa/config.v8+.yaml"
+    profile_file.write_text(profile_file.read_text() + "slurm-status-command: squeue\n")
+    proc = doctor(workdir, koa_env(local_slurm, HF_HOME=str(tmp_path / "hf")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok    partition 'gpu' exists with GPU types" in proc.stdout
+    assert "ok    job status from squeue (slurm-status-command: squeue)" in proc.stdout
     assert f"ok    Hugging Face cache {tmp_path / 'hf'} is writable" in proc.stdout
 
 
@@ -103,11 +108,14 @@ def test_doctor_rejects_what_the_cluster_cannot_run(local_slurm, tmp_path):
         "slurm_account '$SLURM_ACCOUNT' is not set: export SLURM_ACCOUNT=",
         f"Hugging Face cache {hf_home} is not a writable folder",
         "partition(s) kill-shared are preemptible: set slurm-requeue: true",
+        "job status: the profile asks sacct, but this cluster keeps no accounting (AccountingStorageType="
+        "accounting_storage/none): sacct never reports a job and the workflow would wait forever; add "
+        "`slurm-status-command: squeue` to profiles/koa/config.v8+.yaml",
     ]
     assert len(failures) == len(expected), proc.stdout
     for fragment in expected:
         assert any(fragment in line for line in failures), (fragment, proc.stdout)
-    assert "6 check(s) failed for profile profiles/koa" in proc.stderr
+    assert "7 check(s) failed for profile profiles/koa" in proc.stderr
 
 
 def test_controller_job_runs_snakemake_with_the_profile(local_slurm, tmp_path):

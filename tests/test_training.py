@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from koaml.data import prepare
-from koaml.io import config_hash, write_yaml
+from koaml.io import write_yaml
 from koaml.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def setup_run(tmp_path, tiny_model, recipe_name="demo_full.yaml", **training):
     config = tmp_path / "config.yaml"
     write_yaml(config, recipe)
     prepare(recipe, str(tiny_model), tmp_path / "data")
-    return config, tmp_path / "checkpoints" / config_hash(recipe)
+    return config, tmp_path / "checkpoints" / recipe.config_hash
 
 
 def train_cmd(tmp_path, tiny_model, config):
@@ -92,6 +92,75 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, tiny_model):
     assert saved, "SIGTERM must leave a checkpoint although save_steps was not reached"
     assert int(saved[-1].name.split("-")[1]) < 1000
     assert not (tmp_path / "trained").exists()
+
+
+def wait_for_log(proc, log_path: Path, text: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while text not in log_path.read_text():
+        assert proc.poll() is None, f"training ended early:\n{log_path.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {text!r} in the log within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_sigterm_in_a_long_step_exits_within_the_grace_period(tmp_path, tiny_model):
+    """A step that does not end soon after SIGTERM (a long optimizer step) is abandoned after the grace period:
+    the process exits in seconds, before SLURM's SIGKILL, keeping its last checkpoint to resume from."""
+    config, checkpoints = setup_run(
+        tmp_path, tiny_model, max_steps=100, save_steps=1, per_device_train_batch_size=1,
+        gradient_accumulation_steps=400,  # one step: 400 forward/backward passes, seconds on two cores
+    )  # fmt: skip
+    cmd = train_cmd(tmp_path, tiny_model, config)
+    env = dict(os.environ, KOAML_SIGTERM_GRACE_S="0.05")
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        deadline = time.time() + 300
+        while not (checkpoints / "checkpoint-1" / "trainer_state.json").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # inside the next step
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    assert time.monotonic() - sent < 10
+    assert "the step did not end within the grace period after SIGTERM" in (tmp_path / "log").read_text()
+    assert (checkpoints / "checkpoint-1" / "trainer_state.json").exists()
+
+
+def test_training_stops_when_the_workflow_process_is_gone(tmp_path, tiny_model):
+    """No training outlives the workflow that started it: the Snakefile names its process, and training saves
+    a checkpoint and stops once that process has died (here a stand-in, killed with SIGKILL)."""
+    config, checkpoints = setup_run(tmp_path, tiny_model, save_steps=1000, max_steps=100000)
+    controller = subprocess.Popen(["sleep", "600"])
+    env = dict(os.environ, KOAML_CONTROLLER_PID=str(controller.pid))
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(train_cmd(tmp_path, tiny_model, config), stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for_log(proc, tmp_path / "log", "'loss'")
+        controller.kill()
+        controller.wait()
+        assert proc.wait(timeout=60) == 143
+    assert (
+        f"the workflow process (pid {controller.pid}) that started this job is gone" in (tmp_path / "log").read_text()
+    )
+    assert list(checkpoints.glob("checkpoint-*"))
+
+
+def test_sigterm_to_the_launcher_reaches_every_training_process(tmp_path, tiny_model):
+    """`koaml train` with num_processes: 2 starts torchrun; SIGTERM to it (not to its process group) reaches the
+    workers through torchrun: they checkpoint and stop, and no process is left."""
+    config, checkpoints = setup_run(
+        tmp_path, tiny_model, "demo_lora.yaml", save_steps=1000, max_steps=100000, num_processes=2
+    )
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(
+            train_cmd(tmp_path, tiny_model, config), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_log(proc, tmp_path / "log", "'loss'")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left in the job's group: {left}"
+    assert list(checkpoints.glob("checkpoint-*")), "the workers must have saved a checkpoint"
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_model):

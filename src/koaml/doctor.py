@@ -3,7 +3,8 @@
 It reads the profile (``config.v8+.yaml``) and its partition file, asks SLURM (``sinfo``,
 ``sacctmgr``) what the cluster has, and reports one line per check: partitions exist, their GPU types
 exist, preemptible ones are requeued, every rule's time and memory (at its last retry) fit the
-partitions, the account is valid, and the Hugging Face cache is writable. Any failed check makes the
+partitions, the account is valid, job status can be queried (sacct needs an accounting database), and the
+Hugging Face cache is writable. Any failed check makes the
 command exit non-zero.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -218,6 +221,33 @@ def check_account(settings: dict) -> Check:
     return Check("ok", f"account '{account}' is valid for {user}")
 
 
+def check_status_command(settings: dict, profile_file: str) -> Check:
+    """Snakemake learns that a SLURM job ended from ``sacct`` (the executor plugin's default where sacct is
+    installed) or ``squeue``; sacct without an accounting database never reports a job, and the workflow waits
+    forever after its first job."""
+    command = settings.get("slurm-status-command") or ("sacct" if shutil.which("sacct") else "squeue")
+    if command == "squeue":
+        return Check("ok", "job status from squeue (slurm-status-command: squeue)")
+    fix = f"add `slurm-status-command: squeue` to {profile_file}"
+    try:
+        config = _run("scontrol", "show", "config")
+    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
+        config = ""
+    storage = re.search(r"^AccountingStorageType\s*=\s*(\S+)", config, re.M)
+    if storage and storage.group(1).endswith("/none"):
+        return Check(
+            "FAIL",
+            f"job status: the profile asks sacct, but this cluster keeps no accounting (AccountingStorageType="
+            f"{storage.group(1)}): sacct never reports a job and the workflow would wait forever; {fix}",
+        )
+    try:
+        _run("sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-1hour")
+    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        why = (getattr(exc, "stderr", "") or str(exc)).strip()
+        return Check("FAIL", f"job status: the profile asks sacct, which fails here ({why}); {fix}")
+    return Check("ok", "job status from sacct (the accounting database answers)")
+
+
 def check_hf_cache() -> Check:
     """The Hugging Face cache is writable (and, on KOA, not in the 50 GB home)."""
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
@@ -251,5 +281,6 @@ def doctor(profile_dir: str | Path) -> list[Check]:
         *check_rule_resources(settings, partitions, cluster),
         check_preemption(settings, partitions),
         check_account(settings),
+        check_status_command(settings, str(Path(profile_dir) / PROFILE_FILE)),
         check_hf_cache(),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -11,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -201,18 +204,58 @@ class Preempted(SystemExit):
 
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as if the signal had killed us
+# Seconds a step may still take after SIGTERM before the process exits without a new checkpoint (the last
+# one is kept): within SLURM's KillWait (30 s by default) before SIGKILL. KOAML_SIGTERM_GRACE_S overrides it.
+SIGTERM_GRACE_S = 20.0
+# The workflow process that started this job (set by the Snakefile); training stops when it is gone.
+CONTROLLER_PID_VARIABLE = "KOAML_CONTROLLER_PID"
+CONTROLLER_POLL_S = 5.0
+
+
+def _exit_now(why: str) -> None:
+    """Exit at once with the preemption status (from a watchdog thread: the main thread is inside a step)."""
+    log.warning("%s; exiting without a new checkpoint (the run resumes from its last one)", why)
+    logging.shutdown()
+    os._exit(PREEMPTED_EXIT_CODE)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _callbacks():
-    """Stop on a non-finite loss; on SIGTERM, save a checkpoint at the end of the step and stop; keep
-    ``progress.json`` (step, loss, time left) next to the checkpoints for ``koaml status``."""
+    """Stop on a non-finite loss; on SIGTERM (or when the workflow process that started the job is gone), save a
+    checkpoint at the end of the step and stop, or exit after SIGTERM_GRACE_S if the step does not end by then;
+    keep ``progress.json`` (step, loss, time left) next to the checkpoints for ``koaml status``."""
     from transformers import TrainerCallback
 
     class Guard(TrainerCallback):
         def __init__(self):
             self.terminated = False
             self.started: tuple[float, int] | None = None
+            self.grace = threading.Timer(
+                float(os.environ.get("KOAML_SIGTERM_GRACE_S", SIGTERM_GRACE_S)),
+                _exit_now,
+                ["the step did not end within the grace period after SIGTERM"],
+            )
+            self.grace.daemon = True
             signal.signal(signal.SIGTERM, self._on_sigterm)
+            controller = os.environ.get(CONTROLLER_PID_VARIABLE)
+            if controller and controller.isdigit():
+                threading.Thread(target=self._watch, args=(int(controller),), daemon=True).start()
+
+        def _watch(self, pid: int) -> None:
+            while not self.terminated:
+                time.sleep(CONTROLLER_POLL_S)
+                if not _alive(pid):
+                    log.warning("the workflow process (pid %d) that started this job is gone", pid)
+                    self._on_sigterm(signal.SIGTERM, None)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = (time.monotonic(), state.global_step)
@@ -231,11 +274,15 @@ def _callbacks():
             write_json(Path(args.output_dir) / "progress.json", progress)
 
         def _on_sigterm(self, signum, frame):
+            if self.terminated:
+                return
             log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
             self.terminated = True
+            self.grace.start()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.terminated:
+                self.grace.cancel()  # the step ended in time: the checkpoint is written, however long that takes
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -259,9 +306,19 @@ def _callbacks():
 
 
 def launch(argv: list[str], num_processes: int) -> None:
-    """Run ``koaml train`` in ``num_processes`` data-parallel processes with torchrun."""
+    """Run ``koaml train`` in ``num_processes`` data-parallel processes with torchrun. SIGTERM is passed on to
+    torchrun (which passes it to the workers); torchrun gets SIGTERM too if this process dies."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
-    subprocess.run([*cmd, "-m", "koaml.cli", *argv], check=True)
+    proc = subprocess.Popen([*cmd, "-m", "koaml.cli", *argv], preexec_fn=_terminate_with_parent)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    if returncode := proc.wait():
+        raise SystemExit(returncode)
+
+
+def _terminate_with_parent() -> None:
+    """In a child process: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG); nothing elsewhere."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def is_distributed_worker() -> bool:

@@ -7,15 +7,18 @@ import shutil
 import sys
 
 from koaml.config import NAME_PATTERN, load_experiment
-from koaml.experiment import evaluation_dir
-from koaml.integrity import check_finished_outputs
 from koaml.configfiles import ConfigError, load_yaml
+from koaml.experiment import evaluation_dir
 from koaml.fetch import requirements as fetch_requirements
+from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
+from koaml.train import CONTROLLER_PID_VARIABLE
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
+# Training stops (with a checkpoint) when this process is gone: no job outlives its workflow (koaml.train).
+os.environ[CONTROLLER_PID_VARIABLE] = str(os.getpid())
 
 # koaml's warnings (config keys the workflow ignores) on stderr, marked as ours, once.
 _koaml_log = logging.getLogger("koaml")
