@@ -1,7 +1,8 @@
-"""DAG planning time: `snakemake -n` on a generated experiment of 40 runs x 24 benchmarks (~1,000 jobs)
-versus a bare Snakefile with the same DAG shape and trivial rules, timed alternately.
+"""DAG planning time: `snakemake -n` on a generated experiment versus a bare Snakefile with the same DAG
+shape and trivial rules, timed alternately. Two shapes: 40 runs x 24 benchmarks (~1,000 jobs), and with
+--sweep one run swept over a 10 x 10 x 10 grid (1,000 runs, ~5,000 jobs; the sweep path of the config).
 
-    .venv/bin/python bench/plan_dag.py [--smoke]   # prints the figures, writes bench/results/plan_dag.json
+    .venv/bin/python bench/plan_dag.py [--sweep] [--smoke]   # writes bench/results/plan_dag[_sweep].json
 """
 
 import subprocess
@@ -13,7 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BIN, REPO, alternate, copy_workflow, env, median, repeats, smoke, write_result
 
-RUNS, BENCHMARKS = (2, 2) if smoke() else (40, 24)
+SWEEP = "--sweep" in sys.argv
+SWEEP_GRID = (2, 2, 2) if smoke() else (10, 10, 10)
+if SWEEP:
+    RUNS, BENCHMARKS = SWEEP_GRID[0] * SWEEP_GRID[1] * SWEEP_GRID[2], 1
+else:
+    RUNS, BENCHMARKS = (2, 2) if smoke() else (40, 24)
 
 BARE_SNAKEFILE = f"""
 RUNS = [f"run{{i}}" for i in range({RUNS})]
@@ -62,10 +68,18 @@ def koaml_workdir(root: Path) -> Path:
         path = root / f"config/benchmarks/gen_{i}.yaml"
         path.write_text((REPO / "config/benchmarks/demo_arith_mc.yaml").read_text())
         benches.append(f"config/benchmarks/gen_{i}.yaml")
-    runs = "\n".join(
-        f"  run{i}: {{base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {{training: {{seed: {i}}}}}}}"
-        for i in range(RUNS)
-    )
+    if SWEEP:
+        seeds, steps, ranks = (list(range(1, n + 1)) for n in SWEEP_GRID)
+        runs = (
+            "  grid:\n    base: tiny\n    recipe: config/recipes/demo_lora.yaml\n    sweep:\n"
+            f"      training.seed: {seeds}\n      training.max_steps: {steps}\n      peft.lora_r: {ranks}\n"
+            f"max_runs: {RUNS}"
+        )
+    else:
+        runs = "\n".join(
+            f"  run{i}: {{base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {{training: {{seed: {i}}}}}}}"
+            for i in range(RUNS)
+        )
     (root / "config/config.yaml").write_text(
         "experiment: bench\nbase_models:\n  tiny: {build: resources/demo/tiny_model.yaml}\nruns:\n"
         + runs
@@ -94,7 +108,7 @@ def plan(workdir: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    rounds = repeats(5)
+    rounds = repeats(3 if SWEEP else 5)
     jobs = {}
 
     def timed_plan(name: str, workdir: Path) -> float:
@@ -124,7 +138,7 @@ def main() -> None:
         f"snakemake -n, {jobs['koaml']} jobs: koa-ml {result['koaml_s']:.2f} s, bare {result['bare_s']:.2f} s "
         f"({jobs['bare']} jobs), ratio {result['ratio']:.2f} (median of {rounds}, alternating)"
     )
-    write_result("plan_dag", result)
+    write_result("plan_dag_sweep" if SWEEP else "plan_dag", result)
 
 
 if __name__ == "__main__":

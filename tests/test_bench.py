@@ -12,10 +12,12 @@ import pytest
 from conftest import REPO
 
 
-def bench(name: str, tmp_path) -> dict:
+def bench(script: str, tmp_path, *args: str, name: str | None = None) -> dict:
+    """Run bench/<script>.py in smoke mode; its result ``<name>.json`` (default: the script's name)."""
+    name = name or script
     env = dict(os.environ, KOAML_BENCH_OUT=str(tmp_path), KOAML_BENCH_SMOKE="1")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke"],
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), "--smoke", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -42,6 +44,11 @@ def test_plan_dag(tmp_path):
     result = bench("plan_dag", tmp_path)
     assert result["jobs"]["koaml"] > result["runs"] and result["ratio"] > 0
     assert len(result["all_s"]["koaml"]) == len(result["all_s"]["bare"]) == result["repeats"]
+
+
+def test_plan_dag_sweep(tmp_path):
+    result = bench("plan_dag", tmp_path, "--sweep", name="plan_dag_sweep")
+    assert result["runs"] == 8 and result["jobs"]["koaml"] > 8 * 4 and result["ratio"] > 0
 
 
 @pytest.mark.slow
