@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_sizing import LLAMA_70B
 
 from koaml.recipe import load_benchmark, load_recipe
 from koaml.resources import (
@@ -24,16 +25,6 @@ from koaml.shapes import SizingError, shape_from_config
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "config" / "recipes"
 MMLU = REPO / "config" / "benchmarks" / "mmlu.yaml"
-LLAMA_70B = dict(
-    model_type="llama",
-    hidden_size=8192,
-    num_hidden_layers=80,
-    intermediate_size=28672,
-    num_attention_heads=64,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
 
 
 @pytest.fixture
