@@ -123,13 +123,14 @@ def test_sft_then_dpo_plans_as_a_second_stage(workflow_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe_name", ["demo_dpo_lora.yaml"])
-def test_dpo_trains_and_logs_preference_metrics(tmp_path, tiny_model, recipe_name, monkeypatch):
+@pytest.mark.parametrize("peft", [{"type": "lora"}, {"type": "qlora"}, {"type": "none"}], ids=["lora", "qlora", "full"])
+def test_dpo_trains_and_logs_preference_metrics(tmp_path, tiny_model, peft, monkeypatch):
     from koaml.data import prepare
     from koaml.io import write_yaml
 
     monkeypatch.chdir(REPO)
-    recipe = load_recipe(f"config/recipes/{recipe_name}", {"training": {"max_steps": 6, "logging_steps": 2}})
+    recipe = load_recipe(DPO, {"training": {"max_steps": 6, "logging_steps": 2}})
+    recipe = recipe.replace(peft={**recipe["peft"], **peft} if peft["type"] != "none" else peft)
     config = tmp_path / "config.yaml"
     write_yaml(config, recipe)
     assert prepare(recipe, str(tiny_model), tmp_path / "data")["format"] == "preference"
@@ -139,8 +140,10 @@ def test_dpo_trains_and_logs_preference_metrics(tmp_path, tiny_model, recipe_nam
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "trained/train_summary.json").read_text())
-    assert summary["trainer_type"] == "dpo" and summary["global_step"] == 6 and summary["method"] == "lora"
+    assert summary["trainer_type"] == "dpo" and summary["global_step"] == 6
+    assert summary["method"] == {"none": "full"}.get(peft["type"], peft["type"])
     history = json.loads((tmp_path / "trained/log_history.json").read_text())
     logged = {key for entry in history for key in entry}
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= logged
-    assert (tmp_path / "trained/adapter_model.safetensors").exists()
+    weights = "model.safetensors" if peft["type"] == "none" else "adapter_model.safetensors"
+    assert (tmp_path / "trained" / weights).exists()
