@@ -1,5 +1,6 @@
 """Faults: a second workflow on the same folder, a failed job among many, a failed rerun."""
 
+import csv
 import json
 import os
 import subprocess
@@ -33,28 +34,40 @@ def test_second_workflow_on_the_same_folder_is_refused(workflow_dir):
     assert (workflow_dir / EVAL_TARGET / "results.json").is_file()  # the first one finished unharmed
 
 
+def write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["prompt", "completion"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
-    """tiny-full's prepare_data fails on a malformed row past the rows checked at parse time; the
-    other runs' jobs finish. Once the row is fixed, only the failed job runs again."""
+    """tiny-full's prepare_data fails on a row that only the job reads (a CSV's rows are not checked when the
+    workflow is parsed); the other runs' jobs finish. Once the row is fixed, only the failed job runs again."""
     targets = [f"results/data/{run}" for run in ("tiny-lora", "tiny-qlora", "tiny-full")]
-    rows = (workflow_dir / "resources/demo/data/arith_train.jsonl").read_text().splitlines()
-    data = workflow_dir / "full_train.jsonl"
-    data.write_text("\n".join([*rows[:2000], "{not json", *rows[2000:]]) + "\n")
+    rows = [
+        json.loads(line) for line in (workflow_dir / "resources/demo/data/arith_train.jsonl").read_text().splitlines()
+    ]
+    data = workflow_dir / "full_train.csv"
+    write_csv(data, [*rows[:2000], {"prompt": "Question: What is 2 plus 2?\nAnswer:", "completion": ""}, *rows[2000:]])
     config = workflow_dir / "config/config.yaml"
     config.write_text(config.read_text().replace(
         "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}",
         "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml, "
-        "overrides: {data: {train_dataset: {dataset_name: full_train.jsonl}}}}",
+        "overrides: {data: {train_dataset: {dataset_name: full_train.csv}}}}",
     ))  # fmt: skip
     failed = snakemake(workflow_dir, "--keep-going", *targets, check=False)
     assert failed.returncode != 0 and "Error in rule prepare_data" in failed.stdout
-    assert "full_train.jsonl:2001" in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
+    assert (
+        "full_train.csv:row 2001: missing 'completion'"
+        in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
+    )
     assert not (workflow_dir / "results/data/tiny-full").exists()
     done = {
         run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in ("tiny-lora", "tiny-qlora")
     }
 
-    data.write_text("\n".join(rows) + "\n")
+    write_csv(data, rows)
     assert planned_jobs(snakemake(workflow_dir, "-n", *targets).stdout) == [("prepare_data", "run=tiny-full")]
     snakemake(workflow_dir, *targets)
     assert {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in done} == done
@@ -66,7 +79,8 @@ def test_a_failed_rerun_keeps_the_earlier_results(workflow_dir):
     before = json.loads(result.read_text())
 
     task = workflow_dir / "resources/demo/tasks/demo_arith_mc.yaml"  # an input of the evaluation: it reruns
-    task.write_text(task.read_text().replace("data/arith_test.jsonl", "data/no_such_file.jsonl"))
+    (workflow_dir / "resources/demo/data/broken.jsonl").write_text("{not json\n")  # only the job reads it
+    task.write_text(task.read_text().replace("data/arith_test.jsonl", "data/broken.jsonl"))
     failed = snakemake(workflow_dir, EVAL_TARGET, *LIMIT, check=False)
     assert failed.returncode != 0 and "Error in rule evaluate" in failed.stdout
     assert "Restored previous version" in failed.stdout

@@ -36,6 +36,13 @@ def doctor(cwd: Path, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+def with_squeue_status(workdir: Path) -> Path:
+    """The workflow copy's KOA profile with job status from squeue, as a cluster without accounting needs."""
+    profile_file = workdir / "profiles/koa/config.v8+.yaml"
+    profile_file.write_text(profile_file.read_text() + "slurm-status-command: squeue\n")
+    return workdir
+
+
 def slurm_jobs(env: dict) -> list[dict[str, str]]:
     """Every job the cluster remembers (MinJobAge keeps finished ones), as scontrol's key=value fields."""
     out = subprocess.run(
@@ -71,9 +78,7 @@ def test_partition_file_and_gpu_table_agree():
 
 def test_doctor_accepts_the_koa_profile(local_slurm, tmp_path):
     """With job status from squeue, as on any cluster without an accounting database (this one)."""
-    workdir = copy_workflow(tmp_path)
-    profile_file = workdir / "profiles/koa/config.v8+.yaml"
-    profile_file.write_text(profile_file.read_text() + "slurm-status-command: squeue\n")
+    workdir = with_squeue_status(copy_workflow(tmp_path))
     proc = doctor(workdir, koa_env(local_slurm, HF_HOME=str(tmp_path / "hf")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok    partition 'gpu' exists with GPU types" in proc.stdout
@@ -122,6 +127,7 @@ def test_controller_job_runs_snakemake_with_the_profile(local_slurm, tmp_path):
     """profiles/koa/controller.sbatch: the controller as a SLURM job (here a dry run), log under logs/."""
     workdir = copy_workflow(tmp_path)
     (workdir / "logs").mkdir()
+    with_squeue_status(workdir)  # doctor runs first, and this cluster keeps no accounting
     env = koa_env(local_slurm, KOAML_VENV=str(VENV_BIN.parent), KOAML_SCRATCH=str(tmp_path / "scratch"))
     job = subprocess.run(["sbatch", "--parsable", "profiles/koa/controller.sbatch", "-n"], cwd=workdir, env=env,
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip

@@ -43,5 +43,7 @@ rule fetch:
         needs=fetch_requirements(EXP),
     run:
         from koaml.fetch import fetch
+        from koaml.io import logging_to
 
-        fetch(params.needs, output[0])
+        with logging_to(log[0]):
+            fetch(params.needs, output[0])
