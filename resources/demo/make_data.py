@@ -7,6 +7,9 @@ Questions add or subtract 1 or 10 from a number between 10 and 989. Training and
 operations, so only a model that has learned which operation was asked picks the right one.
 A tiny model learns this in about a minute on a CPU (digit-wise, without the modular-arithmetic
 plateau that full two-number addition has).
+
+``arith_preference_train.jsonl`` holds the training questions as DPO preference rows: the right answer
+is chosen, the result of another operation (one of the multiple-choice distractors) rejected.
 """
 
 import json
@@ -47,6 +50,12 @@ def main() -> None:
                         "label": choices.index(str(answer)),
                     }
                 f.write(json.dumps(row) + "\n")
+    preference_rng = random.Random(SEED + 1)  # its own stream: the files above do not change
+    with open(out / "arith_preference_train.jsonl", "w") as f:
+        for n, op in splits["arith_train.jsonl"]:
+            wrong = preference_rng.choice([d for d in OPERATIONS.values() if d != OPERATIONS[op]])
+            row = {"prompt": f"Question: What is {n} {op}?\nAnswer:", "chosen": f" {n + OPERATIONS[op]}"}
+            f.write(json.dumps({**row, "rejected": f" {n + wrong}"}) + "\n")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
     )
 
 
-def check_local_data(data: dict, source: str) -> list[str | None]:
+def check_local_data(data: dict, source: str, trainer_type: str = "sft") -> list[str | None]:
     """Cheap checks of a recipe's local datasets, run when the workflow is parsed: the file exists, has a known
     type and matching content, is UTF-8 text; its JSONL rows (all of them up to PARSE_CHECK_BYTES, else the
     first PEEK_ROWS) parse, share a known format and fit the template.
@@ -166,6 +166,7 @@ def check_local_data(data: dict, source: str) -> list[str | None]:
             for row in rows:
                 to_training_row(row, fmt, data["template"], data["target_column"])
             _CHECKED[checked] = fmt
+        check_format_fits_trainer(_CHECKED[checked], trainer_type, f"{source}: data.{key}")
         formats.append(_CHECKED[checked])
     return formats
 
@@ -210,11 +211,17 @@ def _parse_jsonl(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+
+
 def detect_format(rows: list[dict], target_column: str) -> str:
-    """'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must agree
-    and hold text (``messages``: a list of ``{role, content}`` objects)."""
+    """'preference', 'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must
+    agree and hold text (``messages``: a list of ``{role, content}`` objects; preference rows: text, or chat
+    messages with a template)."""
     first = rows[0]
-    if "messages" in first:
+    if all(key in first for key in PREFERENCE_KEYS):
+        fmt, keys = "preference", PREFERENCE_KEYS
+    elif "messages" in first:
         fmt, keys = "messages", ("messages",)
     elif "prompt" in first and "completion" in first:
         fmt, keys = "prompt_completion", ("prompt", "completion")
@@ -232,8 +239,14 @@ def detect_format(rows: list[dict], target_column: str) -> str:
         for key in keys:
             if key not in row or row[key] is None:
                 raise ConfigError(f"{row['_source']}: missing '{key}' (the first row is in {fmt} format)")
-            if not (_is_chat(row[key]) if key == "messages" else _is_text(row[key])):
-                expected = "a list of {role, content} objects" if key == "messages" else "a string (or a number)"
+            value = row[key]
+            if key == "messages":
+                ok, expected = _is_chat(value), "a list of {role, content} objects"
+            elif fmt == "preference":
+                ok, expected = _is_text(value) or _is_chat(value), "a string, or a list of {role, content} objects"
+            else:
+                ok, expected = _is_text(value), "a string (or a number)"
+            if not ok:
                 raise ConfigError(
                     f"{row['_source']}: '{key}' must be {expected}, got {type(row[key]).__name__}: {str(row[key])[:40]}"
                 )
@@ -260,9 +273,48 @@ def _render(messages: list[dict], template: str) -> str:
     return t["begin"] + "".join(turns)
 
 
+def check_format_fits_trainer(fmt: str, trainer_type: str, source: str) -> None:
+    """Preference rows train DPO, and DPO trains on preference rows only."""
+    if trainer_type == "dpo" and fmt != "preference":
+        raise ConfigError(
+            f"{source}: training.trainer_type dpo needs preference rows ({', '.join(PREFERENCE_KEYS)}); "
+            f"the data is in {fmt} format"
+        )
+    if trainer_type != "dpo" and fmt == "preference":
+        raise ConfigError(
+            f"{source}: the data holds preference rows ({', '.join(PREFERENCE_KEYS)}): set training.trainer_type: dpo"
+        )
+
+
+def _preference_row(row: dict, template: str) -> dict:
+    """A DPO row: ``prompt``, ``chosen`` and ``rejected``, rendered like prompt/completion rows."""
+    prompt, chosen, rejected = (row[k] for k in PREFERENCE_KEYS)
+    chat = any(isinstance(v, list) for v in (prompt, chosen, rejected))
+    if template == "none":
+        if chat:
+            raise ConfigError(f"{row['_source']}: chat messages need a template (data.template: model, llama3, ...)")
+        return {"prompt": str(prompt), "chosen": str(chosen), "rejected": str(rejected)}
+
+    def messages(value, role):
+        return value if isinstance(value, list) else [{"role": role, "content": str(value)}]
+
+    prompt, chosen, rejected = messages(prompt, "user"), messages(chosen, "assistant"), messages(rejected, "assistant")
+    if template == "model":  # TRL's conversational preference rows: the tokenizer's chat template renders them
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    t = TEMPLATES[template]
+    reply = _render(prompt, template) + t["reply"]
+    return {
+        "prompt": reply,
+        "chosen": "".join(m["content"] for m in chosen) + t["end"],
+        "rejected": "".join(m["content"] for m in rejected) + t["end"],
+    }
+
+
 def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> dict:
-    """Convert one raw row to what the trainer reads: ``text`` or ``prompt``/``completion`` (strings, or with
-    template ``model`` lists of chat messages)."""
+    """Convert one raw row to what the trainer reads: ``text``, ``prompt``/``completion`` or
+    ``prompt``/``chosen``/``rejected`` (strings, or with template ``model`` lists of chat messages)."""
+    if fmt == "preference":
+        return _preference_row(row, template)
     if fmt == "text":
         return {"text": str(row[target_column])}
     if fmt in ("prompt_completion", "alpaca"):
@@ -300,6 +352,8 @@ def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
 
 
 def _token_count(row: dict, tokenizer) -> int:
+    if "chosen" in row:  # a preference row: its longer answer
+        return max(len(_ids(tokenizer, row["prompt"] + row[k])) for k in ("chosen", "rejected"))
     return len(_ids(tokenizer, row.get("text") or row["prompt"] + row["completion"]))
 
 
@@ -321,6 +375,7 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     name = data["train_dataset"]["dataset_name"]
     rows = read_rows(data["train_dataset"])
     fmt = detect_format(rows, data["target_column"])
+    check_format_fits_trainer(fmt, recipe["training"]["trainer_type"], f"{name}: data.train_dataset")
     formats = [fmt]
     train = [to_training_row(r, fmt, data["template"], data["target_column"]) for r in rows]
     if data.get("max_samples"):
@@ -330,6 +385,7 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     if data.get("eval_dataset"):
         eval_rows = read_rows(data["eval_dataset"], "data.eval_dataset")
         eval_fmt = detect_format(eval_rows, data["target_column"])
+        check_format_fits_trainer(eval_fmt, recipe["training"]["trainer_type"], f"{name}: data.eval_dataset")
         formats.append(eval_fmt)
         evals = [to_training_row(r, eval_fmt, data["template"], data["target_column"]) for r in eval_rows]
     elif data["eval_fraction"] > 0:

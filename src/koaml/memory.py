@@ -20,6 +20,9 @@ usual back-of-the-envelope sum, per GPU, in GB of 2**30 bytes (what torch and nv
   MLP's four ``i``-wide tensors; ``5·a·s²·b`` more with eager attention); gradient checkpointing
   keeps each layer's input (``s·b·h``) plus one layer's full set; the logits add ``b·s·V·4`` bytes
   (one fp32 copy; it dominates for small models with big vocabularies).
+- DPO (``trainer_type: dpo``): each row's chosen and rejected answers run in one batch (twice the
+  sequences); full fine-tuning adds a frozen reference copy of the weights (LoRA and QLoRA disable the
+  adapter instead).
 - overhead: 1 GB of CUDA context and allocator, plus a 10% fragmentation margin on the rest.
 
 Tolerance: the guide's rough table is reproduced within a factor of 2 (0.5 <= estimate/guide <= 2),
@@ -180,7 +183,13 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     gradients /= n if shard_grads else 1
     optimizer /= n if shard_optimizer else 1
 
-    b, s, h = training["per_device_train_batch_size"], model["model_max_length"], shape.hidden_size
+    dpo = training.get("trainer_type") == "dpo"
+    if dpo and training_method(peft) == "full":  # TRL loads a frozen reference copy (LoRA disables the adapter)
+        weights += shape.n_params * wbytes / (n if shard_weights else 1)
+
+    # DPO runs the chosen and the rejected answer of each row in one batch: twice the sequences
+    b = training["per_device_train_batch_size"] * (2 if dpo else 1)
+    s, h = model["model_max_length"], shape.hidden_size
     scale = wbytes / 2  # the coefficients below are for 16-bit activations
     layer = b * s * (17 * h + (8 if shape.gated_mlp else 4) * shape.intermediate_size) * scale
     if model.get("attn_implementation") == "eager":

@@ -30,6 +30,7 @@ from koaml.configfiles import (
 from koaml.hf_facts import optimizer_names
 from koaml.io import config_hash
 
+DPO_KEYS = ("beta", "loss_type")  # training keys of DPO only
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets loader
 
 
@@ -111,6 +112,11 @@ class Recipe(_Settings):
         return bool(self["model"].get("trust_remote_code", False))
 
     @property
+    def trainer_type(self) -> str:
+        """'sft' or 'dpo'."""
+        return self["training"]["trainer_type"]
+
+    @property
     def packing(self) -> bool | str:
         """The packing setting: True, False or 'auto' (decided at train time by ``koaml.packing.decide``)."""
         return self["training"]["packing"]
@@ -167,6 +173,12 @@ def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
             "training.warmup_steps: given together with training.warmup_ratio; set only one "
             "(warmup_ratio: 0 to count warmup in steps)"
         )
+    if training["trainer_type"] != "dpo":
+        for key in DPO_KEYS:
+            if key in given.get("training", {}):
+                problems.append(f"training.{key}: only used with training.trainer_type: dpo")
+    elif given.get("training", {}).get("packing") is True:
+        problems.append("training.packing: packs SFT rows only; remove it with trainer_type: dpo")
     optimizers = optimizer_names()
     if optimizers and training["optim"] not in optimizers:
         hint = difflib.get_close_matches(training["optim"], optimizers, n=1)

@@ -37,7 +37,6 @@ _PASSTHROUGH = (
     "save_steps",
     "save_total_limit",
     "logging_steps",
-    "completion_only_loss",
     "seed",
     "optim",
 )
@@ -121,11 +120,24 @@ def sft_config_kwargs(
     ``packing`` is the decision of ``koaml.packing.decide`` for the loaded model and the prepared data;
     ``report_to`` the trackers :func:`tracking` enabled.
     """
-    t = recipe["training"]
-    kwargs = {key: t[key] for key in _PASSTHROUGH}
-    kwargs["packing"] = packing
+    kwargs = training_arguments(recipe, output_dir, has_eval, on_gpu, report_to)
+    kwargs.update(packing=packing, completion_only_loss=recipe["training"]["completion_only_loss"])
     if packing:
         kwargs["packing_strategy"] = "bfd"  # position_ids restart at each packed sequence (see sft_trainer)
+    return kwargs
+
+
+def dpo_config_kwargs(recipe: Recipe, output_dir: str, has_eval: bool, on_gpu: bool, report_to: list[str] = ()) -> dict:
+    """``trl.DPOConfig`` keyword arguments: the shared training arguments, ``beta`` and ``loss_type``."""
+    kwargs = training_arguments(recipe, output_dir, has_eval, on_gpu, report_to)
+    kwargs.update(beta=recipe["training"]["beta"], loss_type=[recipe["training"]["loss_type"]])
+    return kwargs
+
+
+def training_arguments(recipe: Recipe, output_dir: str, has_eval: bool, on_gpu: bool, report_to: list[str]) -> dict:
+    """The keyword arguments every trainer's config shares (transformers' TrainingArguments, TRL's max_length)."""
+    t = recipe["training"]
+    kwargs = {key: t[key] for key in _PASSTHROUGH}
     # transformers 5 dropped warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio instead.
     kwargs["warmup_steps"] = t["warmup_steps"] if "warmup_steps" in t else float(t["warmup_ratio"])
     kwargs[_checkpointing_key()] = t["gradient_checkpointing"]
@@ -358,7 +370,6 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
     import torch
     from datasets import load_dataset
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig
 
     torch.set_num_threads(max(1, threads // recipe["training"]["num_processes"]))
     checkpoint_dir = Path(checkpoint_root) / recipe.config_hash
@@ -372,19 +383,30 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if recipe.quantized else None)
     on_gpu = device() == "cuda"
-    packing, why = choose_packing(recipe, model, data_dir)
     report_to, env = tracking(recipe.report_to, Path(out_dir).parent / "tracking")
     os.environ.update(env)
-    args = SFTConfig(**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, packing, report_to))
-    trainer = sft_trainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data.get("eval"),
-        processing_class=tokenizer,
-        peft_config=lora_config(recipe["peft"]) if recipe.method != "full" else None,
-        callbacks=[guard := _callbacks()],
-    )
+    common = {
+        "model": model,
+        "train_dataset": data["train"],
+        "eval_dataset": data.get("eval"),
+        "processing_class": tokenizer,
+        "peft_config": lora_config(recipe["peft"]) if recipe.method != "full" else None,
+        "callbacks": [guard := _callbacks()],
+    }
+    if recipe.trainer_type == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        packing, why = False, "off (DPO)"
+        # The reference model: the start model itself, with the LoRA adapter disabled (no second copy), or for
+        # full fine-tuning a second copy TRL loads from the same folder.
+        args = DPOConfig(**dpo_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, report_to))
+        trainer = DPOTrainer(args=args, **common)
+    else:
+        from trl import SFTConfig
+
+        packing, why = choose_packing(recipe, model, data_dir)
+        args = SFTConfig(**sft_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, packing, report_to))
+        trainer = sft_trainer(args=args, **common)
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     if last:
         log.info("resuming from %s", last)
@@ -396,6 +418,7 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
 
     summary = {
         "method": recipe.method,
+        "trainer_type": recipe.trainer_type,
         "resumed_from": last,
         "global_step": trainer.state.global_step,
         "world_size": trainer.args.world_size,
