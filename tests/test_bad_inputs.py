@@ -25,6 +25,8 @@ QLORA = "config/recipes/demo_qlora.yaml"
 FULL = "config/recipes/demo_full.yaml"
 MC = "config/benchmarks/demo_arith_mc.yaml"
 DATA = "resources/demo/data/arith_train.jsonl"
+GRPO = "config/recipes/demo_grpo_lora.yaml"
+PROMPTS = "resources/demo/data/arith_prompts_train.jsonl"
 PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"}\n'
 
 
@@ -67,6 +69,16 @@ def alias_bomb(levels: int = 9) -> str:
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
     return "\n".join(lines) + f"\nbomb: *l{levels - 1}\n"
+
+
+def grpo(recipe: dict, **files) -> dict:
+    """Changes that add a GRPO run (config/recipes/demo_grpo_lora.yaml) to the demo and change its recipe."""
+    add = lambda c: c["runs"].update({"tiny-grpo": {"base": "tiny", "recipe": GRPO}})  # noqa: E731
+    return {CONFIG: add, GRPO: recipe, **files}
+
+
+def rewards(*specs: dict) -> dict:
+    return {"training": {"rewards": list(specs)}}
 
 
 def _sweep_10000(c):
@@ -322,8 +334,128 @@ CASES = [
     ),
     Bad(
         "unknown-trainer",
-        {LORA: {"training": {"trainer_type": "dpo"}}},
-        f"{LORA}: training.trainer_type: 'dpo' is not allowed; expected one of: sft",
+        {LORA: {"training": {"trainer_type": "ppo"}}},
+        f"{LORA}: training.trainer_type: 'ppo' is not allowed; expected one of: sft, dpo, grpo",
+    ),
+    Bad(
+        "key-of-another-trainer",
+        {LORA: {"training": {"num_generations": 4}}},
+        f"{LORA}: training.num_generations: only used with training.trainer_type: grpo",
+    ),
+    Bad(
+        "loss-type-of-another-trainer",
+        grpo({"training": {"loss_type": "sigmoid"}}),
+        f"{GRPO}: training.loss_type: 'sigmoid' is not a grpo loss_type; expected one of: grpo, dr_grpo, dapo, bnpo, "
+        "cispo, sapo, luspo, vespo",
+    ),
+    Bad(
+        "grpo-without-rewards",
+        grpo(lambda r: r["training"].pop("rewards")),
+        f"{GRPO}: training.rewards: GRPO needs at least one reward, e.g. [{{function: exact_match, column: answer}}]",
+    ),
+    Bad(
+        "grpo-batch-not-a-multiple",
+        grpo({"training": {"per_device_train_batch_size": 12}}),
+        f"{GRPO}: training.num_generations: 8 completions per prompt do not divide the 12 completions of an optimizer "
+        "step (per_device_train_batch_size x gradient_accumulation_steps x num_processes); make that a multiple of "
+        "num_generations",
+    ),
+    Bad(
+        "grpo-completion-fills-the-context",
+        grpo({"training": {"max_completion_length": 64}}),
+        f"{GRPO}: training.max_completion_length: 64 tokens leave no room for a prompt in model.model_max_length (64)",
+    ),
+    Bad(
+        "vllm-key-without-vllm",
+        grpo({"training": {"vllm_mode": "server"}}),
+        f"{GRPO}: training.vllm_mode: only used with training.use_vllm: true",
+    ),
+    Bad(
+        "unknown-reward",
+        grpo(rewards({"function": "exact_mach"})),
+        f"{GRPO}: training.rewards[0].function: 'exact_mach' is not a built-in reward; did you mean 'exact_match'? "
+        "expected one of exact_match, numeric_match, regex, length_penalty, or your own as path/to/file.py:function",
+    ),
+    Bad(
+        "reward-parameter-not-taken",
+        grpo(rewards({"function": "regex", "pattern": "^\\d+$", "column": "answer"})),
+        f"{GRPO}: training.rewards[0].column: not a parameter of regex (it takes: pattern)",
+    ),
+    Bad(
+        "reward-parameter-missing",
+        grpo(rewards({"function": "length_penalty"})),
+        f"{GRPO}: training.rewards[0]: length_penalty needs 'max_tokens'",
+    ),
+    Bad(
+        "reward-pattern-without-group",
+        grpo(rewards({"function": "exact_match", "pattern": "\\d+"})),
+        f"{GRPO}: training.rewards[0].pattern: needs a group, (...), around the answer it extracts for exact_match",
+    ),
+    Bad(
+        "reward-pattern-invalid",
+        grpo(rewards({"function": "regex", "pattern": "(\\d+"})),
+        f"{GRPO}: training.rewards[0].pattern: not a regular expression (missing ), unterminated subpattern at position 0)",
+    ),
+    Bad(
+        "reward-file-not-found",
+        grpo(rewards({"function": "rewards/mine.py:score"})),
+        f"{GRPO}: training.rewards[0].function: rewards/mine.py: file not found (paths are relative to the workflow folder)",
+    ),
+    Bad(
+        "reward-function-not-defined",
+        grpo(
+            rewards({"function": "my_rewards.py:scores"}),
+            **{"my_rewards.py": "def score(completions, **kwargs):\n    return [0.0 for _ in completions]\n"},
+        ),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py defines no top-level function 'scores'; did you mean 'score'?",
+    ),
+    Bad(
+        "reward-function-without-kwargs",
+        grpo(
+            rewards({"function": "my_rewards.py:score"}),
+            **{"my_rewards.py": "def score(completions, answer):\n    return [0.0 for _ in completions]\n"},
+        ),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py:1: score(...) must accept **kwargs: TRL passes prompts, "
+        "completions, completion_ids, trainer_state and every data column as keywords",
+    ),
+    Bad(
+        "reward-file-not-python",
+        grpo(
+            rewards({"function": "my_rewards.py:score"}),
+            **{"my_rewards.py": "def score(completions, **kwargs)\n    return []\n"},
+        ),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py:1: cannot be read as Python (expected ':'",
+    ),
+    Bad(
+        "reward-column-missing",
+        grpo(rewards({"function": "exact_match", "column": "solution"})),
+        f"{PROMPTS}:1: no 'solution' column, which training.rewards[0] (exact_match) reads; found: prompt, answer",
+    ),
+    Bad(
+        "reward-user-column-missing",
+        grpo(
+            rewards({"function": "my_rewards.py:score"}),
+            **{"my_rewards.py": "def score(completions, solution, **kwargs):\n    return [0.0 for _ in completions]\n"},
+        ),
+        f"{PROMPTS}:1: no 'solution' column, which training.rewards[0] (my_rewards.py:score) reads; found: prompt, answer",
+    ),
+    Bad(
+        "numeric-reward-on-text",
+        grpo(rewards({"function": "numeric_match", "column": "prompt"})),
+        f"{PROMPTS}:1: 'prompt' must be a number for numeric_match, got 'Question: What is 104 minus 10?\\nAnswer:'",
+    ),
+    Bad(
+        "grpo-on-completion-rows",
+        grpo({"data": {"train_dataset": {"dataset_name": DATA}}}),
+        f"{GRPO}: data.train_dataset: training.trainer_type grpo needs rows with a 'prompt' and the columns its rewards "
+        "read, no completions: it generates its own (to score against the 'completion' column, rename it to 'answer'); "
+        "the data is in prompt_completion format",
+    ),
+    Bad(
+        "prompt-rows-for-sft",
+        {LORA: {"data": {"train_dataset": {"dataset_name": PROMPTS}}}},
+        f"{LORA}: data.train_dataset: the rows have a 'prompt' but no 'completion': add completions for SFT, or set "
+        "training.trainer_type: grpo (which generates its own, scored by training.rewards)",
     ),
     Bad(
         "unknown-template",
@@ -654,7 +786,9 @@ PLACEHOLDERS = {
     QLORA: "<recipe>",
     FULL: "<recipe>",
     MC: "<benchmark>",
+    GRPO: "<recipe>",
     DATA: "<data>",
+    PROMPTS: "<data>",
     "{path}": "<data>",
 }
 

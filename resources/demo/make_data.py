@@ -10,6 +10,7 @@ plateau that full two-number addition has).
 
 ``arith_preference_train.jsonl`` holds the training questions as DPO preference rows: the right answer
 is chosen, the result of another operation (one of the multiple-choice distractors) rejected.
+``arith_prompts_train.jsonl`` holds them as GRPO prompts with the reference ``answer`` the reward reads.
 """
 
 import json
@@ -56,6 +57,10 @@ def main() -> None:
             wrong = preference_rng.choice([d for d in OPERATIONS.values() if d != OPERATIONS[op]])
             row = {"prompt": f"Question: What is {n} {op}?\nAnswer:", "chosen": f" {n + OPERATIONS[op]}"}
             f.write(json.dumps({**row, "rejected": f" {n + wrong}"}) + "\n")
+    with open(out / "arith_prompts_train.jsonl", "w") as f:
+        for n, op in splits["arith_train.jsonl"]:
+            row = {"prompt": f"Question: What is {n} {op}?\nAnswer:", "answer": str(n + OPERATIONS[op])}
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
             )
             raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
         runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"))
-        formats = check_local_data(recipe["data"], spec["recipe"], recipe.trainer_type)
+        formats = check_local_data(recipe["data"], spec["recipe"], recipe.trainer_type, recipe.rewards)
         if "target_column" in load_yaml(spec["recipe"])["data"]:
             warn_unused_target_column(formats, spec["recipe"])
     _check_chains(runs, source)

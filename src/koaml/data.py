@@ -1,8 +1,9 @@
 """Dataset preparation: load, check, apply the prompt template, split, and count tokens.
 
-Rows come in one of four formats, detected from their keys: ``messages`` (chat),
-``prompt``/``completion`` pairs, Alpaca's ``instruction``/``input``/``output``, or plain text in
-``data.target_column``.
+Rows come in one of six formats, detected from their keys: ``messages`` (chat),
+``prompt``/``completion`` pairs, Alpaca's ``instruction``/``input``/``output``, plain text in
+``data.target_column`` (these train SFT), ``prompt``/``chosen``/``rejected`` preference rows (DPO), or
+``prompt`` alone with the columns the rewards read (GRPO).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from koaml.configfiles import ConfigError, schema, warn
 from koaml.io import write_json, write_text_atomic
 from koaml.recipe import LOCAL_SUFFIXES, is_local_dataset
+from koaml.rewards import numeric_columns, reference_number, required_columns
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +144,11 @@ def read_rows(spec: dict, key: str = "data.train_dataset") -> list[dict]:
     )
 
 
-def check_local_data(data: dict, source: str, trainer_type: str = "sft") -> list[str | None]:
+def check_local_data(data: dict, source: str, trainer_type: str = "sft", rewards: list[dict] = ()) -> list[str | None]:
     """Cheap checks of a recipe's local datasets, run when the workflow is parsed: the file exists, has a known
     type and matching content, is UTF-8 text; its JSONL rows (all of them up to PARSE_CHECK_BYTES, else the
-    first PEEK_ROWS) parse, share a known format and fit the template.
+    first PEEK_ROWS) parse, share a known format, fit the template and the trainer, and hold what GRPO's
+    ``rewards`` read.
     Returns the format of each dataset, None for those not read here (hub, CSV, Parquet, JSON arrays)."""
     formats = []
     for key in ("train_dataset", "eval_dataset"):
@@ -158,20 +161,29 @@ def check_local_data(data: dict, source: str, trainer_type: str = "sft") -> list
                 check_utf8(path, limit=PARSE_CHECK_BYTES if path.suffix == ".json" else 2**20)
             formats.append(None)
             continue
-        checked = (path.resolve(), path.stat().st_mtime_ns, data["target_column"], data["template"])
+        columns = str(required_columns(list(rewards)))
+        checked = (
+            path.resolve(),
+            path.stat().st_mtime_ns,
+            data["target_column"],
+            data["template"],
+            trainer_type,
+            columns,
+        )
         if checked not in _CHECKED:
             limit = None if path.stat().st_size <= PARSE_CHECK_BYTES else PEEK_ROWS
             rows = _nonempty(_read_jsonl(path, limit=limit), spec["dataset_name"], f"{source}: data.{key}")
             fmt = detect_format(rows, data["target_column"])
             for row in rows:
                 to_training_row(row, fmt, data["template"], data["target_column"])
+            check_format_fits_trainer(fmt, trainer_type, f"{source}: data.{key}")
+            check_reward_columns(rows, list(rewards))
             _CHECKED[checked] = fmt
-        check_format_fits_trainer(_CHECKED[checked], trainer_type, f"{source}: data.{key}")
         formats.append(_CHECKED[checked])
     return formats
 
 
-# The format of each dataset that passed check_local_data, by (file, mtime, column, template).
+# The format of each dataset that passed check_local_data, by (file, mtime, column, template, trainer, reward columns).
 _CHECKED: dict[tuple, str] = {}
 
 
@@ -215,9 +227,9 @@ PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 
 
 def detect_format(rows: list[dict], target_column: str) -> str:
-    """'preference', 'messages', 'prompt_completion', 'alpaca' or 'text', from the first row; every row must
-    agree and hold text (``messages``: a list of ``{role, content}`` objects; preference rows: text, or chat
-    messages with a template)."""
+    """'preference', 'messages', 'prompt_completion', 'alpaca', 'prompt' or 'text', from the first row; every
+    row must agree and hold text (``messages``: a list of ``{role, content}`` objects; preference and prompt
+    rows: text, or chat messages with a template)."""
     first = rows[0]
     if all(key in first for key in PREFERENCE_KEYS):
         fmt, keys = "preference", PREFERENCE_KEYS
@@ -227,6 +239,8 @@ def detect_format(rows: list[dict], target_column: str) -> str:
         fmt, keys = "prompt_completion", ("prompt", "completion")
     elif "instruction" in first and "output" in first:
         fmt, keys = "alpaca", ("instruction", "output")
+    elif "prompt" in first:
+        fmt, keys = "prompt", ("prompt",)
     elif target_column in first:
         fmt, keys = "text", (target_column,)
     else:
@@ -242,7 +256,7 @@ def detect_format(rows: list[dict], target_column: str) -> str:
             value = row[key]
             if key == "messages":
                 ok, expected = _is_chat(value), "a list of {role, content} objects"
-            elif fmt == "preference":
+            elif fmt in ("preference", "prompt"):
                 ok, expected = _is_text(value) or _is_chat(value), "a string, or a list of {role, content} objects"
             else:
                 ok, expected = _is_text(value), "a string (or a number)"
@@ -273,17 +287,59 @@ def _render(messages: list[dict], template: str) -> str:
     return t["begin"] + "".join(turns)
 
 
+# The row format each trainer reads, and what to tell a user whose data is in another one.
+TRAINER_FORMATS = {"dpo": ("preference",), "grpo": ("prompt",)}
+_FORMAT_HINTS = {
+    "preference": f"the data holds preference rows ({', '.join(PREFERENCE_KEYS)}): set training.trainer_type: dpo",
+    "prompt": "the rows have a 'prompt' but no 'completion': add completions for SFT, or set training.trainer_type: "
+    "grpo (which generates its own, scored by training.rewards)",
+}
+
+
 def check_format_fits_trainer(fmt: str, trainer_type: str, source: str) -> None:
-    """Preference rows train DPO, and DPO trains on preference rows only."""
-    if trainer_type == "dpo" and fmt != "preference":
+    """SFT trains on text, prompt/completion, Alpaca and chat rows; DPO on preference rows; GRPO on prompt rows."""
+    wanted = TRAINER_FORMATS.get(trainer_type)
+    if wanted is None and fmt in _FORMAT_HINTS:
+        raise ConfigError(f"{source}: {_FORMAT_HINTS[fmt]}")
+    if trainer_type == "dpo" and fmt not in wanted:
         raise ConfigError(
             f"{source}: training.trainer_type dpo needs preference rows ({', '.join(PREFERENCE_KEYS)}); "
             f"the data is in {fmt} format"
         )
-    if trainer_type != "dpo" and fmt == "preference":
+    if trainer_type == "grpo" and fmt not in wanted:
+        rename = " (to score against the 'completion' column, rename it to 'answer')" if "completion" in fmt else ""
         raise ConfigError(
-            f"{source}: the data holds preference rows ({', '.join(PREFERENCE_KEYS)}): set training.trainer_type: dpo"
+            f"{source}: training.trainer_type grpo needs rows with a 'prompt' and the columns its rewards read, "
+            f"no completions: it generates its own{rename}; the data is in {fmt} format"
         )
+
+
+def check_reward_columns(rows: list[dict], rewards: list[dict]) -> None:
+    """Every row holds each column the rewards read; numeric_match's columns hold numbers."""
+    columns, numeric = required_columns(rewards), numeric_columns(rewards)
+    for row in rows:
+        for column, reward in columns.items():
+            if row.get(column) is None:
+                found = ", ".join(k for k in row if k != "_source")
+                raise ConfigError(f"{row['_source']}: no '{column}' column, which {reward} reads; found: {found}")
+            if column in numeric and reference_number(row[column]) is None:
+                raise ConfigError(
+                    f"{row['_source']}: '{column}' must be a number for numeric_match, got {row[column]!r}"
+                )
+
+
+def _prompt_row(row: dict, template: str) -> dict:
+    """A GRPO row: the rendered ``prompt`` (like a prompt/completion row's) and every other column as it is."""
+    prompt = row["prompt"]
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "_source")}
+    if template == "none":
+        if isinstance(prompt, list):
+            raise ConfigError(f"{row['_source']}: chat messages need a template (data.template: model, llama3, ...)")
+        return {"prompt": str(prompt), **extra}
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+    if template == "model":  # TRL's conversational prompt: the chat template renders it, with the generation prompt
+        return {"prompt": messages, **extra}
+    return {"prompt": _render(messages, template) + TEMPLATES[template]["reply"], **extra}
 
 
 def _preference_row(row: dict, template: str) -> dict:
@@ -315,6 +371,8 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
     ``prompt``/``chosen``/``rejected`` (strings, or with template ``model`` lists of chat messages)."""
     if fmt == "preference":
         return _preference_row(row, template)
+    if fmt == "prompt":
+        return _prompt_row(row, template)
     if fmt == "text":
         return {"text": str(row[target_column])}
     if fmt in ("prompt_completion", "alpaca"):
@@ -354,16 +412,28 @@ def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
 def _token_count(row: dict, tokenizer) -> int:
     if "chosen" in row:  # a preference row: its longer answer
         return max(len(_ids(tokenizer, row["prompt"] + row[k])) for k in ("chosen", "rejected"))
-    return len(_ids(tokenizer, row.get("text") or row["prompt"] + row["completion"]))
+    if "text" in row:
+        return len(_ids(tokenizer, row["text"]))
+    if "completion" in row:
+        return len(_ids(tokenizer, row["prompt"] + row["completion"]))
+    return len(_ids(tokenizer, row["prompt"], add_generation_prompt=True))  # a GRPO prompt: completions come later
 
 
-def _learnable(rows: list[dict], tokenizer, max_len: int, completion_only: bool) -> list[dict]:
-    """The rows that keep a token to learn from once cut to ``max_len`` tokens: with the loss on
-    completions only, a prompt of ``max_len`` tokens or more leaves none (and NaN losses)."""
-    if not completion_only:
+def prompt_budget(recipe: dict) -> int | None:
+    """The most prompt tokens a row may have: GRPO leaves room for a whole completion
+    (``max_completion_length``); with the loss on completions only, one completion token must remain."""
+    max_len, training = recipe["model"]["model_max_length"], recipe["training"]
+    if training["trainer_type"] == "grpo":
+        return max_len - training["max_completion_length"]
+    return max_len - 1 if training["completion_only_loss"] else None
+
+
+def _fitting(rows: list[dict], tokenizer, budget: int | None) -> list[dict]:
+    """The rows whose prompt has at most ``budget`` tokens (all rows when there is no budget)."""
+    if budget is None:
         return rows
     return [
-        r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) < max_len
+        r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) <= budget
     ]
 
 
@@ -376,6 +446,8 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
     rows = read_rows(data["train_dataset"])
     fmt = detect_format(rows, data["target_column"])
     check_format_fits_trainer(fmt, recipe["training"]["trainer_type"], f"{name}: data.train_dataset")
+    rewards = recipe["training"].get("rewards") or []
+    check_reward_columns(rows, rewards)
     formats = [fmt]
     train = [to_training_row(r, fmt, data["template"], data["target_column"]) for r in rows]
     if data.get("max_samples"):
@@ -386,6 +458,7 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
         eval_rows = read_rows(data["eval_dataset"], "data.eval_dataset")
         eval_fmt = detect_format(eval_rows, data["target_column"])
         check_format_fits_trainer(eval_fmt, recipe["training"]["trainer_type"], f"{name}: data.eval_dataset")
+        check_reward_columns(eval_rows, rewards)
         formats.append(eval_fmt)
         evals = [to_training_row(r, eval_fmt, data["template"], data["target_column"]) for r in eval_rows]
     elif data["eval_fraction"] > 0:
@@ -404,20 +477,26 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     max_len = recipe["model"]["model_max_length"]
-    completion_only = recipe["training"]["completion_only_loss"]
-    kept = _learnable(train, tokenizer, max_len, completion_only)
+    budget = prompt_budget(recipe)
+    kept = _fitting(train, tokenizer, budget)
     if not kept:
+        if recipe["training"]["trainer_type"] == "grpo":
+            room = (
+                f"longer than {budget} tokens, model.model_max_length ({max_len}) minus training.max_completion_length "
+                f"({recipe['training']['max_completion_length']}), which leaves no room for a completion"
+            )
+        else:
+            room = (
+                f"model.model_max_length ({max_len} tokens) or longer, which leaves no completion token to learn from"
+            )
         raise ConfigError(
-            f"{name}: every row was truncated away: the prompts of all {len(train)} training rows are "
-            f"model.model_max_length ({max_len} tokens) or longer, which leaves no completion token to learn from "
+            f"{name}: every row was truncated away: the prompts of all {len(train)} training rows are {room} "
             f"({len(train)} rows dropped); raise model.model_max_length or shorten the prompts"
         )
-    kept_evals = _learnable(evals, tokenizer, max_len, completion_only)
+    kept_evals = _fitting(evals, tokenizer, budget)
     too_long = len(train) - len(kept) + len(evals) - len(kept_evals)
     if too_long:
-        log.warning(
-            "%s: %d rows dropped: their prompts fill model.model_max_length (%d tokens)", name, too_long, max_len
-        )
+        log.warning("%s: %d rows dropped: their prompts are longer than %d tokens", name, too_long, budget)
     train, evals = kept, kept_evals
     lengths = [_token_count(r, tokenizer) for r in train]
     stats = {

@@ -23,6 +23,11 @@ usual back-of-the-envelope sum, per GPU, in GB of 2**30 bytes (what torch and nv
 - DPO (``trainer_type: dpo``): each row's chosen and rejected answers run in one batch (twice the
   sequences); full fine-tuning adds a frozen reference copy of the weights (LoRA and QLoRA disable the
   adapter instead).
+- GRPO (``trainer_type: grpo``): a frozen reference copy for full fine-tuning when ``beta`` > 0; the
+  generation of ``per_device_train_batch_size x gradient_accumulation_steps`` completions at once (TRL's
+  generation batch) holds a KV cache of ``model_max_length`` tokens per completion, and the peak is the larger
+  of that and the training activations (they do not overlap in time). With ``use_vllm`` colocated, vLLM takes
+  ``vllm_gpu_memory_utilization`` of the GPU: the estimate is scaled so that training fits in the rest.
 - overhead: 1 GB of CUDA context and allocator, plus a 10% fragmentation margin on the rest.
 
 Tolerance: the guide's rough table is reproduced within a factor of 2 (0.5 <= estimate/guide <= 2),
@@ -56,6 +61,7 @@ Llama-3.1-70B full   280    588       **exception** (2.1x), on one GPU: 280 GB i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +100,12 @@ class MemoryEstimate:
     num_gpus: int = 1
     dtype: str = "bfloat16"
     kind: str = "training"  # or "evaluation"
+    vllm_gb: float = 0.0  # GRPO's colocated vLLM: its share of the GPU
 
     @property
     def total_gb(self) -> float:
-        return self.weights_gb + self.gradients_gb + self.optimizer_gb + self.activations_gb + self.overhead_gb
+        parts = (self.weights_gb, self.gradients_gb, self.optimizer_gb, self.activations_gb, self.overhead_gb)
+        return sum(parts) + self.vllm_gb
 
     def describe(self) -> str:
         gpus = f"each of {self.num_gpus} GPUs" if self.num_gpus > 1 else "1 GPU"
@@ -105,6 +113,7 @@ class MemoryEstimate:
             f"{self.kind} needs ~{self.total_gb:.1f} GB on {gpus} ({self.dtype}): weights {self.weights_gb:.1f}"
             f" + gradients {self.gradients_gb:.1f} + optimizer {self.optimizer_gb:.1f}"
             f" + activations {self.activations_gb:.1f} + overhead {self.overhead_gb:.1f}"
+            + (f" + vLLM {self.vllm_gb:.1f}" if self.vllm_gb else "")
         )
 
 
@@ -183,8 +192,10 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     gradients /= n if shard_grads else 1
     optimizer /= n if shard_optimizer else 1
 
-    dpo = training.get("trainer_type") == "dpo"
-    if dpo and training_method(peft) == "full":  # TRL loads a frozen reference copy (LoRA disables the adapter)
+    trainer = training.get("trainer_type", "sft")
+    dpo = trainer == "dpo"
+    reference = dpo or (trainer == "grpo" and training["beta"] > 0)
+    if reference and training_method(peft) == "full":  # a frozen reference copy (LoRA disables the adapter)
         weights += shape.n_params * wbytes / (n if shard_weights else 1)
 
     # DPO runs the chosen and the rejected answer of each row in one batch: twice the sequences
@@ -199,8 +210,16 @@ def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
     else:
         activations = shape.n_layers * layer
     activations += b * s * shape.vocab_size * 4  # fp32 logits
+    if trainer == "grpo":
+        generating = training["per_device_train_batch_size"] * training["gradient_accumulation_steps"]
+        kv_cache = 2 * shape.n_layers * shape.num_key_value_heads * shape.head_dim * s * generating * wbytes
+        activations = max(activations, kv_cache)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
-    return _with_overhead(parts, num_gpus=n, dtype=dtype, kind="training")
+    estimate = _with_overhead(parts, num_gpus=n, dtype=dtype, kind="training")
+    if trainer == "grpo" and training["use_vllm"] and training["vllm_mode"] == "colocate":
+        share = training["vllm_gpu_memory_utilization"]
+        estimate = dataclasses.replace(estimate, vllm_gb=estimate.total_gb * share / (1 - share))
+    return estimate
 
 
 def estimate_training_disk_gb(recipe: dict, shape: ModelShape) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from koaml import rewards
 from koaml.configfiles import (
     ConfigError,
     canonical,
@@ -25,12 +26,12 @@ from koaml.configfiles import (
     raise_if_problems,
     schema,
     validate,
+    warn,
     warn_ignored,
 )
 from koaml.hf_facts import optimizer_names
 from koaml.io import config_hash
 
-DPO_KEYS = ("beta", "loss_type")  # training keys of DPO only
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets loader
 
 
@@ -113,8 +114,18 @@ class Recipe(_Settings):
 
     @property
     def trainer_type(self) -> str:
-        """'sft' or 'dpo'."""
+        """'sft', 'dpo' or 'grpo'."""
         return self["training"]["trainer_type"]
+
+    @property
+    def rewards(self) -> list[dict]:
+        """GRPO's reward specs (``training.rewards``); empty for other trainers."""
+        return list(self["training"].get("rewards") or [])
+
+    @property
+    def reward_files(self) -> list[str]:
+        """The Python files of the user's own GRPO rewards (editing one reruns the run)."""
+        return rewards.user_files(self.rewards)
 
     @property
     def packing(self) -> bool | str:
@@ -141,6 +152,64 @@ class Recipe(_Settings):
     def hub_datasets(self) -> list[dict]:
         """The dataset specs that name hub datasets."""
         return [s for s in self.datasets.values() if not is_local_dataset(s["dataset_name"])]
+
+
+def _fill_trainer_settings(given: dict, training: dict) -> list[str]:
+    """Fill in the defaults of the keys of ``training.trainer_type`` (the schema's ``x-trainers``) and return
+    the problems: keys of other trainers, values outside this trainer's choices, GRPO's rewards and batch."""
+    trainer, problems = training["trainer_type"], []
+    for key, prop in schema("recipe")["properties"]["training"]["properties"].items():
+        trainers = prop.get("x-trainers")
+        if trainers is None:
+            continue
+        if trainer not in trainers:
+            if key in given:
+                problems.append(f"training.{key}: only used with training.trainer_type: {' or '.join(trainers)}")
+            continue
+        rules = trainers[trainer]
+        if key not in given:
+            if "default" in rules:
+                training[key] = copy.deepcopy(rules["default"])
+            continue
+        value = training[key]
+        if "enum" in rules and value not in rules["enum"]:
+            hint = difflib.get_close_matches(str(value), rules["enum"], n=1)
+            problems.append(
+                f"training.{key}: '{value}' is not a {trainer} {key}; "
+                + (f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(rules['enum'])}")
+            )
+        if "exclusiveMinimum" in rules and value <= rules["exclusiveMinimum"]:
+            problems.append(f"training.{key}: must be > {rules['exclusiveMinimum']} with trainer_type {trainer}")
+    if trainer == "grpo":
+        problems += _grpo_problems(given, training)
+    return problems
+
+
+def _grpo_problems(given: dict, training: dict) -> list[str]:
+    problems = [
+        f"training.{key}: only used with training.use_vllm: true"
+        for key in ("vllm_mode", "vllm_gpu_memory_utilization")
+        if key in given and not training["use_vllm"]
+    ]
+    if not training.get("rewards"):
+        return [
+            *problems,
+            "training.rewards: GRPO needs at least one reward, e.g. "
+            "[{function: exact_match, column: answer}] (see the README's GRPO section)",
+        ]
+    reward_schema = schema("recipe")["$defs"]["reward"]
+    training["rewards"] = [fill_defaults(spec, reward_schema) for spec in training["rewards"]]
+    problems += rewards.problems(training["rewards"])
+    batch = (
+        training["per_device_train_batch_size"] * training["gradient_accumulation_steps"] * training["num_processes"]
+    )
+    if batch % training["num_generations"]:
+        problems.append(
+            f"training.num_generations: {training['num_generations']} completions per prompt do not divide the "
+            f"{batch} completions of an optimizer step (per_device_train_batch_size x gradient_accumulation_steps "
+            "x num_processes); make that a multiple of num_generations"
+        )
+    return problems
 
 
 def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
@@ -173,12 +242,15 @@ def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
             "training.warmup_steps: given together with training.warmup_ratio; set only one "
             "(warmup_ratio: 0 to count warmup in steps)"
         )
-    if training["trainer_type"] != "dpo":
-        for key in DPO_KEYS:
-            if key in given.get("training", {}):
-                problems.append(f"training.{key}: only used with training.trainer_type: dpo")
-    elif given.get("training", {}).get("packing") is True:
-        problems.append("training.packing: packs SFT rows only; remove it with trainer_type: dpo")
+    if training["trainer_type"] != "sft" and given.get("training", {}).get("packing") is True:
+        problems.append(
+            f"training.packing: packs SFT rows only; remove it with trainer_type: {training['trainer_type']}"
+        )
+    if training["trainer_type"] == "grpo" and training["max_completion_length"] >= recipe["model"]["model_max_length"]:
+        problems.append(
+            f"training.max_completion_length: {training['max_completion_length']} tokens leave no room for a prompt "
+            f"in model.model_max_length ({recipe['model']['model_max_length']}); lower it or raise model_max_length"
+        )
     optimizers = optimizer_names()
     if optimizers and training["optim"] not in optimizers:
         hint = difflib.get_close_matches(training["optim"], optimizers, n=1)
@@ -222,7 +294,11 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     warn_ignored(raw, "recipe", path)
     warn_ignored(overrides, "recipe", source)
     recipe = fill_defaults(merged, schema("recipe"))
-    raise_if_problems("recipe", source, _contradictions(raw, merged, recipe))
+    problems = _fill_trainer_settings(merged.get("training", {}), recipe["training"])
+    raise_if_problems("recipe", source, problems + _contradictions(raw, merged, recipe))
+    trainer = recipe["training"]["trainer_type"]
+    if trainer != "sft" and "completion_only_loss" in merged.get("training", {}):
+        warn(f"{source}: training.completion_only_loss: ignored with trainer_type {trainer} (an SFT setting)")
     deepspeed = recipe["training"].get("deepspeed")
     if deepspeed and not Path(deepspeed).is_file():
         raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (TRL SFT): full, LoRA or QLoRA, resumable from checkpoints."""
+"""Fine-tuning with TRL (SFT, DPO, GRPO): full, LoRA or QLoRA, resumable from checkpoints."""
 
 from __future__ import annotations
 
@@ -131,6 +131,37 @@ def dpo_config_kwargs(recipe: Recipe, output_dir: str, has_eval: bool, on_gpu: b
     """``trl.DPOConfig`` keyword arguments: the shared training arguments, ``beta`` and ``loss_type``."""
     kwargs = training_arguments(recipe, output_dir, has_eval, on_gpu, report_to)
     kwargs.update(beta=recipe["training"]["beta"], loss_type=[recipe["training"]["loss_type"]])
+    return kwargs
+
+
+# Recipe `training` keys of GRPO passed to GRPOConfig unchanged (the vLLM ones only with use_vllm).
+_GRPO_PASSTHROUGH = (
+    "beta",
+    "loss_type",
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "num_iterations",
+    "epsilon",
+    "scale_rewards",
+    "mask_truncated_completions",
+    "use_vllm",
+)
+
+
+def grpo_config_kwargs(
+    recipe: Recipe, output_dir: str, has_eval: bool, on_gpu: bool, report_to: list[str] = ()
+) -> dict:
+    """``trl.GRPOConfig`` keyword arguments: the shared training arguments, the GRPO keys and the reward weights.
+    GRPO has no ``max_length``: prompts were fitted to ``model_max_length - max_completion_length`` by prepare."""
+    t = recipe["training"]
+    kwargs = training_arguments(recipe, output_dir, has_eval, on_gpu, report_to)
+    del kwargs["max_length"]
+    kwargs.update({key: t[key] for key in _GRPO_PASSTHROUGH})
+    if t["use_vllm"]:
+        kwargs.update(vllm_mode=t["vllm_mode"], vllm_gpu_memory_utilization=t["vllm_gpu_memory_utilization"])
+    kwargs["reward_weights"] = [float(spec["weight"]) for spec in recipe.rewards]
     return kwargs
 
 
@@ -401,6 +432,16 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
         # full fine-tuning a second copy TRL loads from the same folder.
         args = DPOConfig(**dpo_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, report_to))
         trainer = DPOTrainer(args=args, **common)
+    elif recipe.trainer_type == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        from koaml.rewards import reward_functions
+
+        packing, why = False, "off (GRPO)"
+        if recipe["training"]["use_vllm"]:
+            require_vllm()
+        args = GRPOConfig(**grpo_config_kwargs(recipe, str(checkpoint_dir), has_eval, on_gpu, report_to))
+        trainer = GRPOTrainer(args=args, reward_funcs=reward_functions(recipe.rewards), **common)
     else:
         from trl import SFTConfig
 
@@ -442,6 +483,17 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
         write_json(tmp / "train_summary.json", summary)
         (tmp / "README.md").write_text(model_card(recipe, data_stats, summary))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def require_vllm() -> None:
+    """GRPO's ``use_vllm`` needs the vllm package (KOA's optional extra) and a GPU."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None or device() != "cuda":
+        raise SystemExit(
+            "training.use_vllm: needs the vllm package and a GPU (pip install -e '.[koa]' on KOA); "
+            "set use_vllm: false to generate with transformers"
+        )
 
 
 def resource_usage(wall_time_s: float, world_size: int) -> dict:

@@ -101,6 +101,11 @@ def local_dataset_files(run):
     return EXP.runs[run].recipe.local_data_files
 
 
+def reward_files(run):
+    """The Python files of a GRPO run's own reward functions, so that editing them reruns the run."""
+    return EXP.runs[run].recipe.reward_files
+
+
 def custom_task_files(bench):
     """The YAML files of a benchmark's local lm-eval tasks, so that editing them reruns it."""
     return EXP.benchmarks[bench].config.local_task_files

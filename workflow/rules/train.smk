@@ -28,11 +28,12 @@ rule prepare_data:
 
 
 rule train:
-    """Fine-tune: full, LoRA or QLoRA. Checkpoints live outside the output, so a rerun resumes."""
+    """Fine-tune (SFT, DPO or GRPO; full, LoRA or QLoRA). Checkpoints live outside the output, so a rerun resumes."""
     input:
         config="results/runs/{run}/config.yaml",
         data="results/data/{run}",
         model=lambda w: start_model_input(w.run),
+        rewards=lambda w: reward_files(w.run),
     output:
         directory("results/runs/{run}/trained"),
     log:
