@@ -56,7 +56,7 @@ def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
             "template": "none",
             "target_column": "text",
         },
-        "training": {"seed": 1, "completion_only_loss": True},
+        "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
     }
     stats = prepare(recipe, str(tiny_model), tmp_path / "out")
     assert stats["rows"] + stats["eval_rows"] == 41 and stats["too_long_rows"] == 1
@@ -95,7 +95,7 @@ def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, 
             "template": "none",
             "target_column": "output",
         },
-        "training": {"seed": 1, "completion_only_loss": True},
+        "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
     }
     prepare(recipe, str(tiny_model), tmp_path / "out")
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [

@@ -133,3 +133,17 @@ def test_report_renders_in_a_real_browser(tmp_path):
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "report.png")
+
+
+def test_reward_curves_for_dpo_and_grpo_runs(tmp_path):
+    from koaml.report import plot_losses, plot_rewards
+
+    sft = [{"step": 10, "loss": 1.2}, {"step": 20, "loss": 0.8}]
+    dpo = [{"step": 10, "loss": 0.69, "rewards/margins": 0.01}, {"step": 20, "loss": 0.5, "rewards/margins": 0.4}]
+    grpo = [{"step": 10, "loss": 0.0, "reward": 0.2}, {"step": 20, "loss": -0.01, "reward": 0.6}]
+    assert plot_rewards({"sft": sft}, tmp_path) is None
+    rewards = plot_rewards({"sft": sft, "dpo": dpo, "grpo": grpo}, tmp_path)
+    assert rewards.name == "rewards.png" and rewards.stat().st_size > 1000
+    # GRPO's loss (around 0, negative at times) stays off the log-scale loss plot; it has only GRPO -> no plot
+    assert plot_losses({"grpo": grpo}, tmp_path) is None
+    assert plot_losses({"sft": sft, "grpo": grpo}, tmp_path).name == "losses.png"

@@ -66,16 +66,22 @@ def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def is_grpo(history: list[dict]) -> bool:
+    """GRPO logs a mean ``reward`` per step; its loss is no learning curve (it hovers around 0)."""
+    return any("reward" in e for e in history)
+
+
 def plot_losses(histories: dict[str, list[dict]], out_dir: Path) -> Path | None:
-    """Training loss (solid) and eval loss (dashed) of every run against the optimizer step."""
+    """Training loss (solid) and eval loss (dashed) of every SFT and DPO run against the optimizer step."""
+    histories = {run: h for run, h in histories.items() if not is_grpo(h)}
     if not histories:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for i, (run, history) in enumerate(histories.items()):
         color = f"C{i % 10}"
-        train = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
-        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+        train = [(e["step"], e["loss"]) for e in history if e.get("loss", 0) > 0 and "step" in e]
+        evals = [(e["step"], e["eval_loss"]) for e in history if e.get("eval_loss", 0) > 0]
         if train:
             ax.plot(*zip(*train, strict=True), color=color, label=f"{run} train")
         if evals:
@@ -87,6 +93,30 @@ def plot_losses(histories: dict[str, list[dict]], out_dir: Path) -> Path | None:
     ax.set_yscale("log")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     return _save(fig, out_dir / "losses.png")
+
+
+# What each preference or RL trainer's learning curve is: (log key, label).
+REWARD_CURVES = (("reward", "mean reward (GRPO)"), ("rewards/margins", "chosen - rejected reward margin (DPO)"))
+
+
+def plot_rewards(histories: dict[str, list[dict]], out_dir: Path) -> Path | None:
+    """GRPO's mean reward and DPO's reward margin of every such run against the optimizer step."""
+    curves = []
+    for run, history in histories.items():
+        for key, label in REWARD_CURVES:
+            points = [(e["step"], e[key]) for e in history if key in e and "step" in e and "train_runtime" not in e]
+            if points:
+                curves.append((run, label, points))
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, (run, label, points) in enumerate(curves):
+        ax.plot(*zip(*points, strict=True), color=f"C{i % 10}", marker="o", markersize=3, label=f"{run}: {label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    return _save(fig, out_dir / "rewards.png")
 
 
 def plot_sweeps(table: pd.DataFrame, sweeps: dict[str, dict[str, dict]], out_dir: Path) -> list[Path]:
@@ -191,8 +221,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
             sweeps.setdefault(info["sweep"]["group"], {})[run] = info["sweep"]["point"]
 
     figures = plot_scores(table, plots_dir)
-    losses = plot_losses(histories, plots_dir)
-    figures += [losses] if losses else []
+    figures += [path for path in (plot_losses(histories, plots_dir), plot_rewards(histories, plots_dir)) if path]
     figures += plot_sweeps(table, sweeps, plots_dir)
 
     shown = table.copy()
@@ -211,6 +240,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
         [
             {
                 "run": run,
+                "trainer": s.get("trainer_type", "sft"),
                 "method": s["method"],
                 "steps": s["global_step"],
                 "train loss": f"{s['train_loss']:.4f}",
