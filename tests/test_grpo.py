@@ -246,3 +246,19 @@ def test_grpo_trains_and_logs_rewards(grpo_trained, method):
         assert "kl" in logged  # beta > 0: the KL to the reference copy
     weights = "model.safetensors" if method == "none" else "adapter_model.safetensors"
     assert (out / "trained" / weights).exists()
+
+
+def test_use_vllm_needs_vllm_and_a_gpu():
+    from koaml.train import require_vllm
+
+    with pytest.raises(SystemExit, match=r"training.use_vllm: needs the vllm package and a GPU"):
+        require_vllm()  # this machine has neither
+
+
+def test_grpo_typos_get_did_you_mean(monkeypatch):
+    monkeypatch.chdir(REPO)
+    typos = {"training": {"num_generation": 4, "rewards": [{"function": "exact_match", "weigth": 2}]}}
+    with pytest.raises(ConfigError) as error:
+        load_recipe(GRPO, typos)
+    assert "training.num_generation: unknown key; did you mean 'num_generations'?" in str(error.value)
+    assert "training.rewards.0.weigth: unknown key; did you mean 'weight'?" in str(error.value)
