@@ -85,7 +85,7 @@ def test_paired_statistics_from_per_sample_logs(tmp_path):
     base = results_dir(tmp_path, "base", 0, 0, mc_items=base_items)
     run = results_dir(tmp_path, "run", 0, 0, mc_items=tuned_items)
     row = compare(run, base).query("task == 'mc'").iloc[0]
-    assert row.delta == pytest.approx(0.28) and row.test == "mcnemar" and row.significant
+    assert row.delta == pytest.approx(0.28) and row.test == "mcnemar" and row.p_value < 0.05
     assert row.ci_low < 0.28 < row.ci_high and row.ci_low > 0
     exact = 2 * sum(math.comb(32, i) for i in range(3)) / 2**32
     assert row.p_value == pytest.approx(exact) and row.status == "ok"
@@ -115,3 +115,49 @@ def test_compare_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| mc | acc | 50.0 | 100.0 | +50.0 |" in out and "| yes |" in out
     assert pd.read_csv(tmp_path / "c.csv").iloc[0].test == "mcnemar"
+
+
+def pair(tmp_path, name, base_items, tuned_items, hours=None):
+    base = results_dir(tmp_path, f"{name}-base", 0, 0, mc_items=base_items)
+    run = results_dir(tmp_path, name, 0, 0, mc_items=tuned_items)
+    summary = None
+    if hours is not None:
+        summary = tmp_path / f"{name}-train_summary.json"
+        summary.write_text(json.dumps({"wall_time_s": hours * 3600, "gpu_hours": 2 * hours}))
+    return {"run": name, "base_model": "b", "benchmark": "bench", "run_results": run, "base_results": base,
+            "train_summary": summary}  # fmt: skip
+
+
+def test_significance_is_decided_on_adjusted_p_values_across_the_table(tmp_path):
+    strong = pair(tmp_path, "strong", [0] * 100, [1] * 30 + [0] * 70, hours=1.5)
+    weak = pair(tmp_path, "weak", [0] * 100, [1] * 6 + [0] * 94)  # raw p = 2 / 2**6 = 0.031
+    nothing = pair(tmp_path, "same", [0, 1] * 50, [0, 1] * 50)
+    table = summarize([strong, weak, nothing], {"correction": "holm", "alpha": 0.05, "power": 0.8})
+    mc = table[table.task == "mc"].set_index("run")
+    assert mc.loc["weak", "p_value"] == pytest.approx(2 / 2**6)
+    # Holm over the 3 tests (gen rows have no per-item logs, so no test): weak ranks second, times 2
+    assert mc.loc["weak", "p_adjusted"] == pytest.approx(2 * 2 / 2**6)
+    assert mc.loc["strong", "significant"] and not mc.loc["weak", "significant"]
+    unadjusted = summarize([strong, weak, nothing], {"correction": "none", "alpha": 0.05, "power": 0.8})
+    assert unadjusted.set_index(["run", "task"]).loc[("weak", "mc"), "significant"]
+    assert mc.loc["strong", "train_hours"] == 1.5 and mc.loc["strong", "gpu_hours"] == 3.0
+    assert pd.isna(mc.loc["weak", "train_hours"])  # no training summary: a base model, or not trained here
+
+
+def test_underpowered_rows_are_flagged(tmp_path):
+    small = pair(tmp_path, "small", [0] * 20, [1] * 3 + [0] * 17)  # +15 points on 20 items: not detectable
+    row = summarize([small]).query("task == 'mc'").iloc[0]
+    assert not row.significant and row.mde > abs(row.delta) and row.underpowered
+    large = pair(tmp_path, "large", [0] * 2000, [1] * 300 + [0] * 1700)
+    row = summarize([large]).query("task == 'mc'").iloc[0]
+    assert row.significant and row.mde < 0.05 and not row.underpowered
+
+
+def test_markdown_names_the_correction_and_the_number_of_tests(tmp_path):
+    pairs = [pair(tmp_path, "a", [0] * 50, [1] * 20 + [0] * 30, hours=0.25), pair(tmp_path, "b", [0] * 50, [0] * 50)]
+    write_summary(pairs, tmp_path / "s.csv", tmp_path / "s.md", {"correction": "bh", "alpha": 0.05, "power": 0.8})
+    md = (tmp_path / "s.md").read_text()
+    assert "adjusted for the 2 tests of this table (Benjamini-Hochberg (false discovery rate))" in md
+    assert "| p adj. |" in md and "| MDE |" in md and "| 0.25 |" in md  # train hours of run a
+    csv = pd.read_csv(tmp_path / "s.csv")
+    assert {"p_adjusted", "mde", "underpowered", "train_hours", "gpu_hours"} <= set(csv.columns)

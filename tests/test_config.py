@@ -277,3 +277,11 @@ def test_compare_pairs_any_two_evaluated_models():
     config = dict(demo_experiment(), compare=[["tiny-lora", "tiny-full"]], evaluate_adapters=True)
     exp = load_experiment(config)
     assert exp.comparisons[-1] == ("tiny-lora", "tiny-full") and ("tiny", "tiny-lora_adapter") in exp.comparisons
+
+
+def test_statistics_settings_default_and_are_validated():
+    assert load_experiment(demo_experiment()).statistics == {"correction": "bh", "alpha": 0.05, "power": 0.8}
+    holm = load_experiment(demo_experiment(statistics={"correction": "holm", "alpha": 0.01}))
+    assert holm.statistics == {"correction": "holm", "alpha": 0.01, "power": 0.8}
+    with pytest.raises(ConfigError, match=r"statistics.correction: 'bonferroni' is not allowed; expected one of: bh"):
+        load_experiment(demo_experiment(statistics={"correction": "bonferroni"}))

@@ -81,7 +81,9 @@ def test_dpo_keys_only_with_dpo(monkeypatch):
         load_recipe("config/recipes/demo_lora.yaml", {"training": {"beta": 0.2}})
     with pytest.raises(ConfigError, match=r"training.packing: packs SFT rows only"):
         load_recipe(DPO, {"training": {"packing": True}})
-    with pytest.raises(ConfigError, match=r"training.loss_type: 'sigmod' is not a dpo loss_type; did you mean 'sigmoid'?"):
+    with pytest.raises(
+        ConfigError, match=r"training.loss_type: 'sigmod' is not a dpo loss_type; did you mean 'sigmoid'?"
+    ):
         load_recipe(DPO, {"training": {"loss_type": "sigmod"}})
 
 

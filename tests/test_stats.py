@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from koaml.stats import bootstrap_ci, mcnemar_p, paired, permutation_p
+from koaml.stats import adjust_p_values, bootstrap_ci, mcnemar_p, minimum_detectable_effect, paired, permutation_p
 
 
 def test_mcnemar_matches_the_exact_binomial():
@@ -41,10 +41,10 @@ def test_paired_picks_the_test_and_flags_significance():
     base = rng.integers(0, 2, 300)
     better = np.where(rng.random(300) < 0.4, 1, base)
     result = paired(base.tolist(), better.tolist())
-    assert result.test == "mcnemar" and result.significant and result.ci_low > 0
+    assert result.test == "mcnemar" and result.p_value < 0.05 and result.ci_low > 0
     assert result.delta == pytest.approx(better.mean() - base.mean())
     same = paired(base.tolist(), base.tolist())
-    assert not same.significant and same.delta == 0
+    assert same.p_value == 1.0 and same.delta == 0
     graded = paired([0.1, 0.5, 0.3, 0.9], [0.2, 0.5, 0.4, 0.8])
     assert graded.test == "permutation" and graded.n == 4
 
@@ -52,3 +52,52 @@ def test_paired_picks_the_test_and_flags_significance():
 def test_paired_needs_matching_items():
     with pytest.raises(ValueError, match="same non-empty items"):
         paired([1, 0], [1])
+
+
+def test_benjamini_hochberg_matches_scipy_and_holm_the_textbook():
+    from scipy.stats import false_discovery_control
+
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.2, 0.6, 0.011])
+    assert adjust_p_values(p, "bh") == pytest.approx(false_discovery_control(p, method="bh"))
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone: 0.02, 0.03, 0.06, 0.06
+    assert adjust_p_values([0.01, 0.04, 0.03, 0.005], "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    with_gaps = adjust_p_values([0.01, np.nan, 0.04], "holm")  # untested rows are not counted
+    assert np.isnan(with_gaps[1]) and with_gaps[[0, 2]] == pytest.approx([0.02, 0.04])
+    assert adjust_p_values(p, "none") == pytest.approx(p)
+    assert adjust_p_values([0.9, 0.8], "holm") == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def simulate_pairs(rng, n, p_fixed, p_broken, p_right=0.3):
+    """Paired 0/1 scores of n items: a share p_fixed wrong -> right, p_broken right -> wrong."""
+    u = rng.random(n)
+    base = (u < p_right + p_broken).astype(float)
+    tuned = base.copy()
+    tuned[u < p_broken] = 0.0
+    tuned[(u >= p_right + p_broken) & (u < p_right + p_broken + p_fixed)] = 1.0
+    return base, tuned
+
+
+def test_corrections_keep_false_discoveries_in_check_at_scale():
+    """520 comparisons (40 runs x 13 benchmarks) of which 500 have no effect: raw p < 0.05 finds about 25 false
+    positives; Benjamini-Hochberg keeps the false discovery rate near 5%, Holm the chance of any near 5%."""
+    rng = np.random.default_rng(0)
+    effects = [0.15] * 20 + [0.0] * 500
+    p = np.array([mcnemar_p(*simulate_pairs(rng, 300, 0.05 + e, 0.05)) for e in effects])
+    real = np.arange(520) < 20
+    raw, bh, holm = p < 0.05, adjust_p_values(p, "bh") < 0.05, adjust_p_values(p, "holm") < 0.05
+    assert 12 <= (raw & ~real).sum() <= 40
+    assert (bh & ~real).sum() <= 3 and (bh & real).sum() >= 15
+    assert (holm & ~real).sum() <= 1 and (holm & real).sum() >= 10
+
+
+def test_minimum_detectable_effect_has_the_stated_power():
+    """Items whose true delta equals the MDE are found significant in about 80% of simulated evaluations."""
+    rng = np.random.default_rng(1)
+    n, discordant = 400, 0.2
+    planning = simulate_pairs(rng, 100_000, 0.15, 0.05)  # the variability of such comparisons
+    mde = minimum_detectable_effect(planning[1] - planning[0]) * np.sqrt(100_000 / n)
+    p_fixed, p_broken = (discordant + mde) / 2, (discordant - mde) / 2
+    found = [mcnemar_p(*simulate_pairs(rng, n, p_fixed, p_broken)) < 0.05 for _ in range(1000)]
+    assert 0.72 <= np.mean(found) <= 0.88
+    assert minimum_detectable_effect(np.zeros(100)) == pytest.approx(2.8016 * 0.1 / 10, rel=1e-3)  # one item's change
+    assert minimum_detectable_effect(np.zeros(100), alpha=0.01, power=0.9) > minimum_detectable_effect(np.zeros(100))

@@ -82,12 +82,12 @@ def _evaluate(a):
 
 
 def _compare(a):
-    from koaml.compare import NOTE, compare, to_markdown
+    from koaml.compare import DEFAULT_STATISTICS, compare, decide, note, to_markdown
 
-    table = compare(a.finetuned, a.base, run=a.finetuned, base_model=a.base)
+    table = decide(compare(a.finetuned, a.base, run=a.finetuned, base_model=a.base), DEFAULT_STATISTICS)
     if a.csv:
         table.to_csv(a.csv, index=False)
-    print(NOTE + to_markdown(table), end="")
+    print(note(table) + to_markdown(table), end="")
 
 
 def _status(a):

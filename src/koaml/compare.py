@@ -10,13 +10,16 @@ import pandas as pd
 from koaml.evaluate import metric_rows
 from koaml.integrity import damage
 from koaml.io import write_text_atomic
-from koaml.stats import paired
+from koaml.stats import ALPHA, POWER, adjust_p_values, paired
 
 KEYS = ["task", "metric", "filter"]
 COLUMNS = [
     "run", "base_model", "benchmark", "task", "metric", "filter", "base_score", "score", "delta",
-    "ci_low", "ci_high", "p_value", "test", "significant", "base_stderr", "stderr", "n", "status", "reason", "complete",
+    "ci_low", "ci_high", "p_value", "p_adjusted", "test", "significant", "mde", "underpowered",
+    "base_stderr", "stderr", "n", "train_hours", "gpu_hours", "status", "reason", "complete",
 ]  # fmt: skip
+# The experiment's `statistics` section when none is given (the schema holds the same defaults).
+DEFAULT_STATISTICS = {"correction": "bh", "alpha": ALPHA, "power": POWER}
 
 
 def results_file(location: str | Path) -> Path | None:
@@ -67,7 +70,7 @@ def problem(location: str | Path | None) -> str | None:
     return None
 
 
-def _paired_columns(row, run_location, base_location) -> dict:
+def _paired_columns(row, run_location, base_location, statistics: dict) -> dict:
     if base_location is None or pd.isna(row.base_score) or pd.isna(row.score):
         return {}
     base = sample_scores(base_location, row.task, row.metric, row["filter"])
@@ -75,18 +78,35 @@ def _paired_columns(row, run_location, base_location) -> dict:
     docs = sorted(set(base) & set(tuned))
     if not docs:
         return {}
-    result = paired([base[d] for d in docs], [tuned[d] for d in docs])
+    result = paired(
+        [base[d] for d in docs], [tuned[d] for d in docs], alpha=statistics["alpha"], power=statistics["power"]
+    )
     return {
         "ci_low": result.ci_low,
         "ci_high": result.ci_high,
         "p_value": result.p_value,
         "test": result.test,
-        "significant": result.significant,
+        "mde": result.mde,
     }
 
 
+def training_cost(train_summary: str | Path | None) -> dict:
+    """Hours of training (wall clock) and GPU-hours of a run, from its ``train_summary.json``."""
+    path = Path(train_summary) if train_summary else None
+    if path is None or not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    wall = summary.get("wall_time_s")
+    return {"train_hours": None if wall is None else wall / 3600, "gpu_hours": summary.get("gpu_hours")}
+
+
 def compare(
-    run_location, base_location, run: str = "fine-tuned", base_model: str = "base", benchmark: str = ""
+    run_location,
+    base_location,
+    run: str = "fine-tuned",
+    base_model: str = "base",
+    benchmark: str = "",
+    statistics: dict | None = None,
 ) -> pd.DataFrame:
     """Rows comparing one evaluation with its base's on the same benchmark. Statistics come only from two
     intact evaluations; a damaged one is shown as ``damaged``, with what is wrong, and not used."""
@@ -104,7 +124,8 @@ def compare(
     if table.empty:  # the evaluation is missing: keep a row that says so
         table = pd.DataFrame([{k: None for k in KEYS}])
     table["delta"] = table["score"] - table["base_score"]
-    stats = [_paired_columns(row, run_location, base_location) for _, row in table.iterrows()]
+    statistics = statistics or DEFAULT_STATISTICS
+    stats = [_paired_columns(row, run_location, base_location, statistics) for _, row in table.iterrows()]
     table = pd.concat([table.reset_index(drop=True), pd.DataFrame(stats, index=table.index)], axis=1)
     table["status"] = [
         "damaged"
@@ -117,14 +138,40 @@ def compare(
     return table.reindex(columns=COLUMNS)
 
 
-def summarize(pairs: list[dict]) -> pd.DataFrame:
-    """Compare each run with its base.
+def summarize(pairs: list[dict], statistics: dict | None = None) -> pd.DataFrame:
+    """Compare each run with its base, then decide significance across the whole table.
 
     ``pairs`` holds one dict per (run, benchmark): ``run``, ``base_model``, ``benchmark``,
-    ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated).
+    ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated), and
+    ``train_summary`` (the run's ``train_summary.json``, for its cost; None for models not trained here).
+    ``statistics``: the experiment's ``correction``, ``alpha`` and ``power``.
     """
-    frames = [compare(p["run_results"], p["base_results"], p["run"], p["base_model"], p["benchmark"]) for p in pairs]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    statistics = statistics or DEFAULT_STATISTICS
+    frames = []
+    for p in pairs:
+        frame = compare(p["run_results"], p["base_results"], p["run"], p["base_model"], p["benchmark"], statistics)
+        for column, value in training_cost(p.get("train_summary")).items():
+            frame[column] = value
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return decide(pd.concat(frames, ignore_index=True), statistics)
+
+
+def decide(table: pd.DataFrame, statistics: dict) -> pd.DataFrame:
+    """``p_adjusted`` over every tested row of the table (the experiment's correction), ``significant`` from it,
+    and ``underpowered``: not significant, with an observed delta smaller than the minimum detectable effect."""
+    table = table.copy()
+    table["p_adjusted"] = adjust_p_values(table.p_value.astype(float), statistics["correction"])
+    tested = table.p_adjusted.notna()
+    table["significant"] = [
+        bool(p < statistics["alpha"]) if t else None for p, t in zip(table.p_adjusted, tested, strict=True)
+    ]
+    table["underpowered"] = [
+        bool(not sig and abs(delta) < mde) if t else None
+        for sig, delta, mde, t in zip(table.significant, table.delta, table.mde.astype(float), tested, strict=True)
+    ]
+    return table.reindex(columns=COLUMNS)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -143,9 +190,14 @@ def to_markdown(table: pd.DataFrame) -> str:
                 "" if pd.isna(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
                 for lo, hi in zip(table.ci_low, table.ci_high, strict=True)
             ],
-            "p": table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
-            "sig.": table.significant.map(lambda v: "yes" if v is True else ("no" if v is False else "")),
+            "p": table.p_value.map(_p),
+            "p adj.": table.p_adjusted.map(_p),
+            "sig.": table.significant.map(_yes_no),
+            "MDE": table.mde.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"),
+            "underpowered": table.underpowered.map(lambda v: "yes" if v is True else ""),
             "n": table.n.map(lambda v: "" if pd.isna(v) else str(int(v))),
+            "train h": table.train_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+            "GPU-h": table.gpu_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
             "status": table.status,
             "reason": table.reason.fillna(""),
         }
@@ -164,16 +216,42 @@ def _pct(value) -> str:
     return "" if pd.isna(value) else f"{100 * value:.1f}"
 
 
-NOTE = (
-    "Scores in percent; delta = fine-tuned minus base, in points. 95% CI: paired bootstrap over the "
-    "same items; p: McNemar's exact test (0/1 scores) or a paired permutation test; sig.: p < 0.05.\n\n"
-)
+def _p(value) -> str:
+    return "" if pd.isna(value) else f"{value:.3g}"
 
 
-def write_summary(pairs: list[dict], csv_path: str | Path, md_path: str | Path) -> pd.DataFrame:
-    table = summarize(pairs)
+def _yes_no(value) -> str:
+    return "yes" if value is True else ("no" if value is False else "")
+
+
+CORRECTION_NAMES = {"bh": "Benjamini-Hochberg (false discovery rate)", "holm": "Holm (family-wise error)"}
+
+
+def note(table: pd.DataFrame, statistics: dict | None = None) -> str:
+    """What the columns mean, with this table's correction, number of tests, alpha and power."""
+    statistics = statistics or DEFAULT_STATISTICS
+    alpha, power, correction = statistics["alpha"], statistics["power"], statistics["correction"]
+    tests = int(table.p_value.notna().sum()) if "p_value" in table else 0
+    adjusted = (
+        f"p adj.: adjusted for the {tests} tests of this table ({CORRECTION_NAMES[correction]}); "
+        if correction != "none"
+        else f"p adj.: not adjusted (correction: none) for the {tests} tests of this table; "
+    )
+    return (
+        f"Scores in percent; delta = fine-tuned minus base, in points. {100 * (1 - alpha):g}% CI: paired bootstrap "
+        "over the same items; p: McNemar's exact test (0/1 scores) or a paired permutation test; "
+        f"{adjusted}sig.: p adj. < {alpha:g}. MDE: the smallest true delta these items detect with "
+        f"{100 * power:g}% power (underpowered: not significant and |delta| < MDE, so a real effect of this size "
+        "would likely be missed: evaluate more items). Cost: hours of the run's training, and GPU-hours.\n\n"
+    )
+
+
+def write_summary(
+    pairs: list[dict], csv_path: str | Path, md_path: str | Path, statistics: dict | None = None
+) -> pd.DataFrame:
+    table = summarize(pairs, statistics)
     write_text_atomic(csv_path, table.to_csv(index=False))
-    write_text_atomic(md_path, "# Base vs fine-tuned\n\n" + NOTE + to_markdown(table))
+    write_text_atomic(md_path, "# Base vs fine-tuned\n\n" + note(table, statistics) + to_markdown(table))
     return table
 
 
@@ -186,12 +264,16 @@ def partial_banner(table: pd.DataFrame) -> str:
 
 
 def write_partial(
-    pairs: list[dict], reasons: dict[str, tuple[str, str]], csv_path: str | Path, md_path: str | Path
+    pairs: list[dict],
+    reasons: dict[str, tuple[str, str]],
+    csv_path: str | Path,
+    md_path: str | Path,
+    statistics: dict | None = None,
 ) -> pd.DataFrame:
     """The summary of what has finished while other jobs failed or never ran: rows of missing evaluations get
     ``failed`` or ``pending`` and a reason (``reasons``: evaluation folder -> (status, reason)), every row
     ``complete`` False, and the Markdown a banner: it is never mistaken for the final table."""
-    table = summarize(pairs)
+    table = summarize(pairs, statistics)
     table["reason"] = table["reason"].astype(object)
     for pair in pairs:
         folders = [pair["run_results"], pair["base_results"]]
@@ -206,6 +288,9 @@ def write_partial(
     table["complete"] = False
     write_text_atomic(csv_path, table.to_csv(index=False))
     write_text_atomic(
-        md_path, f"# Base vs fine-tuned (partial)\n\n**{partial_banner(table)}**\n\n" + NOTE + to_markdown(table)
+        md_path,
+        f"# Base vs fine-tuned (partial)\n\n**{partial_banner(table)}**\n\n"
+        + note(table, statistics)
+        + to_markdown(table),
     )
     return table

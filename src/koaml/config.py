@@ -249,7 +249,13 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         check_benchmark(path, benchmarks[name].config)
 
     experiment = Experiment(
-        config["experiment"], bases, runs, benchmarks, config["evaluate_base"], config["evaluate_adapters"]
+        config["experiment"],
+        bases,
+        runs,
+        benchmarks,
+        config["evaluate_base"],
+        config["evaluate_adapters"],
+        statistics=config["statistics"],
     )
     for name, run in runs.items():  # where the model's files are here already; else the prepare_data job checks
         base = bases[experiment.root_base(name)]

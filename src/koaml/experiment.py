@@ -89,6 +89,7 @@ class Experiment:
     evaluate_base: bool = True
     evaluate_adapters: bool = False
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
+    statistics: dict = field(default_factory=dict)  # the comparison's correction, alpha and power
 
     def root_base(self, run: str) -> str:
         """The base model at the start of a run's (possibly multi-stage) chain."""

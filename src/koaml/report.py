@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from koaml.compare import NOTE, partial_banner
+from koaml.compare import note, partial_banner
 from koaml.io import write_text_atomic
 
 PACKAGES = ("koaml", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "snakemake")
@@ -186,14 +186,15 @@ def _img(path: Path, alt: str) -> str:
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
-th{background:#f3f3f3}td:nth-child(-n+5){text-align:left}.sig{background:#e6f4ea}.missing{background:#fdecea}
+th{background:#f3f3f3}td:nth-child(-n+5){text-align:left}.sig{background:#e6f4ea}.missing{background:#fdecea}.underpowered{background:#fff8e1}
 .partial{background:#fff3cd;border:2px solid #e0a800;padding:.75rem;font-weight:bold}
 .wide{overflow-x:auto}img{max-width:100%}figure{display:inline-block;margin:.5rem}pre{background:#f7f7f7;padding:.5rem;overflow:auto;font-size:.8rem}
 """
 
 
 def _table_html(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
-    """An HTML table, each row with its CSS class (significant deltas and missing results stand out)."""
+    """An HTML table, each row with its CSS class (significant deltas, underpowered rows and missing results
+    stand out)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -202,9 +203,15 @@ def _table_html(frame: pd.DataFrame, row_classes: list[str] | None = None) -> st
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str | Path, experiment: str) -> None:
-    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info. A partial
-    summary (``complete`` False) gets a banner saying so."""
+def write_report(
+    summary_csv: str | Path,
+    runs: dict[str, dict],
+    out_html: str | Path,
+    experiment: str,
+    statistics: dict | None = None,
+) -> None:
+    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
+    the experiment's correction, alpha and power. A partial summary (``complete`` False) gets a banner saying so."""
     out_html = Path(out_html)
     plots_dir = out_html.parent / "plots"
     table = pd.read_csv(summary_csv, keep_default_na=True)
@@ -229,9 +236,15 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
     shown["delta"] = table.delta.map(lambda v: "" if pd.isna(v) else f"{100 * v:+.1f}")
     shown["p_value"] = table.p_value.map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    shown["p_adjusted"] = table.p_adjusted.map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    shown["mde"] = table.mde.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}")
+    for col in ("train_hours", "gpu_hours"):
+        shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     marks = [
-        "missing" if st in ("missing", "failed", "pending") else ("sig" if str(s) == "True" else "")
-        for s, st in zip(table.significant, table.status, strict=True)
+        "missing"
+        if st in ("missing", "failed", "pending")
+        else ("sig" if str(s) == "True" else ("underpowered" if str(u) == "True" else ""))
+        for s, u, st in zip(table.significant, table.underpowered, table.status, strict=True)
     ]
     rows_html = _table_html(shown.astype(object).fillna(""), marks)
 
@@ -265,7 +278,7 @@ def write_report(summary_csv: str | Path, runs: dict[str, dict], out_html: str |
 <h1>koa-ml report: {html.escape(experiment)}</h1>
 {banner}
 <p>Generated {prov["generated"]} from workflow commit <code>{html.escape(prov["git_commit"])}</code>.</p>
-<h2>Base vs fine-tuned</h2><p>{html.escape(NOTE.strip())}</p>
+<h2>Base vs fine-tuned</h2><p>{html.escape(note(table, statistics).strip())}</p>
 {rows_html}
 <h2>Plots</h2>
 {"".join(_img(p, p.stem.replace("_", " ")) for p in figures)}

@@ -2,18 +2,23 @@
 
 lm-eval's stderr treats the two scores as independent samples; they are not (same documents),
 so the delta gets a paired bootstrap confidence interval and a paired test: McNemar's exact test
-for 0/1 scores, a sign-flip permutation test otherwise.
+for 0/1 scores, a sign-flip permutation test otherwise. Across a whole comparison table the p-values
+are adjusted for multiple comparisons (Benjamini-Hochberg or Holm), and each row gets the minimum
+detectable effect: the smallest true delta its items would show as significant with the chosen power.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
 N_RESAMPLES = 10_000
 ALPHA = 0.05
+POWER = 0.8
+CORRECTIONS = ("bh", "holm", "none")
 
 
 @dataclass(frozen=True)
@@ -24,18 +29,17 @@ class PairedResult:
     ci_high: float
     p_value: float
     test: str
-
-    @property
-    def significant(self) -> bool:
-        return self.p_value < ALPHA
+    mde: float  # minimum detectable effect at ALPHA and POWER (see minimum_detectable_effect)
 
 
-def bootstrap_ci(diffs: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``diffs`` over resampled items."""
+def bootstrap_ci(
+    diffs: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0, alpha: float = ALPHA
+) -> tuple[float, float]:
+    """The (1 - alpha) percentile interval of the mean of ``diffs`` over resampled items (95% by default)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(diffs), size=(n_resamples, len(diffs)))
     means = diffs[idx].mean(axis=1)
-    low, high = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
 
@@ -64,15 +68,53 @@ def is_binary(values: np.ndarray) -> bool:
     return bool(np.all((values == 0) | (values == 1)))
 
 
-def paired(base: list[float], tuned: list[float], seed: int = 0) -> PairedResult:
+def minimum_detectable_effect(diffs: np.ndarray, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true mean difference a two-sided paired test at ``alpha`` detects with probability ``power``
+    on ``len(diffs)`` items: (z_{1-alpha/2} + z_power) * sd / sqrt(n), with the standard deviation of the paired
+    differences observed here (at least that of one item in ``n`` changing by 1, so that identical outputs do
+    not claim a detectable effect of 0)."""
+    n = len(diffs)
+    sd = max(float(np.std(diffs, ddof=1)) if n > 1 else 0.0, 1 / math.sqrt(n))
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return z * sd / math.sqrt(n)
+
+
+def adjust_p_values(p_values, method: str = "bh") -> np.ndarray:
+    """p-values adjusted for multiple comparisons (NaN stays NaN and is not counted): ``bh`` (Benjamini-Hochberg,
+    false discovery rate), ``holm`` (Holm-Bonferroni, family-wise error) or ``none``."""
+    p = np.asarray(p_values, dtype=float)
+    out = p.copy()
+    tested = ~np.isnan(p)
+    m = int(tested.sum())
+    if method == "none" or m == 0:
+        return out
+    order = np.argsort(p[tested], kind="stable")
+    ranked = p[tested][order]
+    if method == "bh":
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    elif method == "holm":
+        adjusted = np.maximum.accumulate(ranked * (m - np.arange(m)))
+    else:
+        raise ValueError(f"unknown correction {method!r}; expected one of {', '.join(CORRECTIONS)}")
+    values = np.empty(m)
+    values[order] = np.minimum(adjusted, 1.0)
+    out[tested] = values
+    return out
+
+
+def paired(
+    base: list[float], tuned: list[float], seed: int = 0, alpha: float = ALPHA, power: float = POWER
+) -> PairedResult:
     """Compare per-item scores of the same items (same order) for the base and the fine-tuned model."""
     base_arr, tuned_arr = np.asarray(base, dtype=float), np.asarray(tuned, dtype=float)
     if base_arr.shape != tuned_arr.shape or base_arr.size == 0:
         raise ValueError(f"paired scores need the same non-empty items (got {base_arr.size} and {tuned_arr.size})")
     diffs = tuned_arr - base_arr
-    low, high = bootstrap_ci(diffs, seed=seed)
+    low, high = bootstrap_ci(diffs, seed=seed, alpha=alpha)
     if is_binary(base_arr) and is_binary(tuned_arr):
         p, test = mcnemar_p(base_arr, tuned_arr), "mcnemar"
     else:
         p, test = permutation_p(diffs, seed=seed), "permutation"
-    return PairedResult(len(diffs), float(diffs.mean()), low, high, p, test)
+    return PairedResult(
+        len(diffs), float(diffs.mean()), low, high, p, test, minimum_detectable_effect(diffs, alpha, power)
+    )

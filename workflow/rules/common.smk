@@ -121,6 +121,7 @@ def comparison_pairs():
             "benchmark": bench,
             "run_results": evaluation_dir(model, bench),
             "base_results": evaluation_dir(reference, bench) if reference in EXP.evaluated_models else None,
+            "train_summary": f"results/runs/{model}/trained/train_summary.json" if model in EXP.runs else None,
         }
         for reference, model in EXP.comparisons
         for bench in EXP.benchmarks

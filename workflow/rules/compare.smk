@@ -11,6 +11,7 @@ rule compare:
     localrule: True
     params:
         pairs=comparison_pairs(),
+        statistics=EXP.statistics,
     script:
         "../scripts/compare.py"
 
@@ -32,6 +33,7 @@ rule report:
     params:
         runs=report_runs(),
         experiment=EXP.name,
+        statistics=EXP.statistics,
     script:
         "../scripts/report.py"
 
@@ -49,9 +51,14 @@ onerror:
         missing_reasons(EXP, status(EXP)),
         "results/partial/summary.csv",
         "results/partial/summary.md",
+        EXP.statistics,
     )
     write_report(
-        "results/partial/summary.csv", report_runs(finished_only=True), "results/partial/report.html", EXP.name
+        "results/partial/summary.csv",
+        report_runs(finished_only=True),
+        "results/partial/report.html",
+        EXP.name,
+        EXP.statistics,
     )
     print(
         "koa-ml: some jobs failed; what has finished is in results/partial/summary.md and results/partial/report.html"

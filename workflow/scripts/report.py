@@ -5,5 +5,11 @@ from koaml.report import write_report
 
 logging.basicConfig(filename=snakemake.log[0], filemode="w", level=logging.INFO, force=True)
 logging.captureWarnings(True)
-write_report(snakemake.input.summary, snakemake.params.runs, snakemake.output.html, snakemake.params.experiment)
+write_report(
+    snakemake.input.summary,
+    snakemake.params.runs,
+    snakemake.output.html,
+    snakemake.params.experiment,
+    snakemake.params.statistics,
+)
 logging.info("wrote %s", snakemake.output.html)
