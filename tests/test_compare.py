@@ -161,3 +161,26 @@ def test_markdown_names_the_correction_and_the_number_of_tests(tmp_path):
     assert "| p adj. |" in md and "| MDE |" in md and "| 0.25 |" in md  # train hours of run a
     csv = pd.read_csv(tmp_path / "s.csv")
     assert {"p_adjusted", "mde", "underpowered", "train_hours", "gpu_hours"} <= set(csv.columns)
+
+
+def test_replicates_get_a_group_row_with_the_mean_and_seed_spread(tmp_path):
+    base = [0] * 100
+    seeds = [[1] * 20 + [0] * 80, [1] * 30 + [0] * 70, [1] * 25 + [0] * 75]  # +20, +30, +25 points
+    pairs = []
+    for k, items in enumerate(seeds, 1):
+        member = pair(tmp_path, f"sft_rep{k}", base, items, hours=0.5)
+        pairs.append({**member, "replicate_of": "sft", "base_group": "b"})
+    pairs.append(pair(tmp_path, "other", base, [1] * 10 + [0] * 90))
+    table = summarize(pairs, {"correction": "bh", "alpha": 0.05, "power": 0.8})
+    mc = table[table.task == "mc"].set_index("run")
+    group = mc.loc["sft"]
+    assert group.delta == pytest.approx(0.25) and group.score == pytest.approx(0.25) and group.seeds == 3
+    assert group.seed_sd == pytest.approx(0.05) and group.seed_deltas == "+0.2000 +0.3000 +0.2500"
+    assert group.test == "two-level bootstrap" and group.ci_low < 0.25 < group.ci_high and group.significant
+    assert group.train_hours == pytest.approx(1.5) and group.base_model == "b"
+    assert mc.loc["sft_rep1"].replicate_of == "sft" and pd.isna(mc.loc["sft_rep1"].p_adjusted)  # not tested alone
+    assert mc.loc["sft_rep1"].p_value < 0.05  # its own test is still shown
+    assert mc.p_adjusted.notna().sum() == 2  # the group and 'other'
+    md_path = tmp_path / "s.md"
+    write_summary(pairs, tmp_path / "s.csv", md_path)
+    assert "| seeds | seed SD |" in md_path.read_text() and "| 3 | 5.0 |" in md_path.read_text()

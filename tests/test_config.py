@@ -285,3 +285,40 @@ def test_statistics_settings_default_and_are_validated():
     assert holm.statistics == {"correction": "holm", "alpha": 0.01, "power": 0.8}
     with pytest.raises(ConfigError, match=r"statistics.correction: 'bonferroni' is not allowed; expected one of: bh"):
         load_experiment(demo_experiment(statistics={"correction": "bonferroni"}))
+
+
+def test_replicates_train_copies_with_consecutive_seeds():
+    config = demo_experiment(
+        runs={
+            "sft": {"base": "tiny", "recipe": DEMO_RECIPE, "replicates": 3},
+            "sft-again": {"base": "run:sft", "recipe": DEMO_RECIPE, "replicates": 3},
+            "once": {"base": "tiny", "recipe": DEMO_RECIPE},
+        },
+        compare=[["sft", "sft-again"], ["once", "sft"]],
+    )
+    exp = load_experiment(config)
+    assert exp.replicate_groups == {"sft": ["sft_rep1", "sft_rep2", "sft_rep3"],
+                                    "sft-again": ["sft-again_rep1", "sft-again_rep2", "sft-again_rep3"]}  # fmt: skip
+    seed = load_recipe(DEMO_RECIPE)["training"]["seed"]
+    assert [exp.runs[f"sft_rep{k}"].recipe["training"]["seed"] for k in (1, 2, 3)] == [seed, seed + 1, seed + 2]
+    assert exp.runs["sft_rep2"].replicate == {"group": "sft", "index": 1, "seed": seed + 1}
+    assert exp.runs["sft-again_rep2"].base == "run:sft_rep2"  # each seed's second stage starts from its first
+    assert ("sft_rep3", "sft-again_rep3") in exp.comparisons and ("once", "sft_rep1") in exp.comparisons
+    assert exp.evaluated_models.count("tiny") == 1  # the base is evaluated once
+    everywhere = load_experiment(demo_experiment(replicates=2))
+    assert sorted(everywhere.runs) == [f"tiny-{m}_rep{k}" for m in ("full", "lora", "qlora") for k in (1, 2)]
+
+
+def test_replicate_errors_name_the_fix():
+    mismatched = demo_experiment(
+        runs={
+            "sft": {"base": "tiny", "recipe": DEMO_RECIPE, "replicates": 3},
+            "dpo": {"base": "run:sft", "recipe": DEMO_RECIPE},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"runs.dpo.base: run:sft has 3 replicates; give this run as many"):
+        load_experiment(mismatched)
+    too_many = demo_experiment(runs={"r": {"base": "tiny", "recipe": DEMO_RECIPE, "sweep": {"training.seed": [1, 2, 3]},
+                                           "replicates": 100}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"makes 300 runs \(runs.r: 3 x 100 replicates = 300\)"):
+        load_experiment(too_many)

@@ -147,3 +147,13 @@ def test_reward_curves_for_dpo_and_grpo_runs(tmp_path):
     # GRPO's loss (around 0, negative at times) stays off the log-scale loss plot; it has only GRPO -> no plot
     assert plot_losses({"grpo": grpo}, tmp_path) is None
     assert plot_losses({"sft": sft, "grpo": grpo}, tmp_path).name == "losses.png"
+
+
+def test_seed_replicates_are_one_bar_with_a_point_per_seed(tmp_path):
+    from koaml.report import plot_scores
+
+    rows = summary_rows(["r_rep1", "r_rep2"])
+    rows = rows[rows.status == "ok"].assign(replicate_of="r")
+    group = rows.iloc[[0]].assign(run="r", replicate_of=None, score=rows.score.mean(), seeds=2)
+    (path,) = plot_scores(pd.concat([rows, group], ignore_index=True), tmp_path)
+    assert path.name == "scores_bench.png" and path.stat().st_size > 1000

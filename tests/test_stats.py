@@ -6,7 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from koaml.stats import adjust_p_values, bootstrap_ci, mcnemar_p, minimum_detectable_effect, paired, permutation_p
+from koaml.stats import (
+    adjust_p_values,
+    bootstrap_ci,
+    mcnemar_p,
+    minimum_detectable_effect,
+    paired,
+    permutation_p,
+    replicated,
+    two_level_bootstrap,
+)
 
 
 def test_mcnemar_matches_the_exact_binomial():
@@ -101,3 +110,33 @@ def test_minimum_detectable_effect_has_the_stated_power():
     assert 0.72 <= np.mean(found) <= 0.88
     assert minimum_detectable_effect(np.zeros(100)) == pytest.approx(2.8016 * 0.1 / 10, rel=1e-3)  # one item's change
     assert minimum_detectable_effect(np.zeros(100), alpha=0.01, power=0.9) > minimum_detectable_effect(np.zeros(100))
+
+
+def test_two_level_bootstrap_resamples_seeds_then_items():
+    # two seeds whose items all moved by 0 and by 1: only the draw of seeds varies; the resampled mean is 0, 0.5
+    # or 1 with probabilities 1/4, 1/2, 1/4, so the 95% interval is [0, 1] and the spread sqrt(1/8)
+    means = two_level_bootstrap(np.array([[0.0] * 50, [1.0] * 50]), n_resamples=20_000)
+    assert set(np.round(means, 6)) == {0.0, 0.5, 1.0}
+    assert np.quantile(means, [0.025, 0.975]) == pytest.approx([0.0, 1.0])
+    assert np.std(means) == pytest.approx(np.sqrt(1 / 8), rel=0.03)
+    # one seed: the ordinary item bootstrap of its mean
+    one = np.random.default_rng(3).normal(0.1, 1.0, size=(1, 400))
+    assert np.std(two_level_bootstrap(one)) == pytest.approx(one.std() / 20, rel=0.05)
+
+
+def test_replicated_interval_covers_the_true_effect_across_seeds():
+    """Seeds with their own luck (sd 3 points around a true +5) on 200 shared items: the two-level interval
+    covers +5 in most simulated experiments, where an item-only interval around one seed would not."""
+    rng = np.random.default_rng(7)
+    covered, item_only = 0, 0
+    for _ in range(100):
+        seed_effects = 0.05 + rng.normal(0, 0.03, size=5)
+        diffs = np.array([rng.normal(e, 0.3, size=200) for e in seed_effects])
+        result = replicated(diffs, n_resamples=2000)
+        covered += result.ci_low <= 0.05 <= result.ci_high
+        low, high = bootstrap_ci(diffs[0], n_resamples=2000)
+        item_only += low <= 0.05 <= high
+    assert covered >= 80 and covered > item_only
+    result = replicated(np.array([[1.0] * 30, [1.0] * 30, [1.0] * 30]))
+    assert result.delta == 1.0 and result.p_value < 0.001 and result.seed_sd == 0.0 and result.seeds == 3
+    assert replicated(np.zeros((3, 30))).p_value == 1.0

@@ -26,6 +26,14 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
     assert ("evaluate", "model=tiny, bench=demo_arith_mc") in jobs
 
 
+def test_replicates_train_each_seed_and_evaluate_the_base_once(workflow_dir):
+    proc = snakemake(workflow_dir, "-n", "--config", "replicates=2")
+    jobs = planned_jobs(proc.stdout)
+    counts = Counter(rule for rule, _ in jobs)
+    assert counts["train"] == 6 and counts["evaluate"] == 14  # (1 base + 6 runs) x 2 benchmarks
+    assert ("train", "run=tiny-lora_rep2") in jobs and ("evaluate", "model=tiny, bench=demo_arith_mc") in jobs
+
+
 def test_ignored_keys_are_warned_about_once_in_the_dry_run(workflow_dir):
     recipe = workflow_dir / "config/recipes/demo_lora.yaml"
     recipe.write_text(recipe.read_text().replace("training:\n", "training:\n  output_dir: ./output/tiny-lora\n", 1))

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from koaml.evaluate import metric_rows
 from koaml.integrity import damage
 from koaml.io import write_text_atomic
-from koaml.stats import ALPHA, POWER, adjust_p_values, paired
+from koaml.stats import ALPHA, POWER, adjust_p_values, paired, replicated
 
 KEYS = ["task", "metric", "filter"]
 COLUMNS = [
     "run", "base_model", "benchmark", "task", "metric", "filter", "base_score", "score", "delta",
     "ci_low", "ci_high", "p_value", "p_adjusted", "test", "significant", "mde", "underpowered",
-    "base_stderr", "stderr", "n", "train_hours", "gpu_hours", "status", "reason", "complete",
+    "base_stderr", "stderr", "n", "seeds", "seed_sd", "seed_deltas", "train_hours", "gpu_hours",
+    "replicate_of", "status", "reason", "complete",
 ]  # fmt: skip
+TWO_LEVEL = "two-level bootstrap"  # the test of a replicate group's row
 # The experiment's `statistics` section when none is given (the schema holds the same defaults).
 DEFAULT_STATISTICS = {"correction": "bh", "alpha": ALPHA, "power": POWER}
 
@@ -139,30 +142,81 @@ def compare(
 
 
 def summarize(pairs: list[dict], statistics: dict | None = None) -> pd.DataFrame:
-    """Compare each run with its base, then decide significance across the whole table.
+    """Compare each run with its base, add a row per group of seed replicates, then decide significance
+    across the whole table.
 
     ``pairs`` holds one dict per (run, benchmark): ``run``, ``base_model``, ``benchmark``,
-    ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated), and
-    ``train_summary`` (the run's ``train_summary.json``, for its cost; None for models not trained here).
+    ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated),
+    ``train_summary`` (the run's ``train_summary.json``, for its cost; None for models not trained here), and for
+    seed replicates ``replicate_of`` (the group) and ``base_group`` (the reference's group, or the reference).
     ``statistics``: the experiment's ``correction``, ``alpha`` and ``power``.
     """
     statistics = statistics or DEFAULT_STATISTICS
-    frames = []
+    frames, groups = [], {}
     for p in pairs:
         frame = compare(p["run_results"], p["base_results"], p["run"], p["base_model"], p["benchmark"], statistics)
         for column, value in training_cost(p.get("train_summary")).items():
             frame[column] = value
+        frame["replicate_of"] = p.get("replicate_of")
         frames.append(frame)
+        if p.get("replicate_of"):
+            groups.setdefault((p["replicate_of"], p.get("base_group") or p["base_model"], p["benchmark"]), []).append(p)
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
-    return decide(pd.concat(frames, ignore_index=True), statistics)
+    table = pd.concat(frames, ignore_index=True)
+    rows = [row for key, members in groups.items() for row in replicate_rows(key, members, table, statistics)]
+    if rows:
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    return decide(table, statistics)
+
+
+def replicate_rows(key: tuple[str, str, str], members: list[dict], table: pd.DataFrame, statistics: dict) -> list:
+    """One row per task/metric/filter of a replicate group on a benchmark: the mean of the seeds' scores and
+    deltas, the two-level bootstrap interval and p-value (seeds x items), the seeds' standard deviation and
+    each seed's delta, and the summed training cost."""
+    group, base_group, benchmark = key
+    seeds = table[(table.replicate_of == group) & (table.benchmark == benchmark)]
+    rows = []
+    for (task, metric, filter_name), sub in seeds.groupby(KEYS, sort=False, dropna=False):
+        row = {"run": group, "base_model": base_group, "benchmark": benchmark, "task": task, "metric": metric,
+               "filter": filter_name, "seeds": len(sub), "complete": True}  # fmt: skip
+        if (sub.status != "ok").any():
+            bad = sub[sub.status != "ok"]
+            row.update(status=bad.status.iloc[0], reason=f"{', '.join(bad.run)}: {bad.status.iloc[0]}")
+            rows.append(row)
+            continue
+        diffs = []
+        for member in members:
+            base = sample_scores(member["base_results"], task, metric, filter_name)
+            tuned = sample_scores(member["run_results"], task, metric, filter_name)
+            docs = sorted(set(base) & set(tuned))
+            diffs.append([tuned[d] - base[d] for d in docs])
+        row.update(
+            base_score=sub.base_score.mean(),
+            score=sub.score.mean(),
+            delta=sub.delta.mean(),
+            seed_sd=sub.delta.std(ddof=1),
+            seed_deltas=" ".join(f"{d:+.4f}" for d in sub.delta),
+            train_hours=sub.train_hours.sum(min_count=1),
+            gpu_hours=sub.gpu_hours.sum(min_count=1),
+            n=sub.n.min(),
+            status="ok",
+        )
+        if diffs and len({len(d) for d in diffs}) == 1 and diffs[0]:
+            result = replicated(np.array(diffs), alpha=statistics["alpha"], power=statistics["power"])
+            row.update(ci_low=result.ci_low, ci_high=result.ci_high, p_value=result.p_value, mde=result.mde,
+                       test=TWO_LEVEL)  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 def decide(table: pd.DataFrame, statistics: dict) -> pd.DataFrame:
     """``p_adjusted`` over every tested row of the table (the experiment's correction), ``significant`` from it,
-    and ``underpowered``: not significant, with an observed delta smaller than the minimum detectable effect."""
+    and ``underpowered``: not significant, with an observed delta smaller than the minimum detectable effect.
+    The rows of single seed replicates are not tested: their group's row is."""
     table = table.copy()
-    table["p_adjusted"] = adjust_p_values(table.p_value.astype(float), statistics["correction"])
+    single_seed = table.replicate_of.notna() if "replicate_of" in table else pd.Series(False, index=table.index)
+    table["p_adjusted"] = adjust_p_values(table.p_value.astype(float).where(~single_seed), statistics["correction"])
     tested = table.p_adjusted.notna()
     table["significant"] = [
         bool(p < statistics["alpha"]) if t else None for p, t in zip(table.p_adjusted, tested, strict=True)
@@ -196,6 +250,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             "MDE": table.mde.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"),
             "underpowered": table.underpowered.map(lambda v: "yes" if v is True else ""),
             "n": table.n.map(lambda v: "" if pd.isna(v) else str(int(v))),
+            "seeds": table.seeds.map(lambda v: "" if pd.isna(v) else str(int(v))),
+            "seed SD": table.seed_sd.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"),
             "train h": table.train_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
             "GPU-h": table.gpu_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
             "status": table.status,
@@ -204,6 +260,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     )
     if not (shown.reason != "").any():
         shown = shown.drop(columns="reason")
+    if not (shown.seeds != "").any():
+        shown = shown.drop(columns=["seeds", "seed SD"])
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     body = [
@@ -231,7 +289,7 @@ def note(table: pd.DataFrame, statistics: dict | None = None) -> str:
     """What the columns mean, with this table's correction, number of tests, alpha and power."""
     statistics = statistics or DEFAULT_STATISTICS
     alpha, power, correction = statistics["alpha"], statistics["power"], statistics["correction"]
-    tests = int(table.p_value.notna().sum()) if "p_value" in table else 0
+    tests = int(table.p_adjusted.notna().sum()) if "p_adjusted" in table else 0
     adjusted = (
         f"p adj.: adjusted for the {tests} tests of this table ({CORRECTION_NAMES[correction]}); "
         if correction != "none"
@@ -242,7 +300,9 @@ def note(table: pd.DataFrame, statistics: dict | None = None) -> str:
         "over the same items; p: McNemar's exact test (0/1 scores) or a paired permutation test; "
         f"{adjusted}sig.: p adj. < {alpha:g}. MDE: the smallest true delta these items detect with "
         f"{100 * power:g}% power (underpowered: not significant and |delta| < MDE, so a real effect of this size "
-        "would likely be missed: evaluate more items). Cost: hours of the run's training, and GPU-hours.\n\n"
+        "would likely be missed: evaluate more items). Cost: hours of the run's training, and GPU-hours. Seed "
+        "replicates: a row per replicate (not tested) and one for the group: the mean delta, a two-level bootstrap "
+        "(seeds x items) interval and p-value, the seeds' standard deviation (seed SD, points).\n\n"
     )
 
 

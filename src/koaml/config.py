@@ -55,6 +55,16 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
     return runs
 
 
+def expand_replicates(name: str, spec: dict, default: int) -> dict[str, dict]:
+    """``replicates: N`` (the run's, else ``default``) makes N run specs ``<name>_rep1`` .. ``<name>_repN``;
+    replicate k (from 0) trains with the recipe's seed + k. One replicate keeps the run as it is."""
+    count = spec.get("replicates", default)
+    spec = {k: v for k, v in spec.items() if k != "replicates"}
+    if count == 1:
+        return {name: spec}
+    return {f"{name}_rep{k + 1}": dict(spec, _replicate={"group": name, "index": k}) for k in range(count)}
+
+
 _TYPED = ("boolean", "integer", "number", "object")  # top-level keys whose --config strings are read as YAML
 _NAME = schema("experiment")["$defs"]["name"]
 NAME_PATTERN = _NAME["pattern"].strip("^$")  # what every model name matches
@@ -75,15 +85,21 @@ def _check_name(name: str, key: str, source: str) -> None:
         )
 
 
-def _check_grid_size(runs: dict, max_runs: int, n_benchmarks: int, source: str) -> None:
-    """Refuse sweeps that make more than ``max_runs`` runs in all, before expanding them."""
-    sizes = {name: math.prod(len(v) for v in (spec.get("sweep") or {}).values()) for name, spec in runs.items()}
+def _check_grid_size(runs: dict, max_runs: int, replicates: int, n_benchmarks: int, source: str) -> None:
+    """Refuse sweeps (times replicates) that make more than ``max_runs`` runs in all, before expanding them."""
+    factors = {
+        name: [len(v) for v in (spec.get("sweep") or {}).values()] + [spec.get("replicates", replicates)]
+        for name, spec in runs.items()
+    }
+    sizes = {name: math.prod(f) for name, f in factors.items()}
     total = sum(sizes.values())
     if total > max_runs:
         grids = ", ".join(
-            f"runs.{name}: {' x '.join(str(len(v)) for v in runs[name]['sweep'].values())} = {n:,}"
+            f"runs.{name}: {' x '.join(str(n) for n in factors[name][:-1])}"
+            + (f" x {factors[name][-1]} replicates" if factors[name][-1] > 1 else "")
+            + f" = {n:,}"
             for name, n in sizes.items()
-            if runs[name].get("sweep")
+            if n > 1
         )
         jobs = total * (4 + n_benchmarks)
         raise ConfigError(
@@ -130,6 +146,23 @@ def _check_model(model: BaseModel) -> BaseModel:
     return model
 
 
+def _replicate_base(spec: dict, groups: dict[str, list[str]], name: str, source: str) -> str | None:
+    """A run's ``base``, where ``run:<group>`` of a replicated run becomes the replicate of the same index (a
+    second stage with as many replicates chains each seed's first stage)."""
+    base = spec.get("base")
+    parent = base[len(RUN_PREFIX) :] if base and base.startswith(RUN_PREFIX) else None
+    if parent not in groups:
+        return base
+    replicate = spec.get("_replicate")
+    if replicate is None or len(groups[replicate["group"]]) != len(groups[parent]):
+        raise ConfigError(
+            f"{source}: runs.{(replicate or {}).get('group', name)}.base: run:{parent} has {len(groups[parent])} "
+            f"replicates; give this run as many (replicates: {len(groups[parent])}: each starts from the replicate "
+            f"of the same seed), or start from one of them (run:{groups[parent][0]})"
+        )
+    return RUN_PREFIX + groups[parent][replicate["index"]]
+
+
 def _check_chains(runs: dict[str, Run], source: str) -> None:
     """Multi-stage references must name existing runs and must not loop."""
     for run in runs.values():
@@ -165,14 +198,31 @@ def _comparisons(exp: Experiment, reference: str | None, extra: list[list[str]],
     if exp.base_models and (reference is not None or not exp.runs):
         reference = reference or next(iter(exp.base_models))
         pairs += [(reference, base) for base in exp.base_models if base != reference]
-    models = exp.evaluated_models
+    models, groups = exp.evaluated_models, exp.replicate_groups
     for i, (ref, model) in enumerate(extra):
         for j, name in enumerate((ref, model)):
-            _known(name, models, f"compare.{i}.{j}", source, "an evaluated model (a base model, run or <run>_adapter)")
+            if name not in groups:
+                _known(
+                    name, models, f"compare.{i}.{j}", source, "an evaluated model (a base model, run or <run>_adapter)"
+                )
         if ref == model:
             raise ConfigError(f"{source}: compare.{i}: compares '{ref}' with itself")
-        pairs.append((ref, model))
+        pairs += _replicate_pairs(ref, model, groups, f"compare.{i}", source)
     return list(dict.fromkeys(pairs))
+
+
+def _replicate_pairs(ref: str, model: str, groups: dict[str, list[str]], key: str, source: str) -> list[tuple]:
+    """A ``compare`` entry naming replicate groups: each replicate against the reference, or replicate k against
+    replicate k when both are groups of the same size."""
+    refs, models = groups.get(ref, [ref]), groups.get(model, [model])
+    if len(refs) == 1:
+        return [(refs[0], m) for m in models]
+    if len(refs) != len(models):
+        raise ConfigError(
+            f"{source}: {key}: '{ref}' has {len(refs)} replicates and '{model}' {len(models)}; compare groups of the "
+            f"same size (replicate k with replicate k), or name one replicate ({refs[0]})"
+        )
+    return list(zip(refs, models, strict=True))
 
 
 def load_experiment(config: dict, source: str = "config") -> Experiment:
@@ -196,14 +246,27 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     bases = {name: _base_model(name, spec, source) for name, spec in config["base_models"].items()}
     bases = {name: _check_model(model) for name, model in bases.items()}
 
-    _check_grid_size(config["runs"], config["max_runs"], len(config["benchmarks"]), source)
+    _check_grid_size(config["runs"], config["max_runs"], config["replicates"], len(config["benchmarks"]), source)
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
-        for run_name, run_spec in expand_sweep(name, spec).items():
-            if run_name in specs:
-                raise ConfigError(f"{source}: runs: sweep of '{name}' makes a run name that exists already: {run_name}")
-            _check_name(run_name, f"runs.{name}" + (" (a sweep point)" if "_sweep" in run_spec else ""), source)
-            specs[run_name] = run_spec
+        for point_name, point in expand_sweep(name, spec).items():
+            for run_name, run_spec in expand_replicates(point_name, point, config["replicates"]).items():
+                if run_name in specs:
+                    what = "sweep" if "_sweep" in run_spec else "replicates"
+                    raise ConfigError(
+                        f"{source}: runs: {what} of '{name}' make a run name that exists already: {run_name}"
+                    )
+                kind = (
+                    " (a sweep point)"
+                    if "_sweep" in run_spec
+                    else (" (a replicate)" if "_replicate" in run_spec else "")
+                )
+                _check_name(run_name, f"runs.{name}{kind}", source)
+                specs[run_name] = run_spec
+    groups = {spec["_replicate"]["group"]: [] for spec in specs.values() if "_replicate" in spec}
+    for run_name, spec in specs.items():
+        if "_replicate" in spec:
+            groups[spec["_replicate"]["group"]].append(run_name)
     for name in bases:
         _check_name(name, f"base_models.{name}", source)
 
@@ -211,7 +274,12 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     for name, spec in specs.items():
         overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
         recipe = load_recipe(spec["recipe"], overrides)
-        base = spec.get("base")
+        replicate = spec.get("_replicate")
+        if replicate:
+            seed = recipe["training"]["seed"] + replicate["index"]
+            recipe = load_recipe(spec["recipe"], deep_merge(overrides, {"training": {"seed": seed}}))
+            replicate = {**replicate, "seed": seed}
+        base = _replicate_base(spec, groups, name, source)
         if base is None:
             model_name = recipe["model"].get("model_name")
             if not model_name:
@@ -227,7 +295,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
             )
             raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
-        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"))
+        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate)
         formats = check_local_data(recipe["data"], spec["recipe"], recipe.trainer_type, recipe.rewards)
         if "target_column" in load_yaml(spec["recipe"])["data"]:
             warn_unused_target_column(formats, spec["recipe"])

@@ -61,6 +61,7 @@ class Run:
     recipe_path: str
     recipe: Recipe = field(hash=False)
     sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
+    replicate: dict | None = field(default=None, hash=False)  # {"group": run name, "index": 0.., "seed": int}
 
     @property
     def method(self) -> str:
@@ -90,6 +91,15 @@ class Experiment:
     evaluate_adapters: bool = False
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
     statistics: dict = field(default_factory=dict)  # the comparison's correction, alpha and power
+
+    @property
+    def replicate_groups(self) -> dict[str, list[str]]:
+        """Runs trained with several seeds: group name -> its replicate runs, in seed order."""
+        groups: dict[str, list[str]] = {}
+        for run in self.runs.values():
+            if run.replicate:
+                groups.setdefault(run.replicate["group"], []).append(run.name)
+        return groups
 
     def root_base(self, run: str) -> str:
         """The base model at the start of a run's (possibly multi-stage) chain."""

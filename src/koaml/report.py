@@ -33,10 +33,15 @@ def _label(row) -> str:
 
 def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One grouped bar chart per benchmark: every evaluated model (references first, marked "(base)" when they
-    are only references), with 95% error bars (1.96 x stderr)."""
+    are only references), with 95% error bars (1.96 x stderr); a group of seed replicates is one bar (their
+    mean) with each seed's score as a point."""
     plt = _pyplot()
     paths = []
-    for bench, rows in table[table.status != "missing"].groupby("benchmark", sort=False):
+    single_seed = table.replicate_of.notna() if "replicate_of" in table else pd.Series(False, index=table.index)
+    seed_points: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for _, r in table[single_seed & (table.status != "missing")].iterrows():
+        seed_points.setdefault((r.benchmark, r.replicate_of), {}).setdefault(_label(r), []).append(r.score)
+    for bench, rows in table[~single_seed & (table.status != "missing")].groupby("benchmark", sort=False):
         labels = list(dict.fromkeys(_label(r) for _, r in rows.iterrows()))
         scores: dict[str, dict[str, tuple[float, float]]] = {}
         for _, r in rows.iterrows():
@@ -52,12 +57,17 @@ def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             )
             for name, by_label in scores.items()
         }
-        width = 0.8 / len(series)
+        width, seeds_shown = 0.8 / len(series), False
         fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) * len(series) / 2), 3.6))
         for i, (name, (scores, stderrs)) in enumerate(series.items()):
             errors = [1.96 * e if pd.notna(e) else 0 for e in stderrs]
             x = [j + (i - (len(series) - 1) / 2) * width for j in range(len(scores))]
             ax.bar(x, [100 * s for s in scores], width, yerr=[100 * e for e in errors], capsize=3, label=name)
+            for j, label in enumerate(labels):
+                points = seed_points.get((bench, name), {}).get(label, [])
+                marker = {"label": "a seed replicate"} if points and not seeds_shown else {}
+                seeds_shown = seeds_shown or bool(points)
+                ax.plot([x[j]] * len(points), [100 * p for p in points], "o", color="black", markersize=3, **marker)
         ax.set_xticks(range(len(labels)), labels)
         ax.set_ylabel("score (%)")
         ax.set_title(bench)

@@ -102,6 +102,51 @@ def adjust_p_values(p_values, method: str = "bh") -> np.ndarray:
     return out
 
 
+def two_level_bootstrap(
+    diffs: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0, chunk: int = 500
+) -> np.ndarray:
+    """Bootstrap means of paired differences from seed replicates (``diffs``: seeds x items): each resample
+    draws the seeds with replacement, then within each drawn seed the items with replacement, so that the
+    spread includes both the training seed's luck and the benchmark's finite items."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_items = diffs.shape
+    means = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        seeds = rng.integers(0, n_seeds, size=(size, n_seeds, 1))
+        items = rng.integers(0, n_items, size=(size, n_seeds, n_items))
+        means.append(diffs[seeds, items].mean(axis=(1, 2)))
+    return np.concatenate(means)
+
+
+@dataclass(frozen=True)
+class ReplicatedResult:
+    seeds: int
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    mde: float
+    seed_sd: float  # standard deviation of the per-seed deltas
+
+
+def replicated(
+    diffs: np.ndarray, seed: int = 0, alpha: float = ALPHA, power: float = POWER, n_resamples: int = N_RESAMPLES
+) -> ReplicatedResult:
+    """Mean delta of seed replicates with its two-level bootstrap interval, a two-sided bootstrap p-value (twice
+    the share of resampled means on the other side of 0), and the minimum detectable effect from the
+    bootstrap standard error."""
+    diffs = np.asarray(diffs, dtype=float)
+    means = two_level_bootstrap(diffs, n_resamples, seed=seed)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    beyond = min(int(np.sum(means <= 0)), int(np.sum(means >= 0)))
+    p = min(1.0, 2 * (beyond + 1) / (len(means) + 1))
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    per_seed = diffs.mean(axis=1)
+    sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+    return ReplicatedResult(len(diffs), float(diffs.mean()), float(low), float(high), p, z * float(np.std(means)), sd)
+
+
 def paired(
     base: list[float], tuned: list[float], seed: int = 0, alpha: float = ALPHA, power: float = POWER
 ) -> PairedResult:

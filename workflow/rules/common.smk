@@ -122,10 +122,18 @@ def comparison_pairs():
             "run_results": evaluation_dir(model, bench),
             "base_results": evaluation_dir(reference, bench) if reference in EXP.evaluated_models else None,
             "train_summary": f"results/runs/{model}/trained/train_summary.json" if model in EXP.runs else None,
+            "replicate_of": replicate_group(model),
+            "base_group": replicate_group(reference) or reference,
         }
         for reference, model in EXP.comparisons
         for bench in EXP.benchmarks
     ]
+
+
+def replicate_group(model):
+    """The group of a seed replicate run, else None."""
+    run = EXP.runs.get(model)
+    return run.replicate["group"] if run and run.replicate else None
 
 
 def report_runs(finished_only=False):
