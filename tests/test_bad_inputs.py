@@ -570,6 +570,17 @@ CASES = [
         f"{MC}: generation.fewshot_as_multiturn: needs generation.apply_chat_template: true",
     ),
     Bad(
+        "thinking-without-chat-template",
+        {MC: {"generation": {"enable_thinking": False}}},
+        f"{MC}: generation.enable_thinking: needs generation.apply_chat_template: true",
+    ),
+    Bad(
+        "thinking-without-model-template",
+        {LORA: {"data": {"enable_thinking": True}}},
+        f"{LORA}: data.enable_thinking: only used with data.template: model (it is an option of the tokenizer's chat "
+        "template; the 'none' template has none)",
+    ),
+    Bad(
         "custom-task-data-missing",
         {
             "resources/demo/tasks/demo_arith_mc.yaml": sed(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import THINKING_TEMPLATE
 
 from koaml.data import detect_format, prepare, read_rows, to_training_row
 
@@ -106,3 +107,27 @@ def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, 
     recipe["data"]["target_column"] = "text"  # the default: the resolved recipe cannot tell whether it was written
     prepare(recipe, str(tiny_model), tmp_path / "out2")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_enable_thinking_reaches_the_chat_template(tmp_path, tiny_model):
+    """data.enable_thinking goes with every row to TRL, which renders the template with it; counted alike."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    tokenizer.save_pretrained(tmp_path / "tok")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1?", "completion": "2"}) + "\n")
+    recipe = {
+        "model": {"model_max_length": 64},
+        "data": {"train_dataset": {"dataset_name": str(data)}, "eval_fraction": 0.0, "template": "model",
+                 "target_column": "text", "enable_thinking": False},
+        "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
+    }  # fmt: skip
+    prepare(recipe, str(tmp_path / "tok"), tmp_path / "out")
+    (row,) = [json.loads(line) for line in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+    assert row["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "<think>\n\n</think>" in apply_chat_template(row, tokenizer)["prompt"]  # what TRL trains on
+    del row["chat_template_kwargs"]
+    assert "<think>" not in apply_chat_template(row, tokenizer)["prompt"]

@@ -5,6 +5,7 @@ import json
 import re
 
 import pandas as pd
+from browser import CHROMIUM_FLAGS, chromium
 
 from koaml.compare import COLUMNS
 from koaml.io import write_yaml
@@ -80,18 +81,6 @@ def test_report_is_self_contained_with_tables_plots_and_configs(tmp_path):
         "losses.png",
         "sweep_rank_bench_t_acc.png",
     }
-
-
-def chromium():
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def test_report_renders_in_a_real_browser(tmp_path):

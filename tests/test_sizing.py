@@ -75,6 +75,12 @@ QWEN_7B = dict(
     vocab_size=152064,
     tie_word_embeddings=False,
 )
+QWEN3 = {  # Qwen3's config.json: hidden, layers, intermediate, heads, tied embeddings; 8 KV heads of 128 dims
+    size: dict(model_type="qwen3", hidden_size=h, num_hidden_layers=n, intermediate_size=i, num_attention_heads=a,
+               num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=tied)
+    for size, (h, n, i, a, tied) in {"0.6b": (1024, 28, 3072, 16, True), "4b": (2560, 36, 9728, 32, True),
+                                     "8b": (4096, 36, 12288, 32, False), "14b": (5120, 40, 17408, 40, False)}.items()
+}  # fmt: skip
 PHI_2 = dict(
     model_type="phi",
     hidden_size=2560,
@@ -96,8 +102,23 @@ PHI_2 = dict(
         (SMOLLM_135M, 134_515_008),
         (QWEN_7B, 7_615_616_512),
         (PHI_2, 2_779_683_840),
+        (QWEN3["0.6b"], 596_049_920),
+        (QWEN3["4b"], 4_022_468_096),
+        (QWEN3["8b"], 8_190_735_360),
+        (QWEN3["14b"], 14_768_307_200),
     ],
-    ids=["llama-3.1-8b", "llama-3.2-3b", "llama-3.1-70b", "smollm2-135m", "qwen2.5-7b", "phi-2"],
+    ids=[
+        "llama-3.1-8b",
+        "llama-3.2-3b",
+        "llama-3.1-70b",
+        "smollm2-135m",
+        "qwen2.5-7b",
+        "phi-2",
+        "qwen3-0.6b",
+        "qwen3-4b",
+        "qwen3-8b",
+        "qwen3-14b",
+    ],
 )
 def test_parameter_count_from_config(config, published):
     assert shape_from_config(config).n_params == pytest.approx(published, rel=0.01)
@@ -404,3 +425,16 @@ def test_koaml_train_refuses_to_start_without_disk(tiny_model, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert f"koaml train: error: {tmp_path / 'ckpt'}: 0.0 GB free, but training (2 checkpoints + 1 being written" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("size", list(QWEN3))
+def test_qwen3_recipes_fit_a_koa_gpu(size):
+    """Each shipped Qwen3 recipe (LoRA, QLoRA, full) fits one KOA GPU by the memory model; full fine-tuning of 8B
+    needs an 80 GB H100, of 14B a 141 GB H200."""
+    for recipe in sorted(RECIPES.glob(f"qwen3_{size}_*.yaml")):
+        choice = choose_gpu(_shipped(recipe.stem, QWEN3[size]))
+        assert choice.count == 1, recipe.name
+    methods = {p.stem.rsplit("_", 1)[1] for p in RECIPES.glob(f"qwen3_{size}_*.yaml")}
+    assert methods == {"lora", "qlora", "full"}
+    if size in ("8b", "14b"):
+        assert choose_gpu(_shipped(f"qwen3_{size}_full", QWEN3[size])).vram_gb >= (80 if size == "8b" else 141)

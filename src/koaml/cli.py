@@ -90,16 +90,28 @@ def _compare(a):
     print(note(table) + to_markdown(table), end="")
 
 
-def _status(a):
+def _experiment(configfiles: list[str] | None):
+    """The experiment of these files, merged as Snakemake does (the demo's config/config.yaml when none)."""
     from koaml.config import load_experiment
     from koaml.configfiles import deep_merge, load_yaml
-    from koaml.status import status, table, watch
 
-    files = a.configfile or ["config/config.yaml"]  # as the Snakefile: the demo unless experiment files are given
+    files = configfiles or ["config/config.yaml"]
     config: dict = {}
     for path in files:
         config = deep_merge(config, load_yaml(path) or {})
-    exp = load_experiment(config, source=", ".join(files))
+    return load_experiment(config, source=", ".join(files))
+
+
+def _chat(a):
+    from koaml.chat import serve
+
+    serve(_experiment(a.configfile), a.host, a.port, a.run)
+
+
+def _status(a):
+    from koaml.status import status, table, watch
+
+    exp = _experiment(a.configfile)
     if a.watch:
         watch(exp, ".", a.watch)
     else:
@@ -193,6 +205,15 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C")
     s.set_defaults(func=_status)
+
+    s = sub.add_parser("chat", help="talk to a run's base and fine-tuned models side by side in the browser")
+    s.add_argument(
+        "--configfile", nargs="+", help="experiment file(s), as given to snakemake (default: config/config.yaml)"
+    )
+    s.add_argument("--run", help="the run shown first (default: the first finished one)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    s.set_defaults(func=_chat)
 
     s = sub.add_parser("doctor", help="check a SLURM profile against the live cluster before submitting")
     s.add_argument("--profile", default="profiles/koa", help="profile folder (default: profiles/koa)")

@@ -400,23 +400,32 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
     return {"prompt": _render(messages[:-1], template) + t["reply"], "completion": messages[-1]["content"] + t["end"]}
 
 
-def _ids(tokenizer, value, add_generation_prompt: bool = False) -> list[int]:
-    """Token IDs of a text, or of chat messages rendered by the tokenizer's chat template."""
+def _ids(tokenizer, value, add_generation_prompt: bool = False, template_options: dict | None = None) -> list[int]:
+    """Token IDs of a text, or of chat messages rendered by the tokenizer's chat template (with its options,
+    such as ``enable_thinking``)."""
     if isinstance(value, list):
         return tokenizer.apply_chat_template(
-            value, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+            value,
+            tokenize=True,
+            add_generation_prompt=add_generation_prompt,
+            return_dict=False,
+            **(template_options or {}),
         )
     return tokenizer(value)["input_ids"]
 
 
 def _token_count(row: dict, tokenizer) -> int:
+    options = row.get("chat_template_kwargs")
     if "chosen" in row:  # a preference row: its longer answer
-        return max(len(_ids(tokenizer, row["prompt"] + row[k])) for k in ("chosen", "rejected"))
+        return max(
+            len(_ids(tokenizer, row["prompt"] + row[k], template_options=options)) for k in ("chosen", "rejected")
+        )
     if "text" in row:
         return len(_ids(tokenizer, row["text"]))
     if "completion" in row:
-        return len(_ids(tokenizer, row["prompt"] + row["completion"]))
-    return len(_ids(tokenizer, row["prompt"], add_generation_prompt=True))  # a GRPO prompt: completions come later
+        return len(_ids(tokenizer, row["prompt"] + row["completion"], template_options=options))
+    # a GRPO prompt: completions come later
+    return len(_ids(tokenizer, row["prompt"], add_generation_prompt=True, template_options=options))
 
 
 def prompt_budget(recipe: dict) -> int | None:
@@ -433,7 +442,9 @@ def _fitting(rows: list[dict], tokenizer, budget: int | None) -> list[dict]:
     if budget is None:
         return rows
     return [
-        r for r in rows if "prompt" not in r or len(_ids(tokenizer, r["prompt"], add_generation_prompt=True)) <= budget
+        r
+        for r in rows
+        if "prompt" not in r or len(_ids(tokenizer, r["prompt"], True, r.get("chat_template_kwargs"))) <= budget
     ]
 
 
@@ -472,6 +483,10 @@ def prepare(recipe: dict, tokenizer_path: str, out_dir: str | Path) -> dict:
             )
     else:
         evals = []
+    if data["template"] == "model" and "enable_thinking" in data:  # TRL passes a row's chat_template_kwargs on
+        options = {"enable_thinking": data["enable_thinking"]}
+        train = [dict(row, chat_template_kwargs=options) for row in train]
+        evals = [dict(row, chat_template_kwargs=options) for row in evals]
     if data["target_column"] != schema("recipe")["properties"]["data"]["properties"]["target_column"]["default"]:
         warn_unused_target_column(formats, name)  # the resolved recipe cannot tell a default value from a given one
 

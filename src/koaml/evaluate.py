@@ -90,6 +90,7 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
             batch_size=generation["per_device_batch_size"],
             seed=generation["seed"],
             **kwargs,
+            **thinking_kwargs(generation),
             **multi_gpu_kwargs("vllm"),
         )
     from lm_eval.models.huggingface import HFLM
@@ -100,8 +101,14 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
         dtype=model["dtype"],
         max_length=model["model_max_length"],
         batch_size=generation["per_device_batch_size"],
+        **thinking_kwargs(generation),
         **multi_gpu_kwargs("hf"),
     )
+
+
+def thinking_kwargs(generation: dict) -> dict:
+    """lm-eval's options for thinking models, only where the benchmark file sets them."""
+    return {key: generation[key] for key in ("enable_thinking", "think_end_token") if key in generation}
 
 
 BENCHMARK_DIR = Path("config/benchmarks")

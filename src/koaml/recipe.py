@@ -258,6 +258,11 @@ def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
             f"training.optim: '{training['optim']}' is not an optimizer of the installed transformers; "
             + (f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(optimizers)}")
         )
+    if "enable_thinking" in data and data["template"] != "model":
+        problems.append(
+            "data.enable_thinking: only used with data.template: model (it is an option of the tokenizer's chat "
+            f"template; the '{data['template']}' template has none)"
+        )
     if data.get("eval_dataset") and data["eval_fraction"] > 0:
         problems.append("data.eval_fraction: has no effect when data.eval_dataset is given; remove one of them")
     if training["eval_steps"] and not data.get("eval_dataset") and data["eval_fraction"] == 0:
@@ -325,9 +330,12 @@ def load_benchmark(path: str | Path, overrides: dict | None = None) -> Benchmark
     warn_ignored(raw, "benchmark", path)
     warn_ignored(overrides, "benchmark", source)
     bench = fill_defaults(merged, schema("benchmark"))
-    if bench["generation"]["fewshot_as_multiturn"] and not bench["generation"]["apply_chat_template"]:
+    generation = bench["generation"]
+    if not generation["apply_chat_template"]:  # options of the chat template, ignored without it
+        needing = ["fewshot_as_multiturn"] if generation["fewshot_as_multiturn"] else []
+        needing += ["enable_thinking"] if "enable_thinking" in generation else []
         raise_if_problems(
-            "benchmark", source, ["generation.fewshot_as_multiturn: needs generation.apply_chat_template: true"]
+            "benchmark", source, [f"generation.{key}: needs generation.apply_chat_template: true" for key in needing]
         )
     task_schema = schema("benchmark")["properties"]["tasks"]["items"]
     bench["tasks"] = [fill_defaults(t, task_schema) for t in bench["tasks"]]

@@ -162,6 +162,9 @@ def grpo_config_kwargs(
     if t["use_vllm"]:
         kwargs.update(vllm_mode=t["vllm_mode"], vllm_gpu_memory_utilization=t["vllm_gpu_memory_utilization"])
     kwargs["reward_weights"] = [float(spec["weight"]) for spec in recipe.rewards]
+    data = recipe["data"]
+    if data["template"] == "model" and "enable_thinking" in data:  # GRPO renders prompts with these, not per row
+        kwargs["chat_template_kwargs"] = {"enable_thinking": data["enable_thinking"]}
     return kwargs
 
 
