@@ -24,6 +24,8 @@ LORA = "config/recipes/demo_lora.yaml"
 QLORA = "config/recipes/demo_qlora.yaml"
 FULL = "config/recipes/demo_full.yaml"
 MC = "config/benchmarks/demo_arith_mc.yaml"
+GEN = "config/benchmarks/demo_arith_gen.yaml"
+GEN_TASK = "resources/demo/tasks/demo_arith_gen.yaml"
 DATA = "resources/demo/data/arith_train.jsonl"
 GRPO = "config/recipes/demo_grpo_lora.yaml"
 PROMPTS = "resources/demo/data/arith_prompts_train.jsonl"
@@ -570,6 +572,28 @@ CASES = [
         f"{MC}: generation.fewshot_as_multiturn: needs generation.apply_chat_template: true",
     ),
     Bad(
+        "generation-longer-than-context",
+        {GEN: {"generation": {"max_new_tokens": 64}}},
+        f"{GEN}: generation.max_new_tokens: 64, which leaves no room for the prompt in model.model_max_length (64); "
+        "raise model.model_max_length, or set a smaller generation.max_new_tokens",
+    ),
+    Bad(
+        "task-generation-longer-than-context",
+        {GEN_TASK: sed(GEN_TASK, "  max_gen_toks: 8 ", "  # max_gen_toks: 8 ")},
+        f"{GEN}: tasks.0.task: 'demo_arith_gen' generates up to 256 tokens (lm-eval's default; the task sets none), "
+        "which leaves no room for the prompt in model.model_max_length (64)",
+    ),
+    Bad(
+        "sampling-task-forced-to-greedy",
+        {
+            GEN_TASK: sed(GEN_TASK, "  do_sample: false", "  do_sample: true\n  temperature: 0.7"),
+            GEN: {"generation": {"temperature": 0.0}},
+        },
+        f"{GEN}: generation.temperature: 0 makes 'demo_arith_gen' greedy, but the task samples (do_sample: True, "
+        "temperature: 0.7, repeats: 1): its repeats would be identical; remove generation.temperature to keep the "
+        "task's own sampling",
+    ),
+    Bad(
         "thinking-without-chat-template",
         {MC: {"generation": {"enable_thinking": False}}},
         f"{MC}: generation.enable_thinking: needs generation.apply_chat_template: true",
@@ -797,6 +821,7 @@ PLACEHOLDERS = {
     QLORA: "<recipe>",
     FULL: "<recipe>",
     MC: "<benchmark>",
+    GEN: "<benchmark>",
     GRPO: "<recipe>",
     DATA: "<data>",
     PROMPTS: "<data>",

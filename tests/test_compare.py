@@ -77,6 +77,7 @@ def test_greedy_generation_by_default():
         "temperature": 0.0,
     }
     assert gen_kwargs({"temperature": 0.7, "max_new_tokens": 8})["do_sample"] is True
+    assert gen_kwargs({"per_device_batch_size": 8}) == {}  # nothing written: each task's own generation_kwargs
 
 
 def test_paired_statistics_from_per_sample_logs(tmp_path):

@@ -35,6 +35,11 @@ def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
     saved = json.loads((tmp_path / "out/results.json").read_text())
     assert saved["results"]["demo_arith_gen"]["exact_match,first-number"] == sum(s["exact_match"] for s in samples) / 5
     assert "samples" not in saved
+    protocol = json.loads((tmp_path / "out/protocol.json").read_text())["demo_arith_gen"]
+    assert protocol["generation_kwargs"] == {"until": ["\n", "</s>"], "do_sample": False, "max_gen_toks": 8}
+    assert protocol["num_fewshot"] == 0 and protocol["set_by_benchmark"] == []  # the task's own settings ran
+    assert (protocol["metrics"], protocol["filters"], protocol["apply_chat_template"]) == (
+        ["exact_match"], ["first-number"], False)  # fmt: skip
 
 
 def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):

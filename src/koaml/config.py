@@ -30,7 +30,7 @@ from koaml.experiment import MODEL_SOURCES, RUN_PREFIX, BaseModel, Benchmark, Ex
 from koaml.fetch import check_cached
 from koaml.gguf import check as check_gguf
 from koaml.recipe import load_benchmark, load_recipe
-from koaml.shapes import check_recipe_fits_model
+from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model
 from koaml.tasks import check_benchmark
 
 
@@ -329,6 +329,10 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         base = bases[experiment.root_base(name)]
         if not base.built_by_workflow or Path(base.location).is_dir():
             check_recipe_fits_model(run.recipe, base.location, f"{run.recipe_path} (run {name})")
+    for name, base in bases.items():  # every evaluated model has one of these architectures
+        if not base.built_by_workflow or Path(base.location).is_dir():
+            for bench in benchmarks.values():
+                check_benchmark_fits_model(bench.config, base.location, f"{bench.path} (evaluating {name})")
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
     if clash:
         raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")

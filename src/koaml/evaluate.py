@@ -18,6 +18,7 @@ from koaml.integrity import mark_complete
 from koaml.io import atomic_dir, write_json
 from koaml.modeling import device
 from koaml.recipe import load_benchmark
+from koaml.tasks import effective_generation
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,9 @@ _PER_TASK_SECTIONS = (
 
 
 def gen_kwargs(generation: dict) -> dict:
-    """lm-eval generation kwargs from the benchmark's ``generation`` section (temperature 0 = greedy)."""
-    kwargs = {"max_gen_toks": generation["max_new_tokens"]}
-    if generation["temperature"] > 0:
-        kwargs.update(do_sample=True, temperature=generation["temperature"])
-    else:
-        kwargs.update(do_sample=False, temperature=0.0)
-    return kwargs
+    """lm-eval generation kwargs for the keys the benchmark file writes (temperature 0 = greedy); none when it
+    writes none, so that each task runs with its own generation_kwargs."""
+    return effective_generation({}, generation)
 
 
 def task_manager(bench: dict):
@@ -177,7 +174,7 @@ def evaluate(
             num_fewshot=task["num_fewshot"],
             limit=bench["limit"],
             log_samples=True,
-            gen_kwargs=gen_kwargs(generation),
+            gen_kwargs=gen_kwargs(generation) or None,
             apply_chat_template=generation["apply_chat_template"],
             fewshot_as_multiturn=generation["fewshot_as_multiturn"],
             task_manager=tasks,
@@ -196,12 +193,38 @@ def evaluate(
     merged["adapter_path"] = adapter
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "results.json", json.loads(json.dumps(merged, default=handle_non_serializable)))
+        write_json(tmp / "protocol.json", protocol(merged["configs"], generation))
         for task_name, rows in samples.items():
             with open(tmp / f"samples_{task_name}.jsonl", "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, default=handle_non_serializable) + "\n")
         mark_complete(tmp)
     return merged
+
+
+def protocol(configs: dict, generation: dict) -> dict:
+    """The settings each task ran with (lm-eval's effective task configs): few-shot count, generation kwargs,
+    repeats, metrics and filters, the chat template, and which generation keys the benchmark file set."""
+    written = [
+        key for key in ("max_new_tokens", "temperature", "enable_thinking", "think_end_token") if key in generation
+    ]
+    return {
+        task: {
+            "output_type": config.get("output_type"),
+            "num_fewshot": config.get("num_fewshot"),
+            "generation_kwargs": config.get("generation_kwargs")
+            if config.get("output_type") == "generate_until"
+            else None,
+            "repeats": config.get("repeats"),
+            "metrics": [m.get("metric") for m in config.get("metric_list") or [] if isinstance(m, dict)],
+            "filters": [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)] or ["none"],
+            "apply_chat_template": generation["apply_chat_template"],
+            "fewshot_as_multiturn": generation["fewshot_as_multiturn"],
+            "enable_thinking": generation.get("enable_thinking"),
+            "set_by_benchmark": written,
+        }
+        for task, config in configs.items()
+    }
 
 
 def metric_rows(results: dict) -> list[dict]:

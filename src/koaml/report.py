@@ -213,15 +213,43 @@ def _table_html(frame: pd.DataFrame, row_classes: list[str] | None = None) -> st
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
+def protocol_rows(protocols: dict[str, str]) -> pd.DataFrame:
+    """One row per (benchmark, task): the settings its numbers come from, read from an evaluation's
+    ``protocol.json`` (``protocols`` maps each benchmark to one of its evaluation folders)."""
+    rows = []
+    for bench, folder in protocols.items():
+        path = Path(folder) / "protocol.json"
+        if not path.is_file():  # an evaluation written before protocols were recorded
+            continue
+        for task, p in json.loads(path.read_text()).items():
+            gen = p.get("generation_kwargs") or {}
+            rows.append(
+                {
+                    "benchmark": bench,
+                    "task": task,
+                    "few-shot": p.get("num_fewshot"),
+                    "generation": ", ".join(f"{k}={v!r}" for k, v in gen.items()) if gen else "(log-likelihood)",
+                    "repeats": p.get("repeats"),
+                    "metrics (filters)": f"{', '.join(p.get('metrics') or [])} ({', '.join(p.get('filters') or [])})",
+                    "chat template": "yes" if p.get("apply_chat_template") else "no",
+                    "set by the benchmark file": ", ".join(p.get("set_by_benchmark") or []) or "nothing",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def write_report(
     summary_csv: str | Path,
     runs: dict[str, dict],
     out_html: str | Path,
     experiment: str,
     statistics: dict | None = None,
+    protocols: dict[str, str] | None = None,
 ) -> None:
     """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
-    the experiment's correction, alpha and power. A partial summary (``complete`` False) gets a banner saying so."""
+    the experiment's correction, alpha and power; ``protocols`` each benchmark's evaluation folder whose
+    ``protocol.json`` says which settings produced the numbers. A partial summary (``complete`` False) gets a
+    banner saying so."""
     out_html = Path(out_html)
     plots_dir = out_html.parent / "plots"
     table = pd.read_csv(summary_csv, keep_default_na=True)
@@ -283,6 +311,13 @@ def write_report(
         for run, info in runs.items()
     )
     packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
+    protocol = protocol_rows(protocols or {})
+    protocol_html = (
+        "<h2>Protocol</h2><p>The settings each number comes from (lm-eval's effective task configs); a setting the "
+        "benchmark file wrote replaces the task's own published one.</p>" + _table_html(protocol)
+        if not protocol.empty
+        else ""
+    )
     body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>koa-ml report: {html.escape(experiment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>koa-ml report: {html.escape(experiment)}</h1>
@@ -292,6 +327,7 @@ def write_report(
 {rows_html}
 <h2>Plots</h2>
 {"".join(_img(p, p.stem.replace("_", " ")) for p in figures)}
+{protocol_html}
 <h2>Training</h2>
 {_table_html(training_rows)}
 {configs}

@@ -123,13 +123,7 @@ def check_recipe_fits_model(recipe, model: str, where: str) -> None:
     if folder is None:
         return
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    limit_key = next((k for k in POSITION_LIMIT_KEYS if isinstance(config.get(k), int)), None)
-    length = recipe["model"]["model_max_length"]
-    if limit_key and length > config[limit_key]:
-        raise ConfigError(
-            f"{where}: model.model_max_length: {length} is beyond {model}'s position limit "
-            f"({limit_key}: {config[limit_key]}); set model_max_length to {config[limit_key]} or less"
-        )
+    check_length_fits_model(recipe["model"]["model_max_length"], config, model, where)
     targets = recipe["peft"].get("lora_target_modules")
     if recipe["peft"]["type"] == "none" or not isinstance(targets, list):
         return
@@ -148,6 +142,25 @@ def check_recipe_fits_model(recipe, model: str, where: str) -> None:
 
 
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def check_length_fits_model(length: int, config: dict, model: str, where: str) -> None:
+    """Raise ConfigError when ``model.model_max_length`` (``length``) is beyond the position limit in ``config``."""
+    limit_key = next((k for k in POSITION_LIMIT_KEYS if isinstance(config.get(k), int)), None)
+    if limit_key and length > config[limit_key]:
+        raise ConfigError(
+            f"{where}: model.model_max_length: {length} is beyond {model}'s position limit "
+            f"({limit_key}: {config[limit_key]}); set model_max_length to {config[limit_key]} or less"
+        )
+
+
+def check_benchmark_fits_model(bench, model: str, where: str) -> None:
+    """Raise ConfigError when a benchmark's ``model.model_max_length`` (prompt plus generation) is beyond the
+    position limit of ``model``, where its config.json can be read."""
+    folder = readable_model_folder(model)
+    if folder is not None:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        check_length_fits_model(bench["model"]["model_max_length"], config, model, where)
 
 
 def _hub_config(model: str) -> Path:

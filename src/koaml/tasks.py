@@ -1,4 +1,4 @@
-"""Checks of benchmark tasks against lm-eval's own task index, before any job is submitted.
+"""Checks of benchmark tasks against lm-eval's own task index and task configs, before any job is submitted.
 
 Building lm-eval's index takes seconds, and the Snakefile is parsed on every run, so the index
 (name -> type and YAML file) is cached per lm-eval version, and per custom task folder and its
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from koaml.configfiles import ConfigError
+from koaml.configfiles import ConfigError, warn
 from koaml.io import write_json
 
 log = logging.getLogger(__name__)
+
+
+INDEX_FORMAT = 2  # bumped when the cached index gains fields (2: tags' members)
 
 
 def cache_dir() -> Path:
@@ -40,6 +43,7 @@ def _build_index(include_path: str | None) -> dict[str, dict]:
             "kind": entry.kind.name.lower(),
             "yaml_path": str(entry.yaml_path or ""),
             "unsafe_code": bool((entry.cfg or {}).get("unsafe_code")),
+            "members": sorted(entry.tags or []) if entry.kind.name.lower() == "tag" else [],
         }
         for name, entry in manager.task_index.items()
     }
@@ -47,7 +51,7 @@ def _build_index(include_path: str | None) -> dict[str, dict]:
 
 def task_index(include_path: str | None = None) -> dict[str, dict]:
     """lm-eval's task index: the built-in tasks, or (with ``include_path``) the tasks of a custom folder."""
-    version = importlib.metadata.version("lm_eval")
+    version = f"{importlib.metadata.version('lm_eval')}-{INDEX_FORMAT}"
     if include_path is None:
         key = f"lm_eval-{version}"
     else:
@@ -140,3 +144,125 @@ def check_benchmark(path: str, config: dict) -> None:
                 f"{path}: tasks.{i}.task: '{name}' executes code written by the model; "
                 "set allow_code_execution: true in this benchmark file to run it (ideally in a sandbox)"
             )
+    check_protocol(path, config, index)
+
+
+# lm-eval's HF model generates up to this many tokens when a task's generation_kwargs set no max_gen_toks.
+LM_EVAL_MAX_GEN_TOKS = 256
+
+
+def task_config(yaml_path: str | Path, _seen: frozenset = frozenset()) -> dict:
+    """A task's YAML with its ``include`` files merged in (the including file's keys win), as lm-eval reads it;
+    ``!function`` tags are kept as None, never run."""
+    path = Path(yaml_path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: include cycle")
+    config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+    includes = config.pop("include", None)
+    if not includes:
+        return config
+    merged: dict = {}
+    for include in includes if isinstance(includes, list) else [includes]:
+        included = task_config(path.parent / include, _seen | {path})
+        included.pop("task_list", None)
+        merged.update(included)
+    return {**merged, **config}
+
+
+def task_protocols(name: str, index: dict[str, dict], _depth: int = 0) -> list[dict]:
+    """The protocol of each task ``name`` runs (a group's leaves, recursively): ``task``, ``output_type``,
+    ``generation_kwargs``, ``num_fewshot``, ``repeats`` and ``fewshot_source`` (whether few-shot examples can be
+    drawn). Empty for tags and for what cannot be read (lm-eval reports it later)."""
+    entry = index.get(name)
+    if entry is None or _depth > 10:
+        return []
+    if entry["kind"] == "tag":
+        return [p for m in entry.get("members", []) for p in task_protocols(m, index, _depth + 1)]
+    if not entry["yaml_path"]:
+        return []
+    try:
+        config = task_config(entry["yaml_path"])
+    except (OSError, yaml.YAMLError, ConfigError):
+        return []
+    if entry["kind"] == "group":
+        members = config.get("task") or []
+        members = members if isinstance(members, list) else [members]
+        return [p for m in members if isinstance(m, str) for p in task_protocols(m, index, _depth + 1)]
+    fewshot = config.get("fewshot_config") or {}
+    return [
+        {
+            "task": name,
+            "output_type": config.get("output_type"),
+            "generation_kwargs": dict(config.get("generation_kwargs") or {}),
+            "num_fewshot": config.get("num_fewshot"),
+            "repeats": config.get("repeats") or 1,
+            "fewshot_source": any(config.get(k) for k in ("fewshot_split", "training_split", "validation_split"))
+            or "samples" in fewshot,
+        }
+    ]
+
+
+def effective_generation(own: dict, generation: dict) -> dict:
+    """A generative task's generation kwargs once the benchmark file's written keys are applied (lm-eval updates
+    the task's own with them): the same keys as ``koaml.evaluate.gen_kwargs`` passes."""
+    written = {}
+    if "max_new_tokens" in generation:
+        written["max_gen_toks"] = generation["max_new_tokens"]
+    if "temperature" in generation:
+        sampling = generation["temperature"] > 0
+        written.update(do_sample=sampling, temperature=generation["temperature"] if sampling else 0.0)
+    return {**own, **written}
+
+
+def check_protocol(path: str, config: dict, index: dict[str, dict]) -> None:
+    """Raise ConfigError for what lm-eval would reject or silently change later: a generation that does not fit
+    model_max_length, a sampling task forced to greedy, few-shot examples for a task that has none; warn when
+    a written generation key changes a task's own setting (the results record it)."""
+    generation, max_length = config["generation"], config["model"]["model_max_length"]
+    changed: dict[str, list[str]] = {}
+    for i, task in enumerate(config["tasks"]):
+        at = f"{path}: tasks.{i}"
+        for leaf in task_protocols(task["task"], index):
+            name, own = leaf["task"], leaf["generation_kwargs"]
+            if task.get("num_fewshot") and not leaf["fewshot_source"]:
+                raise ConfigError(
+                    f"{at}.num_fewshot: {task['num_fewshot']} few-shot examples, but '{name}' has no split to draw "
+                    f"them from (its own num_fewshot: {leaf['num_fewshot'] or 0}); remove num_fewshot"
+                )
+            if leaf["output_type"] != "generate_until":
+                continue
+            tokens = effective_generation(own, generation).get("max_gen_toks", LM_EVAL_MAX_GEN_TOKS)
+            if tokens >= max_length:
+                source = (
+                    f"{path}: generation.max_new_tokens: {tokens}"
+                    if "max_new_tokens" in generation
+                    else f"{at}.task: '{name}' generates up to {tokens} tokens ("
+                    + ("its max_gen_toks" if "max_gen_toks" in own else "lm-eval's default; the task sets none")
+                    + ")"
+                )
+                raise ConfigError(
+                    f"{source}, which leaves no room for the prompt in model.model_max_length ({max_length}); "
+                    "raise model.model_max_length, or set a smaller generation.max_new_tokens"
+                )
+            sampling = own.get("do_sample") or leaf["repeats"] > 1
+            if sampling and generation.get("temperature") == 0:
+                raise ConfigError(
+                    f"{path}: generation.temperature: 0 makes '{name}' greedy, but the task samples (do_sample: "
+                    f"{own.get('do_sample')}, temperature: {own.get('temperature')}, repeats: {leaf['repeats']}): its "
+                    "repeats would be identical; remove generation.temperature to keep the task's own sampling"
+                )
+            if "max_new_tokens" in generation and generation["max_new_tokens"] != own.get(
+                "max_gen_toks", LM_EVAL_MAX_GEN_TOKS
+            ):
+                changed.setdefault("max_new_tokens", []).append(
+                    f"{name} ({own.get('max_gen_toks', f'{LM_EVAL_MAX_GEN_TOKS}, the default')})"
+                )
+            if "temperature" in generation and bool(own.get("do_sample")) != (generation["temperature"] > 0):
+                changed.setdefault("temperature", []).append(f"{name} (do_sample: {own.get('do_sample', False)})")
+    for key, tasks in changed.items():
+        shown = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        warn(
+            f"{path}: generation.{key}: {generation[key]} replaces the task's own setting of {shown}: the "
+            "numbers differ from the published protocol (recorded in each evaluation's protocol.json); remove "
+            f"{key} to keep the tasks' own"
+        )

@@ -130,6 +130,11 @@ def comparison_pairs():
     ]
 
 
+def protocol_dirs():
+    """For each benchmark, one evaluation folder whose protocol.json records the settings its tasks ran with."""
+    return {bench: evaluation_dir(EXP.evaluated_models[0], bench) for bench in EXP.benchmarks}
+
+
 def replicate_group(model):
     """The group of a seed replicate run, else None."""
     run = EXP.runs.get(model)

@@ -34,6 +34,7 @@ rule report:
         runs=report_runs(),
         experiment=EXP.name,
         statistics=EXP.statistics,
+        protocols=protocol_dirs(),
     script:
         "../scripts/report.py"
 
@@ -59,6 +60,7 @@ onerror:
         "results/partial/report.html",
         EXP.name,
         EXP.statistics,
+        protocol_dirs(),
     )
     print(
         "koa-ml: some jobs failed; what has finished is in results/partial/summary.md and results/partial/report.html"

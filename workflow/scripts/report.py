@@ -11,5 +11,6 @@ write_report(
     snakemake.output.html,
     snakemake.params.experiment,
     snakemake.params.statistics,
+    snakemake.params.protocols,
 )
 logging.info("wrote %s", snakemake.output.html)
