@@ -146,3 +146,23 @@ def test_seed_replicates_are_one_bar_with_a_point_per_seed(tmp_path):
     group = rows.iloc[[0]].assign(run="r", replicate_of=None, score=rows.score.mean(), seeds=2)
     (path,) = plot_scores(pd.concat([rows, group], ignore_index=True), tmp_path)
     assert path.name == "scores_bench.png" and path.stat().st_size > 1000
+
+
+def test_protocol_table_shows_the_settings_each_number_comes_from(tmp_path):
+    from koaml.report import protocol_rows
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    protocol = {
+        "gen": {"output_type": "generate_until", "num_fewshot": 5, "repeats": 1, "metrics": ["exact_match"],
+                "filters": ["strict-match"], "apply_chat_template": False, "set_by_benchmark": ["max_new_tokens"],
+                "generation_kwargs": {"until": ["Question:"], "max_gen_toks": 512, "do_sample": False}},
+        "mc": {"output_type": "multiple_choice", "num_fewshot": 0, "repeats": 1, "metrics": ["acc"],
+               "filters": ["none"], "apply_chat_template": True, "set_by_benchmark": [], "generation_kwargs": None},
+    }  # fmt: skip
+    (folder / "protocol.json").write_text(json.dumps(protocol))
+    rows = protocol_rows({"bench": str(folder), "older": str(tmp_path / "no-protocol-yet")}).set_index("task")
+    assert rows.loc["gen", "generation"] == "until=['Question:'], max_gen_toks=512, do_sample=False"
+    assert rows.loc["gen", "set by the benchmark file"] == "max_new_tokens" and rows.loc["gen", "few-shot"] == 5
+    assert rows.loc["mc", "generation"] == "(log-likelihood)" and rows.loc["mc", "chat template"] == "yes"
+    assert rows.loc["mc", "metrics (filters)"] == "acc (none)" and len(rows) == 2

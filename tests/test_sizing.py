@@ -438,3 +438,17 @@ def test_qwen3_recipes_fit_a_koa_gpu(size):
     assert methods == {"lora", "qlora", "full"}
     if size in ("8b", "14b"):
         assert choose_gpu(_shipped(f"qwen3_{size}_full", QWEN3[size])).vram_gb >= (80 if size == "8b" else 141)
+
+
+def test_benchmark_context_beyond_the_model_position_limit(tiny_model):
+    from koaml.configfiles import ConfigError
+    from koaml.shapes import check_benchmark_fits_model
+
+    limit = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    bench = load_benchmark(RECIPES.parent / "benchmarks/demo_arith_gen.yaml")
+    check_benchmark_fits_model(bench, str(tiny_model), "b.yaml (evaluating tiny)")
+    longer = bench.replace(model={**bench["model"], "model_max_length": limit + 1})
+    with pytest.raises(
+        ConfigError, match=rf"b.yaml \(evaluating tiny\): model.model_max_length: {limit + 1} is beyond"
+    ):
+        check_benchmark_fits_model(longer, str(tiny_model), "b.yaml (evaluating tiny)")
