@@ -119,7 +119,7 @@ def test_editing_a_recipe_reruns_only_that_run(finished_demo):
 def test_editing_a_benchmark_reruns_only_its_evaluations(finished_demo):
     bench = finished_demo / "config/benchmarks/demo_arith_gen.yaml"
     original = bench.read_text()
-    bench.write_text(original.replace("max_new_tokens: 8", "max_new_tokens: 6"))
+    bench.write_text(original.replace("per_device_batch_size: 32", "per_device_batch_size: 16"))
     try:
         jobs = planned_jobs(snakemake(finished_demo, "-n").stdout)
     finally:
