@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,14 @@ THINKING_TEMPLATE = (  # Qwen3's switch, reduced: without thinking the reply sta
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if no_think %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
+
+
+def start_and_wait_for_checkpoint(cmd, checkpoint_dir, step, log):
+    """Start a training command in its own process group; return it once checkpoint ``step`` is written."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").exists():
+        assert proc.poll() is None, f"training ended early:\n{Path(log.name).read_text()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    return proc

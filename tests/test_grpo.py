@@ -262,3 +262,43 @@ def test_grpo_typos_get_did_you_mean(monkeypatch):
         load_recipe(GRPO, typos)
     assert "training.num_generation: unknown key; did you mean 'num_generations'?" in str(error.value)
     assert "training.rewards.0.weigth: unknown key; did you mean 'weight'?" in str(error.value)
+
+
+@pytest.mark.slow
+def test_grpo_resumes_after_sigterm_and_dpo_stops_on_a_non_finite_loss(tmp_path, tiny_model):
+    """What SFT training has holds for the other trainers: SIGTERM saves a checkpoint and exits 143, the next run
+    resumes from it; a non-finite loss stops the run."""
+    import os
+    import signal
+
+    from conftest import start_and_wait_for_checkpoint
+
+    from koaml.data import prepare
+    from koaml.io import write_yaml
+
+    def run(name, recipe_file, training):
+        recipe = load_recipe(REPO / recipe_file, {"training": training})
+        recipe = recipe.replace(data={**recipe["data"], "train_dataset": {"dataset_name": str(REPO / recipe["data"]["train_dataset"]["dataset_name"]), "split": "train"}})  # fmt: skip
+        out = tmp_path / name
+        write_yaml(out / "config.yaml", recipe)
+        prepare(recipe, str(tiny_model), out / "data")
+        cmd = [sys.executable, "-m", "koaml.cli", "train", "--config", str(out / "config.yaml"), "--model",
+               str(tiny_model), "--data", str(out / "data"), "--out", str(out / "trained"), "--checkpoints",
+               str(out / "ckpt"), "--threads", "1"]  # fmt: skip
+        return cmd, out / "ckpt" / recipe.config_hash, out
+
+    cmd, checkpoints, out = run("grpo", GRPO, {"max_steps": 8, "save_steps": 2, "per_device_train_batch_size": 8,
+                                               "num_generations": 4})  # fmt: skip
+    with open(out / "log", "w") as log:
+        proc = start_and_wait_for_checkpoint(cmd, checkpoints, 2, log)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    assert not (out / "trained").exists()
+    subprocess.run(cmd, check=True, capture_output=True)
+    summary = json.loads((out / "trained/train_summary.json").read_text())
+    assert summary["resumed_from"] and summary["global_step"] == 8 and summary["trainer_type"] == "grpo"
+
+    cmd, _, _ = run("dpo", "config/recipes/demo_dpo_lora.yaml",
+                    {"learning_rate": 1.0e12, "max_grad_norm": 0.0, "logging_steps": 1, "max_steps": 20})  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "NonFiniteLossError: " in proc.stderr

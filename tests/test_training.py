@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, start_and_wait_for_checkpoint
 
 from koaml.data import prepare
 from koaml.io import write_yaml
@@ -50,16 +50,6 @@ def train_cmd(tmp_path, tiny_model, config):
         "--threads",
         "1",
     ]
-
-
-def start_and_wait_for_checkpoint(cmd, checkpoint_dir, step, log):
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 300
-    while not (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").exists():
-        assert proc.poll() is None, f"training ended early:\n{Path(log.name).read_text()[-3000:]}"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    return proc
 
 
 def test_resume_after_sigkill(tmp_path, tiny_model):
