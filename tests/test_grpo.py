@@ -302,3 +302,14 @@ def test_grpo_resumes_after_sigterm_and_dpo_stops_on_a_non_finite_loss(tmp_path,
                     {"learning_rate": 1.0e12, "max_grad_norm": 0.0, "logging_steps": 1, "max_steps": 20})  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "NonFiniteLossError: " in proc.stderr
+
+
+def test_editing_a_reward_file_changes_the_checkpoint_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "mine.py"
+    path.write_text("def score(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    recipe = load_recipe(GRPO, {"training": {"rewards": [{"function": f"{path}:score"}]}})
+    before = recipe.config_hash
+    path.write_text("def score(completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    assert recipe.config_hash != before  # a rerun trains afresh instead of resuming the old reward's checkpoints
+    assert load_recipe(GRPO).config_hash == load_recipe(GRPO).config_hash  # built-in rewards: the recipe alone

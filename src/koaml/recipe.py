@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,15 @@ class Recipe(_Settings):
     def reward_files(self) -> list[str]:
         """The Python files of the user's own GRPO rewards (editing one reruns the run)."""
         return rewards.user_files(self.rewards)
+
+    @property
+    def config_hash(self) -> str:
+        """The run's checkpoint key: the resolved recipe and, for GRPO with rewards of one's own, their files'
+        contents (an edited reward starts training afresh instead of resuming the old reward's checkpoints)."""
+        if not self.reward_files:
+            return super().config_hash
+        digests = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in self.reward_files if Path(f).is_file()}
+        return config_hash({"recipe": self.as_dict(), "reward_files": digests})
 
     @property
     def packing(self) -> bool | str:
