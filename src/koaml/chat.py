@@ -36,7 +36,8 @@ class ChatPair:
 
 
 def chat_pairs(exp: Experiment) -> dict[str, ChatPair]:
-    """The runs whose training has finished, each with its base (the reference it is compared with)."""
+    """The runs whose training has finished, each with its reference: the model the experiment compares it with
+    (its last ``compare`` entry, else the base model its chain starts from)."""
     references = {model: reference for reference, model in exp.comparisons}
     pairs = {}
     for name, run in exp.runs.items():
@@ -51,7 +52,11 @@ def chat_pairs(exp: Experiment) -> dict[str, ChatPair]:
         else:
             continue
         base = references.get(name, exp.root_base(name))
-        base_path = model_path(exp, base)
+        try:
+            base_path = model_path(exp, base)
+        except ConfigError:  # a reference run that has not finished: the base model its chain starts from
+            base = exp.root_base(name)
+            base_path = model_path(exp, base)
         data = run.recipe["data"]
         pairs[name] = ChatPair(
             name,
