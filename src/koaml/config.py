@@ -254,7 +254,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 if run_name in specs:
                     what = "sweep" if "_sweep" in run_spec else "replicates"
                     raise ConfigError(
-                        f"{source}: runs: {what} of '{name}' make a run name that exists already: {run_name}"
+                        f"{source}: runs: {what} of '{name}' {'makes' if what == 'sweep' else 'make'} a run name "
+                        f"that exists already: {run_name}"
                     )
                 kind = (
                     " (a sweep point)"
