@@ -89,7 +89,9 @@ def test_base_defaults_to_the_recipe_model_name(tmp_path, online):
 
 def test_benchmark_defaults():
     bench = load_benchmark("config/benchmarks/demo_arith_mc.yaml")
-    assert bench["generation"]["temperature"] == 0.0
+    # no generation defaults that would replace a task's own (temperature, max_new_tokens): only what is written
+    assert "temperature" not in bench["generation"] and "max_new_tokens" not in bench["generation"]
+    assert bench["generation"]["seed"] == 1234
     assert bench["tasks"][0] == {"backend": "lm_harness", "num_fewshot": 0, "task": "demo_arith_mc"}
 
 
