@@ -24,10 +24,11 @@ SAMPLES = {  # doc_id -> (base acc, fine-tuned acc)
 
 
 def samples(path, scores):
+    """Multiple-choice samples as lm-eval logs them: one (context, choice) request per choice, the target an index."""
     path.mkdir(parents=True, exist_ok=True)
     rows = [
         {"doc_id": d, "filter": "none", "metrics": ["acc"], "acc": score, "target": 1,
-         "arguments": [[f"Question: What is {d} plus 1?\nAnswer:", f" {d + 1}"]]}
+         "arguments": [[f"Question: What is {d} plus 1?\nAnswer:", f" {d + k}"] for k in range(3)]}
         for d, score in scores.items()
     ]  # fmt: skip
     (path / "samples_demo_arith_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -76,9 +77,9 @@ def test_finished_runs_pair_with_their_base_and_disagreements(chat_workdir, monk
     assert (pair.tuned_path, pair.adapter) == ("results/base/tiny/model", "results/runs/tiny-lora/trained")
     assert pair.chat_template is False  # the demo recipe trains on prompts as they are (template: none)
     found = disagreements(exp, pair)
-    assert [(r["prompt"], r["base_score"], r["tuned_score"]) for r in found] == [
-        ("Question: What is 0 plus 1?\nAnswer:", 0.0, 1.0),
-        ("Question: What is 2 plus 1?\nAnswer:", 1.0, 0.0),
+    assert [(r["prompt"], r["target"], r["base_score"], r["tuned_score"]) for r in found] == [
+        ("Question: What is 0 plus 1?\nAnswer:", "1", 0.0, 1.0),  # the right choice's text, not its index
+        ("Question: What is 2 plus 1?\nAnswer:", "3", 1.0, 0.0),
     ]
 
 

@@ -103,7 +103,7 @@ def disagreements(exp: Experiment, pair: ChatPair, limit: int = MAX_EXAMPLES) ->
                             "benchmark": bench,
                             "task": task,
                             "prompt": prompt_of(row),
-                            "target": str(row.get("target", "")),
+                            "target": target_of(row),
                             "base_score": base[row["doc_id"]],
                             "tuned_score": float(tuned),
                         }
@@ -111,6 +111,17 @@ def disagreements(exp: Experiment, pair: ChatPair, limit: int = MAX_EXAMPLES) ->
                     if len(found) >= limit:
                         return found
     return found
+
+
+def target_of(sample: dict) -> str:
+    """The right answer of a logged sample: for multiple choice (a target index into the per-choice requests)
+    the text of that choice, else the target as it is."""
+    target, requests = sample.get("target", ""), sample.get("arguments") or []
+    if isinstance(target, int) and 0 <= target < len(requests):
+        request = requests[target]
+        if isinstance(request, (list, tuple)) and len(request) > 1 and isinstance(request[1], str):
+            return str(request[1]).strip()
+    return str(target)
 
 
 def prompt_of(sample: dict) -> str:
