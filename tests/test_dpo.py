@@ -149,3 +149,26 @@ def test_dpo_trains_and_logs_preference_metrics(tmp_path, tiny_model, peft, monk
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= logged
     weights = "model.safetensors" if peft["type"] == "none" else "adapter_model.safetensors"
     assert (tmp_path / "trained" / weights).exists()
+
+
+@pytest.mark.slow
+def test_dpo_teaches_a_real_model_the_preferred_answer(tmp_path, smollm2, monkeypatch):
+    """DPO on SmolLM2-135M-Instruct learns to prefer the right answer within a few steps: the share of pairs
+    where it gives the chosen answer the higher implicit reward rises from chance, and so does the margin
+    (config/examples/smollm2_preference_rl.yaml runs the whole effect: multiple choice 61% -> 99.5%)."""
+    from koaml.data import prepare
+    from koaml.io import write_yaml
+
+    monkeypatch.chdir(REPO)
+    overrides = {"learning_rate": 2.0e-4, "lr_scheduler_type": "constant", "max_steps": 8, "logging_steps": 4}
+    recipe = load_recipe(DPO, {"training": overrides, "data": {"max_samples": 200}})
+    write_yaml(tmp_path / "config.yaml", recipe)
+    prepare(recipe, str(smollm2), tmp_path / "data")
+    cmd = [sys.executable, "-m", "koaml.cli", "train", "--config", str(tmp_path / "config.yaml"), "--model",
+           str(smollm2), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "trained"), "--checkpoints",
+           str(tmp_path / "ckpt"), "--threads", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / "trained/log_history.json").read_text())
+    last = [e for e in history if "rewards/accuracies" in e][-1]
+    assert last["step"] == 8 and last["rewards/accuracies"] >= 0.7 and last["rewards/margins"] > 0, last
