@@ -75,3 +75,12 @@ def load_causal_lm(path: str, model_cfg: dict, quantize_4bit: dict | None = None
         )
         kwargs["device_map"] = quantized_device_map()
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def four_bit_layers(model) -> dict:
+    """What of a loaded model is 4-bit: the number of its bitsandbytes ``Linear4bit`` layers and their quant types
+    (a QLoRA run's record that its base really was quantized)."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    return {"linear4bit_layers": len(layers), "quant_types": sorted({m.weight.quant_state.quant_type for m in layers})}

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from koaml.io import atomic_dir, write_json
-from koaml.modeling import attention_of, device, load_causal_lm, load_tokenizer, torch_dtype
+from koaml.modeling import attention_of, device, four_bit_layers, load_causal_lm, load_tokenizer, torch_dtype
 from koaml.packing import VARLEN_ATTENTION, decide, estimate
 from koaml.recipe import Recipe
 
@@ -238,7 +238,7 @@ def lora_config(peft: dict):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss or gradient norm."""
 
 
 class Preempted(SystemExit):
@@ -276,7 +276,8 @@ def _alive(pid: int) -> bool:
 
 
 def _callbacks():
-    """Stop on a non-finite loss; on SIGTERM (or when the workflow process that started the job is gone), save a
+    """Stop on a non-finite loss or gradient norm (a diverged DPO run's loss can stay finite while its gradient
+    norm is NaN); on SIGTERM (or when the workflow process that started the job is gone), save a
     checkpoint at the end of the step and stop, or exit after SIGTERM_GRACE_S if the step does not end by then;
     keep ``progress.json`` (step, loss, time left) next to the checkpoints for ``koaml status``."""
     from transformers import TrainerCallback
@@ -416,6 +417,7 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
 
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, recipe["model"], recipe["peft"] if recipe.quantized else None)
+    quantized = {"base_4bit": four_bit_layers(model)} if recipe.quantized else {}
     on_gpu = device() == "cuda"
     report_to, env = tracking(recipe.report_to, Path(out_dir).parent / "tracking")
     os.environ.update(env)
@@ -474,6 +476,7 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
         ),
         "dtype": str(torch_dtype(recipe["model"]["dtype"])),
         "config_hash": recipe.config_hash,
+        **quantized,
         **resource_usage(time.monotonic() - started, trainer.args.world_size),
     }
     if not trainer.is_world_process_zero():
