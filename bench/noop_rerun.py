@@ -1,14 +1,17 @@
 """No-op rerun: `snakemake --cores 2` on the finished demo, which prints "Nothing to be done".
 
 The demo runs once in a scratch copy of the workflow (shrunk to 5 training steps and 20 questions per
-benchmark: only the rerun is timed), then the rerun is timed, alternating with the same no-op rerun of a
-bare one-rule Snakefile (Snakemake's own floor: interpreter, imports, DAG, file checks).
+benchmark: only the rerun is timed), or a finished one is copied (``$KOAML_BENCH_FINISHED``: the tests pass the
+demo they ran), then the rerun is timed, alternating with the same no-op rerun of a bare one-rule Snakefile
+(Snakemake's own floor: interpreter, imports, DAG, file checks).
 
     .venv/bin/python bench/noop_rerun.py [--smoke]    # writes bench/results/noop_rerun.json
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -37,12 +40,21 @@ def snakemake(workdir: Path, *args: str) -> float:
 
 def main() -> None:
     rounds = repeats(5)
+    finished = os.environ.get("KOAML_BENCH_FINISHED")
     with TemporaryDirectory() as tmp:
-        demo = copy_workflow(Path(tmp) / "demo")
-        if smoke():
-            (demo / "config/config.yaml").write_text(SMOKE_EXPERIMENT)
-        config = ["--config", *SHRINK]  # the rerun passes the same overrides, or the changed params would rerun jobs
-        run([BIN / "snakemake", "--cores", "2", *config], cwd=demo)
+        demo = Path(tmp) / "demo"
+        if finished:
+            shutil.copytree(finished, demo, symlinks=True)
+            config, experiment = [], f"the finished demo of {finished}"
+        else:
+            copy_workflow(demo)
+            if smoke():
+                (demo / "config/config.yaml").write_text(SMOKE_EXPERIMENT)
+            config = ["--config", *SHRINK]  # the rerun passes the same overrides, or the changed params rerun jobs
+            run([BIN / "snakemake", "--cores", "2", *config], cwd=demo)
+            experiment = (
+                "smoke (1 run, 1 benchmark)" if smoke() else "demo (3 runs, 2 benchmarks), shrunk: " + "; ".join(SHRINK)
+            )
         jobs = len(list((demo / ".snakemake/metadata").iterdir()))
         bare = Path(tmp) / "bare"
         bare.mkdir()
@@ -51,9 +63,7 @@ def main() -> None:
         snakemake(demo, *config), snakemake(bare)  # warm the page cache and bytecode
         times = alternate({"koaml": lambda: snakemake(demo, *config), "bare": lambda: snakemake(bare)}, rounds)
     result = {
-        "experiment": "smoke (1 run, 1 benchmark)"
-        if smoke()
-        else "demo (3 runs, 2 benchmarks), shrunk: " + "; ".join(SHRINK),
+        "experiment": experiment,
         "output_files": jobs,
         "koaml_s": median(times["koaml"]),
         "bare_s": median(times["bare"]),

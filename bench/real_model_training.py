@@ -20,7 +20,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, median, repeats, run, smoke, smollm2, write_result
+from _common import REPO, alternate, median, prepare_once, repeats, run, smoke, smollm2, write_result
 from train_memory import BASELINE, MALLOC, NO_MMAP, estimate, train_sampling_rss
 
 METHODS = ("lora", "qlora", "full")
@@ -76,7 +76,7 @@ def main() -> None:
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = smollm2(tmp)
-        prepared = {}
+        prepared, shared = {}, {}
         for method in METHODS:
             root = tmp / method
             root.mkdir()
@@ -88,20 +88,8 @@ def main() -> None:
                 },
             )
             write_yaml(root / "config.yaml", recipe)
-            run(
-                [
-                    BIN / "koaml",
-                    "prepare-data",
-                    "--config",
-                    root / "config.yaml",
-                    "--tokenizer",
-                    model,
-                    "--out",
-                    root / "data",
-                ],
-                cwd=REPO,
-            )
-            prepared[method] = (root, root / "config.yaml", root / "data")
+            data = prepare_once(recipe, root / "config.yaml", model, root / "data", shared)
+            prepared[method] = (root, root / "config.yaml", data)
             estimates[method] = estimate(recipe, model)
         variants = {
             m: (lambda m=m: results[m].append(train_once(prepared[m][0], model, *prepared[m][1:])) or 0.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, env, run, smoke, write_result
+from _common import REPO, env, prepare_once, run, smoke, tiny_model, write_result
 
 # ~70M parameters, mostly in the decoder's linear layers (which QLoRA quantizes).
 ARCH = dict(
@@ -66,8 +66,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def build_model(out: Path, arch: dict) -> Path:
     """Random weights in a Llama config, with the demo tiny model's tokenizer (the vocabulary is padded)."""
-    tokenizer_dir = out.parent / "tokenizer"
-    run([BIN / "koaml", "build-model", "--spec", "resources/demo/tiny_model.yaml", "--out", tokenizer_dir], cwd=REPO)
+    tokenizer_dir = tiny_model(out.parent)
     code = f"""
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -137,7 +136,7 @@ def main() -> None:
         "data": {"max_samples": 200},
     }
     baseline_mb = int(run([sys.executable, "-c", BASELINE], **MALLOC).stdout.split()[-1]) / 1024
-    methods = {}
+    methods, prepared = {}, {}
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = build_model(tmp / "model", arch)
@@ -146,19 +145,7 @@ def main() -> None:
             root.mkdir()
             recipe = load_recipe(REPO / "config/recipes" / recipe_file, overrides)
             write_yaml(root / "config.yaml", recipe)
-            run(
-                [
-                    BIN / "koaml",
-                    "prepare-data",
-                    "--config",
-                    root / "config.yaml",
-                    "--tokenizer",
-                    model,
-                    "--out",
-                    root / "data",
-                ],
-                cwd=REPO,
-            )
+            data = prepare_once(recipe, root / "config.yaml", model, root / "data", prepared)
             training_mb = train_sampling_rss(
                 [
                     sys.executable,
@@ -170,7 +157,7 @@ def main() -> None:
                     "--model",
                     model,
                     "--data",
-                    root / "data",
+                    data,
                     "--out",
                     root / "trained",
                     "--checkpoints",
