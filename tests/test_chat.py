@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import Page, chromium
-from conftest import REPO, THINKING_TEMPLATE, copy_workflow
+from browser import Page
+from conftest import REPO, THINKING_TEMPLATE, copy_results
 
 from koaml.configfiles import load_yaml
 
@@ -35,25 +35,14 @@ def samples(path, scores):
 
 
 @pytest.fixture(scope="module")
-def chat_workdir(tmp_path_factory, tiny_model):
-    """The demo workflow with the tiny base model, tiny-lora trained for a few steps (an unmerged adapter), and
-    per-sample evaluation logs of both on demo_arith_mc."""
-    from koaml.io import write_yaml
-    from koaml.recipe import load_recipe
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("chat") / "workflow")
-    shutil.copytree(tiny_model, workdir / "results/base/tiny/model")
-    run = workdir / "results/runs/tiny-lora"
-    recipe = load_recipe(REPO / "config/recipes/demo_lora.yaml", {"training": {"max_steps": 3, "save_steps": 3}})
-    recipe = recipe.replace(data={**recipe["data"], "train_dataset": {"dataset_name": str(REPO / recipe["data"]["train_dataset"]["dataset_name"]), "split": "train"}})  # fmt: skip
-    write_yaml(run / "config.yaml", recipe)
-    koaml = [sys.executable, "-m", "koaml.cli"]
-    model = str(workdir / "results/base/tiny/model")
-    subprocess.run([*koaml, "prepare-data", "--config", str(run / "config.yaml"), "--tokenizer", model, "--out",
-                    str(workdir / "results/data/tiny-lora")], check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*koaml, "train", "--config", str(run / "config.yaml"), "--model", model, "--data",
-                    str(workdir / "results/data/tiny-lora"), "--out", str(run / "trained"), "--checkpoints",
-                    str(workdir / "results/checkpoints/tiny-lora"), "--threads", "2"], check=True, capture_output=True)  # fmt: skip
+def chat_workdir(tmp_path_factory, demo_workflow):
+    """The finished demo as it stood midway: tiny-lora trained (its adapter not merged yet), the other runs not
+    trained, and per-sample logs of the base and tiny-lora on demo_arith_mc that disagree on two items (SAMPLES)."""
+    workdir = copy_results(demo_workflow, tmp_path_factory.mktemp("chat") / "workflow")
+    shutil.rmtree(workdir / "results/runs/tiny-lora/merged")
+    for run in ("tiny-qlora", "tiny-full"):
+        shutil.rmtree(workdir / "results/runs" / run)
+    shutil.rmtree(workdir / "results/eval")
     samples(workdir / "results/eval/tiny/demo_arith_mc", {d: b for d, (b, _) in SAMPLES.items()})
     samples(workdir / "results/eval/tiny-lora/demo_arith_mc", {d: t for d, (_, t) in SAMPLES.items()})
     return workdir
@@ -100,11 +89,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.mark.slow
-def test_chat_page_answers_with_both_models_in_a_real_browser(chat_workdir, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (`make test` installs it where apt-get is available)")
+def test_chat_page_answers_with_both_models_in_a_real_browser(chat_workdir, browser, tmp_path):
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
     log = (tmp_path / "chat.log").open("w")

@@ -1,11 +1,9 @@
 """DPO (trainer_type: dpo): preference data, recipe checks, the trainer's config, sizing, and real training."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, dry_run, planned_jobs
 
 from koaml.configfiles import ConfigError
 from koaml.data import check_local_data, detect_format, to_training_row
@@ -119,56 +117,36 @@ def test_dpo_sizing_counts_both_answers_and_the_full_reference_copy(monkeypatch)
 
 
 def test_sft_then_dpo_plans_as_a_second_stage(workflow_dir):
-    proc = snakemake(workflow_dir, "-n", "--configfile", "config/examples/dpo.yaml")
+    proc = dry_run(workflow_dir, "--configfile", "config/examples/dpo.yaml")
     jobs = planned_jobs(proc.stdout)
     assert ("train", "run=sft-dpo") in jobs and ("merge", "run=sft-dpo") in jobs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("peft", [{"type": "lora"}, {"type": "qlora"}, {"type": "none"}], ids=["lora", "qlora", "full"])
-def test_dpo_trains_and_logs_preference_metrics(tmp_path, tiny_model, peft, monkeypatch):
-    from koaml.data import prepare
-    from koaml.io import write_yaml
+@pytest.fixture(scope="module")
+def dpo_trained(tmp_path_factory, tiny_model) -> dict:
+    """DPO with LoRA, QLoRA and full fine-tuning on the tiny model, 6 steps each: method -> trained folder."""
+    from conftest import train_here
 
-    monkeypatch.chdir(REPO)
-    recipe = load_recipe(DPO, {"training": {"max_steps": 6, "logging_steps": 2}})
-    recipe = recipe.replace(peft={**recipe["peft"], **peft} if peft["type"] != "none" else peft)
-    config = tmp_path / "config.yaml"
-    write_yaml(config, recipe)
-    assert prepare(recipe, str(tiny_model), tmp_path / "data")["format"] == "preference"
-    cmd = [sys.executable, "-m", "koaml.cli", "train", "--config", str(config), "--model", str(tiny_model),
-           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "trained"), "--checkpoints",
-           str(tmp_path / "ckpt"), "--threads", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "trained/train_summary.json").read_text())
+    root, trained = tmp_path_factory.mktemp("dpo"), {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        for method in ("lora", "qlora", "none"):
+            recipe = load_recipe(DPO, {"training": {"max_steps": 6, "logging_steps": 2}})
+            recipe = recipe.replace(peft={**recipe["peft"], "type": method} if method != "none" else {"type": "none"})
+            trained[method] = train_here(recipe, tiny_model, root / method)
+    return trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "qlora", "none"], ids=["lora", "qlora", "full"])
+def test_dpo_trains_and_logs_preference_metrics(dpo_trained, method):
+    trained = dpo_trained[method]
+    assert json.loads((trained.parent / "data/stats.json").read_text())["format"] == "preference"
+    summary = json.loads((trained / "train_summary.json").read_text())
     assert summary["trainer_type"] == "dpo" and summary["global_step"] == 6
-    assert summary["method"] == {"none": "full"}.get(peft["type"], peft["type"])
-    history = json.loads((tmp_path / "trained/log_history.json").read_text())
+    assert summary["method"] == {"none": "full"}.get(method, method)
+    history = json.loads((trained / "log_history.json").read_text())
     logged = {key for entry in history for key in entry}
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= logged
-    weights = "model.safetensors" if peft["type"] == "none" else "adapter_model.safetensors"
-    assert (tmp_path / "trained" / weights).exists()
-
-
-@pytest.mark.slow
-def test_dpo_teaches_a_real_model_the_preferred_answer(tmp_path, smollm2, monkeypatch):
-    """DPO on SmolLM2-135M-Instruct learns to prefer the right answer within a few steps: the share of pairs
-    where it gives the chosen answer the higher implicit reward rises from chance, and so does the margin
-    (config/examples/smollm2_preference_rl.yaml runs the whole effect: multiple choice 61% -> 99.5%)."""
-    from koaml.data import prepare
-    from koaml.io import write_yaml
-
-    monkeypatch.chdir(REPO)
-    overrides = {"learning_rate": 2.0e-4, "lr_scheduler_type": "constant", "max_steps": 8, "logging_steps": 4}
-    recipe = load_recipe(DPO, {"training": overrides, "data": {"max_samples": 200}})
-    write_yaml(tmp_path / "config.yaml", recipe)
-    prepare(recipe, str(smollm2), tmp_path / "data")
-    cmd = [sys.executable, "-m", "koaml.cli", "train", "--config", str(tmp_path / "config.yaml"), "--model",
-           str(smollm2), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "trained"), "--checkpoints",
-           str(tmp_path / "ckpt"), "--threads", "2"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    history = json.loads((tmp_path / "trained/log_history.json").read_text())
-    last = [e for e in history if "rewards/accuracies" in e][-1]
-    assert last["step"] == 8 and last["rewards/accuracies"] >= 0.7 and last["rewards/margins"] > 0, last
+    weights = "model.safetensors" if method == "none" else "adapter_model.safetensors"
+    assert (trained / weights).exists()

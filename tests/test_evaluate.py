@@ -42,6 +42,7 @@ def test_limit_and_per_sample_logs(tmp_path, tiny_model, bench_config):
         ["exact_match"], ["first-number"], False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
     cmd = [
         sys.executable,
@@ -82,6 +83,7 @@ def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monke
         evaluate(path, str(tiny_model), str(tmp_path / "out"), threads=1)
 
 
+@pytest.mark.slow
 def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch):
     import lm_eval.tasks
 

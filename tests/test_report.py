@@ -5,7 +5,7 @@ import json
 import re
 
 import pandas as pd
-from browser import CHROMIUM_FLAGS, chromium
+from browser import CHROMIUM_FLAGS
 
 from koaml.compare import COLUMNS
 from koaml.io import write_yaml
@@ -83,17 +83,13 @@ def test_report_is_self_contained_with_tables_plots_and_configs(tmp_path):
     }
 
 
-def test_report_renders_in_a_real_browser(tmp_path):
+def test_report_renders_in_a_real_browser(tmp_path, browser):
     """Headless Chromium loads the report from disk: tables present, no broken image; screenshot kept."""
     import shutil
     import subprocess
 
-    import pytest
     from conftest import REPO
 
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (`make test` installs it where apt-get is available)")
     runs = {name: fake_run(tmp_path, name, [2.0, 1.0, 0.5]) for name in ("a", "b")}
     summary_rows(list(runs)).to_csv(tmp_path / "summary.csv", index=False)
     write_report(tmp_path / "summary.csv", runs, tmp_path / "report/index.html", "browser-check")

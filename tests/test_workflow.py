@@ -3,11 +3,11 @@
 from collections import Counter
 
 import pytest
-from conftest import cache_hub_dataset, cache_hub_model, planned_jobs, snakemake
+from conftest import cache_hub_dataset, cache_hub_model, dry_run, planned_jobs, snakemake
 
 
 def test_demo_dag_evaluates_the_base_once(workflow_dir):
-    proc = snakemake(workflow_dir, "-n")
+    proc = dry_run(workflow_dir)
     assert "koa-ml: warning" not in proc.stdout
     jobs = planned_jobs(proc.stdout)
     counts = Counter(rule for rule, _ in jobs)
@@ -27,7 +27,7 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
 
 
 def test_replicates_train_each_seed_and_evaluate_the_base_once(workflow_dir):
-    proc = snakemake(workflow_dir, "-n", "--config", "replicates=2")
+    proc = dry_run(workflow_dir, "--config", "replicates=2")
     jobs = planned_jobs(proc.stdout)
     counts = Counter(rule for rule, _ in jobs)
     assert counts["train"] == 6 and counts["evaluate"] == 14  # (1 base + 6 runs) x 2 benchmarks
@@ -37,9 +37,8 @@ def test_replicates_train_each_seed_and_evaluate_the_base_once(workflow_dir):
 def test_ignored_keys_are_warned_about_once_in_the_dry_run(workflow_dir):
     recipe = workflow_dir / "config/recipes/demo_lora.yaml"
     recipe.write_text(recipe.read_text().replace("training:\n", "training:\n  output_dir: ./output/tiny-lora\n", 1))
-    proc = snakemake(
+    proc = dry_run(
         workflow_dir,
-        "-n",
         "--config",
         "runs={tiny-lora: {base: tiny, recipe: config/recipes/demo_lora.yaml}, "
         "r4: {base: tiny, recipe: config/recipes/demo_lora.yaml, overrides: {peft: {lora_r: 4}}}}",
@@ -69,7 +68,7 @@ def test_wrong_type_in_experiment_is_reported(workflow_dir):
     config.write_text(
         config.read_text().replace("experiment: arith-demo", "experiment: arith-demo\nevaluate_base: sometimes")
     )
-    proc = snakemake(workflow_dir, "-n", check=False)
+    proc = dry_run(workflow_dir, check=False)
     assert proc.returncode != 0
     assert "config/config.yaml: evaluate_base: 'sometimes' is not of type 'boolean'" in proc.stdout
 
@@ -84,21 +83,21 @@ def test_sweep_and_multi_stage_in_the_dag(workflow_dir):
             "  rank:       {base: tiny, recipe: config/recipes/demo_lora.yaml, sweep: {peft.lora_r: [4, 8]}}",
         )
     )
-    jobs = planned_jobs(snakemake(workflow_dir, "-n").stdout)
+    jobs = planned_jobs(dry_run(workflow_dir).stdout)
     trained = {w for rule, w in jobs if rule == "train"}
     assert trained == {
         f"run={r}" for r in ("tiny-lora", "tiny-qlora", "tiny-full", "stage2", "rank_lora_r4", "rank_lora_r8")
     }
-    proc = snakemake(workflow_dir, "-n", "--printshellcmds")
+    proc = dry_run(workflow_dir, "--printshellcmds")
     assert "--model results/runs/tiny-full/trained --data results/data/stage2" in proc.stdout
 
 
 def test_command_line_overrides(workflow_dir):
-    proc = snakemake(
-        workflow_dir, "-n", "--config", "recipe_overrides={training: {max_steps: 10}}", "benchmark_overrides={limit: 5}"
+    proc = dry_run(
+        workflow_dir, "--config", "recipe_overrides={training: {max_steps: 10}}", "benchmark_overrides={limit: 5}"
     )
     assert "Job stats" in proc.stdout
-    bad = snakemake(workflow_dir, "-n", "--config", "recipe_overrides={training: {max_stepz: 10}}", check=False)
+    bad = dry_run(workflow_dir, "--config", "recipe_overrides={training: {max_stepz: 10}}", check=False)
     assert bad.returncode != 0 and "training.max_stepz: unknown key; did you mean 'max_steps'?" in bad.stdout
 
 
@@ -116,11 +115,11 @@ def test_code_executing_benchmark_needs_opt_in(workflow_dir):
     config.write_text(
         config.read_text().replace("  - config/benchmarks/demo_arith_gen.yaml", "  - config/benchmarks/humaneval.yaml")
     )
-    proc = snakemake(workflow_dir, "-n", check=False)
+    proc = dry_run(workflow_dir, check=False)
     assert proc.returncode != 0 and "'humaneval' executes code written by the model" in proc.stdout
     bench = workflow_dir / "config/benchmarks/humaneval.yaml"
     bench.write_text(bench.read_text().replace("allow_code_execution: false", "allow_code_execution: true"))
-    assert snakemake(workflow_dir, "-n").returncode == 0
+    assert dry_run(workflow_dir).returncode == 0
 
 
 def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
@@ -129,13 +128,13 @@ def test_an_experiment_file_replaces_the_demo(workflow_dir, hf_cache):
         hf_cache / "hub", "meta-llama/Llama-3.1-8B-Instruct", {"config.json": b"{}"}
     )  # as `snakemake fetch` leaves them
     cache_hub_dataset(hf_cache / "datasets", "yahma___alpaca-cleaned")
-    jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
+    jobs = planned_jobs(dry_run(workflow_dir, "--configfile", "config/examples/lora_rank_ablation.yaml").stdout)
     runs = {wildcards for rule, wildcards in jobs if rule == "train"}
     assert runs == {f"run=rank_lora_r{r}" for r in (4, 8, 16, 32)}
 
 
 def test_evaluation_only_experiment_plans_no_training(workflow_dir):
-    jobs = planned_jobs(snakemake(workflow_dir, "-n", "--configfile", "config/examples/evaluate_only.yaml").stdout)
+    jobs = planned_jobs(dry_run(workflow_dir, "--configfile", "config/examples/evaluate_only.yaml").stdout)
     counts = Counter(rule for rule, _ in jobs)
     assert counts == {
         "convert_gguf": 1,
@@ -179,6 +178,7 @@ def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
     assert "wide" in page and "small" in page
 
 
+@pytest.mark.slow
 def test_jobs_run_without_the_venv_on_path(workflow_dir):
     """`.venv/bin/snakemake` without activating the venv: jobs still find the `koaml` command."""
     import os
