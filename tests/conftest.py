@@ -290,7 +290,7 @@ SMOLLM2_CHAIN = {
             },
         },
     },
-    "recipe_overrides": {"training": {"max_steps": 2, "save_steps": 2, "eval_steps": 2}},
+    "recipe_overrides": {"training": {"max_steps": 2, "logging_steps": 1, "save_steps": 2, "eval_steps": 2}},
     "benchmark_overrides": {"limit": 16},
     "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
 }  # fmt: skip

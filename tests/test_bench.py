@@ -120,3 +120,11 @@ def test_real_model_training(tmp_path, smollm2, monkeypatch):
         assert method["estimate"]["total_mb"] > 0 and all(
             r["steps"] == result["optimizer_steps"] for r in method["runs"]
         )
+
+
+@pytest.mark.slow
+def test_suite_time_times_the_fast_tier_and_lists_the_slowest_tests(tmp_path):
+    result = bench("suite_time", tmp_path, name="suite_time_fast")
+    assert result["passed"] and result["kind"] == "fast" and result["budget_s"] == 180
+    assert "passed" in result["pytest_summary"] and 0 < result["pytest_s"] < result["seconds"]
+    assert result["slowest"] and all(row["test"].startswith("tests/test_stats.py::") for row in result["slowest"])
