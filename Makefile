@@ -15,7 +15,7 @@ SMOLLM2 := 0.1.2
 # venv's own pip. uv reads no pip configuration: folders of local wheels pip is given (PIP_FIND_LINKS, such as a
 # CPU build of torch) are passed on.
 UV_VERSION := 0.13.9
-UV     := $(BIN)/uv pip install --quiet --python $(BIN)/python $(foreach f,$(PIP_FIND_LINKS),--find-links $(f))
+UV     := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(foreach f,$(PIP_FIND_LINKS),--find-links $(f))
 # The tests of the inner loop: no training, no workflow run (dry runs only), no SLURM, browser or real model.
 FAST   := not slow and not slurm and not browser and not real_model
 

@@ -195,7 +195,7 @@ def test_two_process_data_parallel_training(tmp_path, tiny_model):
 
 def test_packed_training_counts_real_tokens_and_tracks_to_local_tensorboard_files(tmp_path, tiny_model):
     os.chdir(REPO)
-    training = {"max_steps": 5, "packing": True, "report_to": ["tensorboard"]}
+    training = {"max_steps": 5, "logging_steps": 1, "packing": True, "report_to": ["tensorboard"]}
     recipe = load_recipe("config/recipes/demo_full.yaml", {"training": training, "data": {"max_samples": 400}})
     trained = train_here(recipe, tiny_model, tmp_path)
     summary = json.loads((trained / "train_summary.json").read_text())
