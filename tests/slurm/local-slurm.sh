@@ -40,6 +40,8 @@ write_config() {
 ClusterName=koa-local
 SlurmctldHost=$HOST
 AuthType=auth/munge
+# A requeued (preempted) job waits out its credential's lifetime before it starts again: 120 s by default.
+AuthInfo=cred_expire=10
 CredType=cred/munge
 SlurmUser=root
 StateSaveLocation=$DIR/state
