@@ -65,6 +65,8 @@ SlurmdParameters=config_overrides
 # Preemption sends SIGTERM, then SIGKILL after KillWait seconds: time to save a checkpoint.
 KillWait=60
 SchedulerType=sched/backfill
+# Pending jobs (a requeued one waits for its begin time) are looked at every second, not every 30 to 60.
+SchedulerParameters=bf_interval=1,sched_interval=1
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB Gres=$gres State=UNKNOWN
