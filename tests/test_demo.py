@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import copy_results, dry_run, planned_jobs, secret_leaks, snakemake
+from conftest import ONE_THREAD_JOBS, copy_results, dry_run, planned_jobs, secret_leaks, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_unmerged_adapter_evaluates_like_the_merged_model(demo_workflow, tmp_pat
     workdir = copy_results(demo_workflow, tmp_path / "demo")
     jobs = planned_jobs(dry_run(workdir, "--config", "evaluate_adapters=true").stdout)
     assert sorted(r for r, _ in jobs) == ["all", "compare"] + ["evaluate"] * 4 + ["report"]
-    snakemake(workdir, "--config", "evaluate_adapters=true")
+    snakemake(workdir, "--config", "evaluate_adapters=true", *ONE_THREAD_JOBS)
     for bench, metric in (("demo_arith_mc", "acc"), ("demo_arith_gen", "exact_match")):
         merged = workdir / "results/eval/tiny-lora" / bench / f"samples_{bench}.jsonl"
         unmerged = workdir / "results/eval/tiny-lora_adapter" / bench / f"samples_{bench}.jsonl"

