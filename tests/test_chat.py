@@ -120,9 +120,10 @@ def test_chat_page_answers_with_both_models_in_a_real_browser(chat_workdir, brow
         prompt = page.wait_for("document.querySelector('#prompt textarea').value")
         assert prompt == "Question: What is 0 plus 1?\nAnswer:"
         page.evaluate("document.querySelector('#generate').click()")
-        base = page.wait_for("document.querySelector('#base-answer textarea').value", timeout=180)
-        tuned = page.wait_for("document.querySelector('#tuned-answer textarea').value", timeout=180)
-        assert base.strip() and tuned.strip()
+        # the answers stream in: wait for text, not for the first token (which may be a space)
+        base = page.wait_for("document.querySelector('#base-answer textarea').value.trim()", timeout=180)
+        tuned = page.wait_for("document.querySelector('#tuned-answer textarea').value.trim()", timeout=180)
+        assert base and tuned
         shot = tmp_path / "chat.png"
         page.screenshot(shot)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
