@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from koaml.compare import COLUMNS, compare, summarize, write_summary
-from koaml.evaluate import gen_kwargs, metric_rows
+from koaml.evaluate import gen_kwargs
+from koaml.results import metric_rows
 
 
 def results_dir(tmp_path, name, acc, em, mc_items=None):

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from koaml.evaluate import metric_rows
 from koaml.integrity import damage
 from koaml.io import write_text_atomic
+from koaml.results import metric_rows
 from koaml.stats import ALPHA, POWER, adjust_p_values, paired, replicated
 
 KEYS = ["task", "metric", "filter"]
