@@ -77,6 +77,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def timings(times: dict[str, list[float]], repeats: int) -> dict:
+    """The timing fields of a result from ``alternate``'s times: each variant's median (``<name>_s``), every time
+    (``all_s``) and the number of rounds (``repeats``)."""
+    return {**{f"{name}_s": median(values) for name, values in times.items()}, "all_s": times, "repeats": repeats}
+
+
 def machine() -> dict:
     return {
         "cpus": os.cpu_count(),
@@ -95,11 +101,19 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def train_args(config, model, data, out, checkpoints, threads: int) -> list:
+    """`koaml train`'s arguments (after ``koaml``, or a Python that runs koaml.cli), as the workflow's train rule
+    passes them."""
+    return ["train", "--config", config, "--model", model, "--data", data, "--out", out,
+            "--checkpoints", checkpoints, "--threads", str(threads)]  # fmt: skip
+
+
 def prepare_once(recipe, config: Path, model: Path, out: Path, prepared: dict[str, Path]) -> Path:
     """`koaml prepare-data` of a recipe into ``out``, once per distinct data setting: the methods a bench compares
     share their data (``prepared`` remembers the folders); returns the folder holding the recipe's data."""
-    what = [recipe["data"], recipe["model"]["model_max_length"], recipe["training"]["trainer_type"]]
-    key = json.dumps([*what, recipe["training"]["completion_only_loss"]], sort_keys=True)
+    training = recipe.training
+    what = [recipe.data.as_dict(), recipe.model.model_max_length, training.trainer_type, training.completion_only_loss]
+    key = json.dumps(what, sort_keys=True)
     if key not in prepared:
         run([BIN / "koaml", "prepare-data", "--config", config, "--tokenizer", model, "--out", out], cwd=REPO)
         prepared[key] = out

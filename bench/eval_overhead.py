@@ -16,7 +16,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, median, repeats, run, smoke, timed, tiny_model, write_result
+from _common import BIN, REPO, alternate, repeats, run, smoke, timed, timings, tiny_model, write_result
 
 BENCHMARK = "config/benchmarks/demo_arith_mc.yaml"
 THREADS = 2  # the rule asks for 4; `snakemake --cores 2` gives it 2
@@ -121,12 +121,9 @@ def main() -> None:
         "task": "demo_arith_mc",
         "limit": limit,
         "threads": THREADS,
-        "koaml_s": median(times["koaml"]),
-        "lm_eval_s": median(times["lm_eval"]),
-        "all_s": times,
+        **timings(times, rounds),
         "accuracy": scores,
         "same_accuracy": scores["koaml"] == scores["lm_eval"],
-        "repeats": rounds,
         "target_ratio": 1.1,
     }
     result["ratio"] = result["koaml_s"] / result["lm_eval_s"]

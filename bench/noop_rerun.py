@@ -17,7 +17,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, copy_workflow, median, repeats, run, smoke, timed, write_result
+from _common import BIN, alternate, copy_workflow, repeats, run, smoke, timed, timings, write_result
 
 SHRINK = ["recipe_overrides={training: {max_steps: 5}}", "benchmark_overrides={limit: 20}"]
 SMOKE_EXPERIMENT = """experiment: smoke
@@ -65,10 +65,7 @@ def main() -> None:
     result = {
         "experiment": experiment,
         "output_files": jobs,
-        "koaml_s": median(times["koaml"]),
-        "bare_s": median(times["bare"]),
-        "all_s": times,
-        "repeats": rounds,
+        **timings(times, rounds),
         "target_s": TARGET_S,
     }
     result["target_met"] = result["koaml_s"] < TARGET_S

@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct (converted from the GGUF that `make` installs), LoRA as in
 sdpa on the CPU, gradient checkpointing on (as in the recipe), at model_max_length 512, 2,048 and 8,192. The rows are instruction-like prompt/completion
 pairs with a long tail of lengths (median ~100 tokens, p90 ~240, max ~750: the lognormal rows of
 bench/packing_throughput.py, through SmolLM2's tokenizer). Each variant's batches are the ones the trainer
-really builds (koaml.train.sft_trainer: TRL's packing and collators, per_device_train_batch_size 4), and each
+really builds (koaml.packed_rows.sft_trainer: TRL's packing and collators, per_device_train_batch_size 4), and each
 batch is timed through forward and backward. A packed batch holds at most 8,192 token positions (at 8,192 one
 packed row, at 2,048 four): its tokens/s is per row, which is what a longer batch of such rows gets too.
 Variants alternate, median of the repeats (one repeat at 8,192: a packed row takes minutes on 2 cores).
@@ -36,8 +36,9 @@ def trainer_batches(model, tokenizer, rows: list[dict], max_length: int, packing
     from datasets import Dataset
     from trl import SFTConfig
 
+    from koaml.packed_rows import sft_trainer
     from koaml.recipe import load_recipe
-    from koaml.train import sft_config_kwargs, sft_trainer
+    from koaml.trl_args import trl_config_kwargs
 
     recipe = load_recipe(
         REPO / "config/recipes/smollm_135m_lora.yaml",
@@ -48,7 +49,7 @@ def trainer_batches(model, tokenizer, rows: list[dict], max_length: int, packing
     )
     trainer = sft_trainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(recipe, str(out), has_eval=False, on_gpu=False, packing=packing)),
+        args=SFTConfig(**trl_config_kwargs(recipe, str(out), has_eval=False, on_gpu=False, packing=packing)),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
@@ -118,7 +119,7 @@ def main() -> None:
     from koaml.modeling import load_tokenizer
     from koaml.packing import decide, estimate
     from koaml.recipe import load_recipe
-    from koaml.train import lora_config
+    from koaml.trl_args import lora_config
 
     torch.set_num_threads(2)
     quick = smoke()
@@ -135,7 +136,7 @@ def main() -> None:
             model.model.layers = model.model.layers[:2]
             model.config.num_hidden_layers = 2
         recipe = load_recipe(REPO / "config/recipes/smollm_135m_lora.yaml")
-        model = get_peft_model(model, lora_config(recipe["peft"]))
+        model = get_peft_model(model, lora_config(recipe.peft))
         # as the trainer does when it starts: without it sdpa keeps every layer's L x L attention for backward
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         config = model.config

@@ -8,7 +8,7 @@ step, where both start from the same weights, the final step and the mean over t
 
 Packing is set explicitly (`training.packing: true`); the recipe default (`auto`) does the same here (CPU, sdpa,
 a built-in architecture). With sdpa/eager each packed row is a batch row whose sequences transformers masks apart
-from their position_ids (koaml.train.sft_trainer), so attention costs what it does over unpacked rows of that
+from their position_ids (koaml.packed_rows.sft_trainer), so attention costs what it does over unpacked rows of that
 length. Besides the medians, `speedup_best` compares each variant's fastest run (the machine is shared: a run that
 meets another job's load can take several times longer).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, median, repeats, run, smoke, write_result
+from _common import BIN, alternate, median, repeats, run, smoke, train_args, write_result
 
 # A ~3.5M-parameter Llama (big enough that compute, not per-step overhead, dominates on a CPU).
 CPU_ARCH = dict(
@@ -110,24 +110,7 @@ def train_once(root: Path, model: Path, recipe_dict: dict, threads: int) -> dict
         import shutil
 
         shutil.rmtree(out)
-    proc = run(
-        [
-            BIN / "koaml",
-            "train",
-            "--config",
-            config,
-            "--model",
-            model,
-            "--data",
-            root / "data",
-            "--out",
-            out,
-            "--checkpoints",
-            root / "checkpoints",
-            "--threads",
-            str(threads),
-        ]
-    )
+    proc = run([BIN / "koaml", *train_args(config, model, root / "data", out, root / "checkpoints", threads)])
     history = json.loads((out / "log_history.json").read_text())
     steps = [e for e in history if "loss" in e and "num_tokens" in e]
     final = next(e for e in reversed(history) if "train_runtime" in e)
@@ -242,7 +225,7 @@ def main() -> None:
         device="cpu",
         packing_forced=True,
         auto_note="training.packing: auto packs here too (sdpa, a built-in architecture): each packed row is a batch "
-        "row, its sequences masked apart from their position_ids (tests/test_train.py); auto leaves packing off only "
+        "row, its sequences masked apart from their position_ids (tests/test_trl_args_and_packing.py); auto leaves packing off only "
         "for trust_remote_code models with sdpa/eager",
         by_max_length={
             str(r["max_length"]): {k: r[k] for k in ("speedup", "speedup_best", "packed", "unpacked", "data")}

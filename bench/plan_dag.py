@@ -5,14 +5,12 @@ shape and trivial rules, timed alternately. Two shapes: 40 runs x 24 benchmarks 
     .venv/bin/python bench/plan_dag.py [--sweep] [--smoke]   # writes bench/results/plan_dag[_sweep].json
 """
 
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, REPO, alternate, copy_workflow, env, median, repeats, smoke, write_result
+from _common import BIN, REPO, alternate, copy_workflow, repeats, smoke, timed, timings, write_result
 
 SWEEP = "--sweep" in sys.argv
 SWEEP_GRID = (2, 2, 2) if smoke() else (10, 10, 10)
@@ -91,17 +89,7 @@ def koaml_workdir(root: Path) -> Path:
 
 
 def plan(workdir: Path) -> tuple[float, int]:
-    start = time.perf_counter()
-    out = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"],
-        cwd=workdir,
-        env=env(),
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(out.stdout + out.stderr)
+    elapsed, out = timed([BIN / "snakemake", "-n", "--cores", "1", "--quiet", "rules"], cwd=workdir)
     totals = [int(line.split()[-1]) for line in out.stdout.splitlines() if line.startswith("total")]
     jobs = totals[0]  # the job-stats table's total
     return elapsed, jobs
@@ -128,10 +116,7 @@ def main() -> None:
         "runs": RUNS,
         "benchmarks": BENCHMARKS,
         "jobs": jobs,
-        "koaml_s": median(times["koaml"]),
-        "bare_s": median(times["bare"]),
-        "all_s": times,
-        "repeats": rounds,
+        **timings(times, rounds),
     }
     result["ratio"] = result["koaml_s"] / result["bare_s"]
     print(

@@ -20,8 +20,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, alternate, median, prepare_once, repeats, run, smoke, smollm2, write_result
-from train_memory import BASELINE, MALLOC, NO_MMAP, estimate, train_sampling_rss
+from _common import REPO, alternate, median, prepare_once, repeats, run, smoke, smollm2, train_args, write_result
+from train_memory import NO_MMAP, baseline_rss_mb, estimate, train_sampling_rss
 
 METHODS = ("lora", "qlora", "full")
 
@@ -30,24 +30,7 @@ def train_once(root: Path, model: Path, config: Path, data: Path) -> dict:
     """One `koaml train` job; its throughput from the trainer's log and its memory."""
     out = root / "trained"
     training_mb = train_sampling_rss(
-        [
-            sys.executable,
-            "-c",
-            NO_MMAP,
-            "train",
-            "--config",
-            config,
-            "--model",
-            model,
-            "--data",
-            data,
-            "--out",
-            out,
-            "--checkpoints",
-            root / "checkpoints",
-            "--threads",
-            "2",
-        ],
+        [sys.executable, "-c", NO_MMAP, *train_args(config, model, data, out, root / "checkpoints", 2)],
         root / "train.log",
     )
     history = json.loads((out / "log_history.json").read_text())
@@ -70,7 +53,7 @@ def main() -> None:
     from koaml.recipe import load_recipe
 
     steps = 2 if smoke() else 6
-    baseline_mb = int(run([sys.executable, "-c", BASELINE], **MALLOC).stdout.split()[-1]) / 1024
+    baseline_mb = baseline_rss_mb()
     results: dict[str, list[dict]] = {m: [] for m in METHODS}
     estimates = {}
     with TemporaryDirectory() as tmp:

@@ -4,26 +4,19 @@ command, median of alternating repeats, with and without half of the steps done 
     .venv/bin/python bench/status_speed.py [--smoke]   # prints the figure, writes bench/results/status_speed.json
 """
 
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIN, alternate, env, median, repeats, write_result
+from _common import BIN, alternate, median, repeats, timed, write_result
 from plan_dag import BENCHMARKS, RUNS, koaml_workdir
 
 TARGET_S = 2.0
 
 
 def timed_status(workdir: Path) -> float:
-    start = time.perf_counter()
-    out = subprocess.run([str(BIN / "koaml"), "status"], cwd=workdir, env=env(), capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(out.stdout + out.stderr)
-    return elapsed
+    return timed([BIN / "koaml", "status"], cwd=workdir)[0]
 
 
 def half_done(workdir: Path) -> Path:

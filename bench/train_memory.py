@@ -24,7 +24,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, env, prepare_once, run, smoke, tiny_model, write_result
+from _common import REPO, env, prepare_once, run, smoke, tiny_model, train_args, write_result
 
 # ~70M parameters, mostly in the decoder's linear layers (which QLoRA quantizes).
 ARCH = dict(
@@ -107,7 +107,12 @@ def train_sampling_rss(cmd: list, log: Path) -> float:
     return peak
 
 
-def estimate(recipe: dict, model: Path) -> dict | None:
+def baseline_rss_mb() -> float:
+    """The peak RSS of a process that only imported what training imports (``BASELINE``), in MB."""
+    return int(run([sys.executable, "-c", BASELINE], **MALLOC).stdout.split()[-1]) / 1024
+
+
+def estimate(recipe, model: Path) -> dict | None:
     try:
         from koaml.memory import CUDA_CONTEXT_GB, estimate_training_memory
         from koaml.shapes import model_shape
@@ -135,7 +140,7 @@ def main() -> None:
         "training": {"max_steps": steps, "per_device_train_batch_size": 8, "save_steps": 1000, "logging_steps": 1},
         "data": {"max_samples": 200},
     }
-    baseline_mb = int(run([sys.executable, "-c", BASELINE], **MALLOC).stdout.split()[-1]) / 1024
+    baseline_mb = baseline_rss_mb()
     methods, prepared = {}, {}
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -146,27 +151,8 @@ def main() -> None:
             recipe = load_recipe(REPO / "config/recipes" / recipe_file, overrides)
             write_yaml(root / "config.yaml", recipe)
             data = prepare_once(recipe, root / "config.yaml", model, root / "data", prepared)
-            training_mb = train_sampling_rss(
-                [
-                    sys.executable,
-                    "-c",
-                    NO_MMAP,
-                    "train",
-                    "--config",
-                    root / "config.yaml",
-                    "--model",
-                    model,
-                    "--data",
-                    data,
-                    "--out",
-                    root / "trained",
-                    "--checkpoints",
-                    root / "checkpoints",
-                    "--threads",
-                    "2",
-                ],
-                root / "train.log",
-            )
+            args = train_args(root / "config.yaml", model, data, root / "trained", root / "checkpoints", 2)
+            training_mb = train_sampling_rss([sys.executable, "-c", NO_MMAP, *args], root / "train.log")
             summary = json.loads((root / "trained/train_summary.json").read_text())
             predicted = estimate(recipe, model)
             methods[method] = {

@@ -38,20 +38,20 @@ def test_demo_experiment_resolves():
 
 def test_recipe_defaults_are_filled_from_the_schema():
     recipe = load_recipe(DEMO_RECIPE)
-    assert recipe["training"]["max_grad_norm"] == 1.0
-    assert recipe["training"]["save_total_limit"] == 2
-    assert recipe["data"]["target_column"] == "text"
+    assert recipe.training.max_grad_norm == 1.0
+    assert recipe.training.save_total_limit == 2
+    assert recipe.data.target_column == "text"
 
 
 def test_full_finetuning_recipe_has_no_lora_keys():
-    assert load_recipe("config/recipes/demo_full.yaml")["peft"] == {"type": "none"}
+    assert load_recipe("config/recipes/demo_full.yaml").peft.as_dict() == {"type": "none"}
 
 
 def test_yaml_12_floats_are_numbers(tmp_path):
     path = write(
         tmp_path, "r.yaml", "data: {train_dataset: {dataset_name: x.jsonl}}\ntraining: {learning_rate: 3e-4}\n"
     )
-    assert load_recipe(path)["training"]["learning_rate"] == pytest.approx(3e-4)
+    assert load_recipe(path).training.learning_rate == pytest.approx(3e-4)
 
 
 def test_all_errors_are_reported_at_once(tmp_path):
@@ -68,8 +68,8 @@ def test_run_overrides_are_merged():
     config["runs"]["tiny-lora"]["overrides"] = {"peft": {"lora_r": 4}}
     config["runs"]["tiny-full"]["overrides"] = {"peft": {"type": "lora", "lora_r": 2}}  # a full recipe made LoRA
     runs = load_experiment(config).runs
-    assert runs["tiny-lora"].recipe["peft"]["lora_r"] == 4
-    assert runs["tiny-full"].method == "lora" and runs["tiny-full"].recipe["peft"]["lora_r"] == 2
+    assert runs["tiny-lora"].recipe.peft.lora_r == 4
+    assert runs["tiny-full"].method == "lora" and runs["tiny-full"].recipe.peft.lora_r == 2
 
 
 def test_base_defaults_to_the_recipe_model_name(tmp_path, online):
@@ -108,7 +108,7 @@ def test_every_shipped_recipe_and_benchmark_validates():
     for path in recipes:
         recipe = load_recipe(path)
         if not path.name.startswith("demo_"):
-            assert recipe["model"]["model_name"], path
+            assert recipe.model.model_name, path
     for path in sorted((REPO / "config/benchmarks").glob("*.yaml")):
         load_benchmark(path)
 
@@ -130,7 +130,7 @@ def test_sweep_expands_to_a_grid_with_readable_names():
         "rank_lora_r8_learning_rate0.0003",
     ]
     run = exp.runs["rank_lora_r8_learning_rate0.0003"]
-    assert run.recipe["peft"]["lora_r"] == 8 and run.recipe["training"]["learning_rate"] == 3e-4
+    assert run.recipe.peft.lora_r == 8 and run.recipe.training.learning_rate == 3e-4
 
 
 def test_multi_stage_chain_and_root_base():
@@ -148,8 +148,8 @@ def test_command_line_overrides_arrive_as_strings_and_are_typed():
         recipe_overrides={"training": {"max_steps": "10", "learning_rate": "1e-4"}}, benchmark_overrides={"limit": "5"}
     )
     exp = load_experiment(config)
-    assert all(r.recipe["training"]["max_steps"] == 10 for r in exp.runs.values())
-    assert exp.runs["tiny-full"].recipe["training"]["learning_rate"] == 1e-4
+    assert all(r.recipe.training.max_steps == 10 for r in exp.runs.values())
+    assert exp.runs["tiny-full"].recipe.training.learning_rate == 1e-4
     assert all(b.config["limit"] == 5 for b in exp.benchmarks.values())
 
 
@@ -162,7 +162,7 @@ def test_example_experiments_validate(online):
         exp = load_experiment(load_yaml(path), str(path))
         assert exp.comparisons, path
     ablation = load_experiment(load_yaml(REPO / "config/examples/lora_rank_ablation.yaml"))
-    assert sorted(r.recipe["peft"]["lora_r"] for r in ablation.runs.values()) == [4, 8, 16, 32]
+    assert sorted(r.recipe.peft.lora_r for r in ablation.runs.values()) == [4, 8, 16, 32]
 
 
 # Keys the guide's configs have but the workflow does not use: a warning each, naming what is used instead.
@@ -301,8 +301,8 @@ def test_replicates_train_copies_with_consecutive_seeds():
     exp = load_experiment(config)
     assert exp.replicate_groups == {"sft": ["sft_rep1", "sft_rep2", "sft_rep3"],
                                     "sft-again": ["sft-again_rep1", "sft-again_rep2", "sft-again_rep3"]}  # fmt: skip
-    seed = load_recipe(DEMO_RECIPE)["training"]["seed"]
-    assert [exp.runs[f"sft_rep{k}"].recipe["training"]["seed"] for k in (1, 2, 3)] == [seed, seed + 1, seed + 2]
+    seed = load_recipe(DEMO_RECIPE).training.seed
+    assert [exp.runs[f"sft_rep{k}"].recipe.training.seed for k in (1, 2, 3)] == [seed, seed + 1, seed + 2]
     assert exp.runs["sft_rep2"].replicate == {"group": "sft", "index": 1, "seed": seed + 1}
     assert exp.runs["sft-again_rep2"].base == "run:sft_rep2"  # each seed's second stage starts from its first
     assert ("sft_rep3", "sft-again_rep3") in exp.comparisons and ("once", "sft_rep1") in exp.comparisons

@@ -5,7 +5,11 @@ import json
 import pytest
 from conftest import THINKING_TEMPLATE
 
-from koaml.data import detect_format, prepare, read_rows, to_training_row
+from koaml.data import prepare
+from koaml.datafiles import read_rows
+from koaml.formats import detect_format, to_training_row
+from koaml.recipe import Recipe
+from koaml.sections import DatasetSpec
 
 
 def jsonl(tmp_path, rows, name="d.jsonl"):
@@ -59,7 +63,7 @@ def test_prepare_writes_splits_and_stats(tmp_path, tiny_model):
         },
         "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
     }
-    stats = prepare(recipe, str(tiny_model), tmp_path / "out")
+    stats = prepare(Recipe(recipe, "test"), str(tiny_model), tmp_path / "out")
     assert stats["rows"] + stats["eval_rows"] == 41 and stats["too_long_rows"] == 1
     assert stats["truncated_rows"] == 1 and stats["format"] == "prompt_completion"
     train = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
@@ -75,7 +79,7 @@ def test_alpaca_columns_become_prompt_completion(tmp_path):
             {"instruction": "Say hi", "input": "", "output": "hi"},
         ],
     )
-    rows = read_rows({"dataset_name": path})
+    rows = read_rows(DatasetSpec(path, None, "train"))
     fmt = detect_format(rows, "text")
     assert fmt == "alpaca"
     assert to_training_row(rows[0], fmt, "none", "text") == {"prompt": "Add\n\n2 and 3", "completion": "5"}
@@ -98,14 +102,14 @@ def test_prepare_data_warns_when_target_column_is_ignored(tmp_path, tiny_model, 
         },
         "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
     }
-    prepare(recipe, str(tiny_model), tmp_path / "out")
+    prepare(Recipe(recipe, "test"), str(tiny_model), tmp_path / "out")
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"{path}: data.target_column: ignored; the data is in alpaca format, which has its own columns "
         "(target_column only names the column of plain-text rows)"
     ]
     caplog.clear()
     recipe["data"]["target_column"] = "text"  # the default: the resolved recipe cannot tell whether it was written
-    prepare(recipe, str(tiny_model), tmp_path / "out2")
+    prepare(Recipe(recipe, "test"), str(tiny_model), tmp_path / "out2")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
@@ -125,7 +129,7 @@ def test_enable_thinking_reaches_the_chat_template(tmp_path, tiny_model):
                  "target_column": "text", "enable_thinking": False},
         "training": {"trainer_type": "sft", "seed": 1, "completion_only_loss": True},
     }  # fmt: skip
-    prepare(recipe, str(tmp_path / "tok"), tmp_path / "out")
+    prepare(Recipe(recipe, "test"), str(tmp_path / "tok"), tmp_path / "out")
     (row,) = [json.loads(line) for line in (tmp_path / "out/train.jsonl").read_text().splitlines()]
     assert row["chat_template_kwargs"] == {"enable_thinking": False}
     assert "<think>\n\n</think>" in apply_chat_template(row, tokenizer)["prompt"]  # what TRL trains on

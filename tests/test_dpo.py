@@ -6,7 +6,8 @@ import pytest
 from conftest import REPO, dry_run, planned_jobs
 
 from koaml.configfiles import ConfigError
-from koaml.data import check_local_data, detect_format, to_training_row
+from koaml.datafiles import check_local_data
+from koaml.formats import detect_format, to_training_row
 from koaml.recipe import load_recipe
 
 PREFERENCES = "resources/demo/data/arith_preference_train.jsonl"
@@ -61,7 +62,7 @@ def test_data_and_trainer_type_must_agree(monkeypatch):
     with pytest.raises(
         ConfigError, match=r"training\.trainer_type dpo needs preference rows .* prompt_completion format"
     ):
-        check_local_data(sft_data["data"], DPO, "dpo")
+        check_local_data(sft_data, DPO)
     preference_for_sft = load_recipe(
         "config/recipes/demo_lora.yaml", {"data": {"train_dataset": {"dataset_name": PREFERENCES}}}
     )
@@ -69,8 +70,8 @@ def test_data_and_trainer_type_must_agree(monkeypatch):
         ConfigError,
         match=r"the data holds preference rows \(prompt, chosen, rejected\): set training.trainer_type: dpo",
     ):
-        check_local_data(preference_for_sft["data"], "r.yaml", "sft")
-    assert check_local_data(load_recipe(DPO)["data"], DPO, "dpo") == ["preference"]
+        check_local_data(preference_for_sft, "r.yaml")
+    assert check_local_data(load_recipe(DPO), DPO) == ["preference"]
 
 
 def test_dpo_keys_only_with_dpo(monkeypatch):
@@ -88,11 +89,11 @@ def test_dpo_keys_only_with_dpo(monkeypatch):
 def test_dpo_config_takes_beta_and_loss_type(monkeypatch, tmp_path):
     from trl import DPOConfig
 
-    from koaml.train import dpo_config_kwargs
+    from koaml.trl_args import trl_config_kwargs
 
     monkeypatch.chdir(REPO)
     recipe = load_recipe(DPO, {"training": {"beta": 0.25, "loss_type": "ipo"}})
-    args = DPOConfig(**dpo_config_kwargs(recipe, str(tmp_path), has_eval=True, on_gpu=False))
+    args = DPOConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=True, on_gpu=False))
     assert args.beta == 0.25 and args.loss_type == ["ipo"] and args.max_length == 64
     assert args.eval_strategy == "steps" and args.learning_rate == 1.0e-3
 
@@ -132,7 +133,7 @@ def dpo_trained(tmp_path_factory, tiny_model) -> dict:
         mp.chdir(REPO)
         for method in ("lora", "qlora", "none"):
             recipe = load_recipe(DPO, {"training": {"max_steps": 6, "logging_steps": 2}})
-            recipe = recipe.replace(peft={**recipe["peft"], "type": method} if method != "none" else {"type": "none"})
+            recipe = recipe.replace(peft=recipe.peft.replace(type=method) if method != "none" else {"type": "none"})
             trained[method] = train_here(recipe, tiny_model, root / method)
     return trained
 

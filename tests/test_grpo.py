@@ -9,7 +9,8 @@ from conftest import REPO, dry_run, planned_jobs
 
 from koaml import rewards
 from koaml.configfiles import ConfigError
-from koaml.data import check_local_data, detect_format, to_training_row
+from koaml.datafiles import check_local_data
+from koaml.formats import detect_format, to_training_row
 from koaml.recipe import load_recipe
 
 GRPO = "config/recipes/demo_grpo_lora.yaml"
@@ -102,18 +103,21 @@ def test_prompt_rows_keep_their_columns_and_take_the_template():
 def test_recipe_defaults_follow_the_trainer(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     grpo = load_recipe(GRPO, {"training": {"beta": 0.04}})
-    assert grpo["training"]["beta"] == 0.04 and grpo["training"]["rewards"][0]["weight"] == 1.0
-    defaults = load_recipe(GRPO)["training"]
-    assert (defaults["use_vllm"], defaults["scale_rewards"], defaults["epsilon"]) == (False, "group", 0.2)
+    assert grpo.training.beta == 0.04 and grpo.training.rewards[0]["weight"] == 1.0
+    defaults = load_recipe(GRPO).training
+    assert (defaults.use_vllm, defaults.scale_rewards, defaults.epsilon) == (False, "group", 0.2)
     minimal = tmp_path / "dpo.yaml"
     minimal.write_text(
         "data: {train_dataset: {dataset_name: resources/demo/data/arith_preference_train.jsonl}}\n"
         "training: {trainer_type: dpo}\n"
     )
-    dpo = load_recipe(minimal)["training"]
-    assert (dpo["beta"], dpo["loss_type"]) == (0.1, "sigmoid")
-    sft = load_recipe("config/recipes/demo_lora.yaml")["training"]
-    assert not {"beta", "loss_type", "num_generations", "rewards"} & set(sft)  # SFT recipes keep their hash
+    dpo = load_recipe(minimal).training
+    assert (dpo.beta, dpo.loss_type) == (0.1, "sigmoid")
+    sft = load_recipe("config/recipes/demo_lora.yaml")
+    assert (sft.training.beta, sft.training.loss_type, sft.training.num_generations, sft.training.rewards) == (
+        None,
+    ) * 4
+    assert not {"beta", "loss_type", "num_generations", "rewards"} & set(sft.as_dict()["training"])  # same hash
     with pytest.raises(ConfigError, match=r"training.beta: must be > 0 with trainer_type dpo"):
         load_recipe("config/recipes/demo_dpo_lora.yaml", {"training": {"beta": 0}})
     with pytest.raises(ConfigError, match=r"training.packing: packs SFT rows only; remove it with trainer_type: grpo"):
@@ -129,21 +133,21 @@ def test_completion_only_loss_is_reported_as_ignored(monkeypatch, caplog):
 def test_reward_columns_checked_at_parse(monkeypatch):
     monkeypatch.chdir(REPO)
     recipe = load_recipe(GRPO)
-    assert check_local_data(recipe["data"], GRPO, "grpo", recipe.rewards) == ["prompt"]
+    assert check_local_data(recipe, GRPO) == ["prompt"]
     solution = [{"function": "numeric_match", "column": "solution", "weight": 1.0}]
     with pytest.raises(ConfigError, match=rf"{PROMPTS}:1: no 'solution' column, .* found: prompt, answer"):
-        check_local_data(recipe["data"], GRPO, "grpo", solution)
+        check_local_data(recipe.replace(training=recipe.training.replace(rewards=solution)), GRPO)
 
 
 def test_grpo_config_takes_the_recipe(monkeypatch, tmp_path):
     from trl import GRPOConfig
 
-    from koaml.train import grpo_config_kwargs
+    from koaml.trl_args import trl_config_kwargs
 
     monkeypatch.chdir(REPO)
     two = [{"function": "exact_match", "weight": 2.0}, {"function": "length_penalty", "max_tokens": 4, "weight": 0.5}]
     recipe = load_recipe(GRPO, {"training": {"rewards": two, "beta": 0.04, "num_generations": 4, "temperature": 0.7}})
-    args = GRPOConfig(**grpo_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
+    args = GRPOConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
     assert args.reward_weights == [2.0, 0.5] and args.beta == 0.04 and args.num_generations == 4
     assert args.temperature == 0.7 and args.max_completion_length == 6 and args.loss_type == "dapo"
     assert args.use_vllm is False and args.scale_rewards == "group"
@@ -161,21 +165,21 @@ def test_grpo_sizing_counts_generation_reference_and_vllm(monkeypatch):
     base = {"model_max_length": 4096, "dtype": "bfloat16", "attn_implementation": "sdpa"}
     grpo = load_recipe(GRPO).replace(model=base)
     sft = load_recipe("config/recipes/demo_lora.yaml").replace(
-        model=base, training=grpo["training"] | {"trainer_type": "sft"}
+        model=base, training=grpo.training.replace(trainer_type="sft")
     )
     assert estimate_training_memory(grpo, shape).total_gb == pytest.approx(
         estimate_training_memory(sft, shape).total_gb
     )
     many = grpo.replace(
-        training=grpo["training"] | {"gradient_accumulation_steps": 64, "gradient_checkpointing": True}
+        training=grpo.training.replace(gradient_accumulation_steps=64, gradient_checkpointing=True)
     )  # 2048 completions at once
     kv = 2 * 16 * 8 * 64 * 4096 * 2048 * 2 / 2**30
     assert estimate_training_memory(many, shape).activations_gb == pytest.approx(kv)
-    full, full_ref = (grpo.replace(peft={"type": "none"}, training=grpo["training"] | {"beta": b}) for b in (0.0, 0.04))
+    full, full_ref = (grpo.replace(peft={"type": "none"}, training=grpo.training.replace(beta=b)) for b in (0.0, 0.04))
     assert estimate_training_memory(full_ref, shape).weights_gb == pytest.approx(
         2 * estimate_training_memory(full, shape).weights_gb
     )
-    vllm = grpo.replace(training=grpo["training"] | {"use_vllm": True})
+    vllm = grpo.replace(training=grpo.training.replace(use_vllm=True))
     without, with_vllm = estimate_training_memory(grpo, shape), estimate_training_memory(vllm, shape)
     assert with_vllm.total_gb == pytest.approx(without.total_gb / 0.7) and "vLLM" in with_vllm.describe()
 
@@ -220,7 +224,7 @@ def grpo_trained(tmp_path_factory, tiny_model) -> dict:
                 },
             },
         )
-        recipe = recipe.replace(peft={**recipe["peft"], "type": method} if method != "none" else {"type": "none"})
+        recipe = recipe.replace(peft=recipe.peft.replace(type=method) if method != "none" else {"type": "none"})
         trained[method] = train_here(recipe, tiny_model, root / method)
     return trained
 
@@ -261,7 +265,7 @@ def test_grpo_typos_get_did_you_mean(monkeypatch):
 @pytest.mark.slow
 def test_grpo_resumes_after_sigterm(tmp_path, tiny_model):
     """What SFT training has holds for GRPO (the slowest trainer per step): SIGTERM saves a checkpoint and exits
-    143, and the next run resumes from it. (A non-finite loss stops DPO as it stops SFT: tests/test_training.py.)"""
+    143, and the next run resumes from it. (A non-finite loss stops DPO as it stops SFT: tests/test_training_jobs.py.)"""
     import os
     import signal
 

@@ -194,6 +194,7 @@ def slurm_demo(local_slurm, tmp_path_factory):
 @pytest.mark.slow
 def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
     from koaml.configfiles import load_yaml
+    from koaml.recipe import read_recipe
     from koaml.resources import evaluation_gpu, training_gpu
     from koaml.shapes import model_shape
 
@@ -208,7 +209,7 @@ def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
             assert (job["Partition"], job.get("TresPerNode", "(null)")) == ("shared", "(null)"), job
             continue
         if rule == "train":
-            gpu = training_gpu(load_yaml(workdir / f"results/runs/{wildcards}/config.yaml"), shape)
+            gpu = training_gpu(read_recipe(workdir / f"results/runs/{wildcards}/config.yaml"), shape)
         else:
             bench = next(b for b in ("demo_arith_mc", "demo_arith_gen") if wildcards.endswith(f"_{b}"))
             gpu = evaluation_gpu(load_yaml(workdir / f"results/benchmarks/{bench}.yaml"), shape)

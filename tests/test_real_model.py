@@ -21,7 +21,7 @@ from conftest import REPO, train_here
 from koaml.configfiles import load_yaml
 from koaml.data import prepare
 from koaml.io import write_yaml
-from koaml.recipe import load_recipe
+from koaml.recipe import load_recipe, read_recipe
 
 QUESTION = "What is the capital of France?"
 END = "<|im_end|>"  # SmolLM2's end of turn (and EOS); its chat template ends every turn with END + "\n"
@@ -89,7 +89,7 @@ def koaml_trainer(monkeypatch, tmp_path: Path, model: Path, rows: list[dict], te
             "training": {"packing": packing, "per_device_train_batch_size": 2},
         },
     )
-    assert recipe["training"]["completion_only_loss"] is True
+    assert recipe.training.completion_only_loss is True
     prepare(recipe, str(model), tmp_path / "data")
 
     built, real = [], koaml.train.sft_trainer
@@ -218,14 +218,14 @@ def test_merged_lora_keeps_the_adapter_models_logits(smollm2_workflow, smollm2, 
 
     run = smollm2_workflow / "results/runs/smollm2-lora"
     config, adapter = run / "config.yaml", run / "trained"
-    recipe = load_yaml(config)
+    recipe = read_recipe(config)
     tokenizer = load_tokenizer(str(smollm2))
 
-    adapter_model = PeftModel.from_pretrained(load_causal_lm(str(smollm2), recipe["model"]), adapter)
+    adapter_model = PeftModel.from_pretrained(load_causal_lm(str(smollm2), recipe.model), adapter)
     unmerged = logits_of(adapter_model, tokenizer)
     with adapter_model.disable_adapter():
         base = logits_of(adapter_model, tokenizer)
-    merged = logits_of(load_causal_lm(str(run / "merged"), recipe["model"]), tokenizer)
+    merged = logits_of(load_causal_lm(str(run / "merged"), recipe.model), tokenizer)
     scale = unmerged.abs().max().item()
     tolerance = 1e-4 * scale
     diff = (merged - unmerged).abs().max().item()
@@ -237,13 +237,13 @@ def test_merged_lora_keeps_the_adapter_models_logits(smollm2_workflow, smollm2, 
     assert diff <= tolerance, f"float32 merged vs unmerged: max |diff| {diff:.3g} > {tolerance:.3g} (scale {scale:.3g})"
     assert torch.equal(merged.argmax(-1), unmerged.argmax(-1))
 
-    bf16_recipe = dict(recipe, model=dict(recipe["model"], dtype="bfloat16"))
-    write_yaml(tmp_path / "bf16.yaml", bf16_recipe)
+    bf16_recipe = recipe.replace(model=recipe.model.replace(dtype="bfloat16"))
+    write_yaml(tmp_path / "bf16.yaml", bf16_recipe.as_dict())
     merge(str(tmp_path / "bf16.yaml"), str(smollm2), str(adapter), str(tmp_path / "merged_bf16"))
     unmerged16 = logits_of(
-        PeftModel.from_pretrained(load_causal_lm(str(smollm2), bf16_recipe["model"]), adapter), tokenizer
+        PeftModel.from_pretrained(load_causal_lm(str(smollm2), bf16_recipe.model), adapter), tokenizer
     )
-    merged16 = logits_of(load_causal_lm(str(tmp_path / "merged_bf16"), bf16_recipe["model"]), tokenizer)
+    merged16 = logits_of(load_causal_lm(str(tmp_path / "merged_bf16"), bf16_recipe.model), tokenizer)
     diff16 = (merged16 - unmerged16).abs().max().item()
     agree16 = (merged16.argmax(-1) == unmerged16.argmax(-1)).float().mean().item()
     vs_fp32 = (merged16 - unmerged).abs().max().item()
@@ -282,7 +282,7 @@ def test_qlora_trains_on_a_4bit_base(smollm2, tmp_path, monkeypatch):
     assert (summary["method"], summary["global_step"]) == ("qlora", 2)
     assert len(losses(trained)) == 2 and all(map(math.isfinite, losses(trained))), losses(trained)
     # q, k, v, o, gate, up, down in every layer
-    quant_type = recipe["peft"]["bnb_4bit_quant_type"]
+    quant_type = recipe.peft.bnb_4bit_quant_type
     assert summary["base_4bit"] == {"linear4bit_layers": 7 * shape["num_hidden_layers"], "quant_types": [quant_type]}
     weights = load_file(trained / "adapter_model.safetensors")
     lora_b = [w for name, w in weights.items() if "lora_B" in name]

@@ -252,13 +252,11 @@ def guide_recipe(model: str, method: str) -> Recipe:
         recipe = load_recipe(path)
     else:
         recipe = load_recipe(RECIPES / f"{prefix}_lora.yaml")
-        peft = {**recipe["peft"], "type": "qlora"} if method == "qlora" else {"type": "none"}
+        peft = recipe.peft.replace(type="qlora") if method == "qlora" else {"type": "none"}
         recipe = recipe.replace(peft=peft)
         if method == "full":  # on one GPU: the row the guide's figure is compared with
-            recipe = recipe.replace(
-                training={**recipe["training"], "num_processes": 1, "fsdp": "", "fsdp_config": None}
-            )
-    return recipe.replace(training={**recipe["training"], "per_device_train_batch_size": 1})
+            recipe = recipe.replace(training=recipe.training.replace(num_processes=1, fsdp="", fsdp_config=None))
+    return recipe.replace(training=recipe.training.replace(per_device_train_batch_size=1))
 
 
 @pytest.mark.parametrize(("model", "method"), list(GUIDE))
@@ -282,19 +280,16 @@ def test_full_fine_tuning_precision_and_sharding():
     params_gb = shape.n_params / 2**30
     assert single.weights_gb == pytest.approx(2 * params_gb)  # pure bf16
     assert single.optimizer_gb == pytest.approx(4 * params_gb)  # two bf16 AdamW states
-    eight_bit = estimate_training_memory({**recipe, "training": {**recipe["training"], "optim": "adamw_8bit"}}, shape)
+    eight_bit = estimate_training_memory(recipe.replace(training=recipe.training.replace(optim="adamw_8bit")), shape)
     assert eight_bit.optimizer_gb == pytest.approx(2 * params_gb)
     # FSDP over 4 GPUs: fp32 trainable weights (accelerate's upcast), everything sharded, the guide's 40 GB per GPU
-    fsdp = {**recipe, "training": {**recipe["training"], "num_processes": 4, "fsdp": "full_shard auto_wrap"}}
+    fsdp = recipe.replace(training=recipe.training.replace(num_processes=4, fsdp="full_shard auto_wrap"))
     sharded = estimate_training_memory(fsdp, shape)
     assert sharded.num_gpus == 4 and sharded.optimizer_gb == pytest.approx(8 * params_gb / 4)
     assert 0.75 <= sharded.total_gb / 40 <= 1.25
-    zero3 = {
-        **recipe,
-        "training": {**recipe["training"], "num_processes": 4, "deepspeed": "config/deepspeed/zero3.json"},
-    }
+    zero3 = recipe.replace(training=recipe.training.replace(num_processes=4, deepspeed="config/deepspeed/zero3.json"))
     assert estimate_training_memory(zero3, shape).total_gb == pytest.approx(sharded.total_gb, rel=0.05)
-    ddp = {**recipe, "training": {**recipe["training"], "num_processes": 4}}
+    ddp = recipe.replace(training=recipe.training.replace(num_processes=4))
     assert estimate_training_memory(ddp, shape).weights_gb == single.weights_gb  # DDP replicates
 
 
@@ -302,9 +297,9 @@ def test_activations_without_checkpointing_and_eager_attention():
     shape = shape_from_config(LLAMA_3B)
     recipe = guide_recipe("3b", "lora")
     base = estimate_training_memory(recipe, shape).activations_gb
-    no_ckpt = {**recipe, "training": {**recipe["training"], "gradient_checkpointing": False}}
+    no_ckpt = recipe.replace(training=recipe.training.replace(gradient_checkpointing=False))
     without = estimate_training_memory(no_ckpt, shape).activations_gb
-    eager = {**no_ckpt, "model": {**recipe["model"], "attn_implementation": "eager"}}
+    eager = no_ckpt.replace(model=recipe.model.replace(attn_implementation="eager"))
     assert base < without < estimate_training_memory(eager, shape).activations_gb
 
 
@@ -399,7 +394,7 @@ def test_training_disk_counts_checkpoints_and_the_final_model():
     expected = 1.1 * (3 * 6 + 2) * shape.n_params / 2**30
     assert estimate_training_disk_gb(full, shape) == pytest.approx(expected)
     assert estimate_training_disk_gb(lora, shape) < 1  # an adapter of a few MB
-    fewer = {**full, "training": {**full["training"], "save_total_limit": 1}}
+    fewer = full.replace(training=full.training.replace(save_total_limit=1))
     assert estimate_training_disk_gb(fewer, shape) < estimate_training_disk_gb(full, shape)
 
 

@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_model, recipe_name):
     """A model whose forward pass gives NaN (a damaged checkpoint's weights) stops at the first logged step with a
     NonFiniteLossError, SFT and DPO alike: the fault is injected, not hoped for from a huge learning rate (which
     collapses a DPO model with a finite loss, and a NaN gradient norm only on some CPUs)."""
-    from koaml.train import NonFiniteLossError
+    from koaml.lifecycle import NonFiniteLossError
 
     model = poisoned_copy(tiny_model, tmp_path / "poisoned")
     os.chdir(REPO)
@@ -167,16 +167,16 @@ def test_merged_model_matches_the_adapter_model(demo_workflow, run):
     folder, base = demo_workflow / "results/runs" / run, str(demo_workflow / "results/base/tiny/model")
     recipe = read_recipe(folder / "config.yaml")
     adapter_model = PeftModel.from_pretrained(load_merge_base(base, recipe), folder / "trained")
-    merged = load_causal_lm(str(folder / "merged"), recipe["model"])
+    merged = load_causal_lm(str(folder / "merged"), recipe.model)
     untouched = load_merge_base(base, recipe)
     ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
     with torch.no_grad():
         expected, got, before = adapter_model(ids).logits, merged(ids).logits, untouched(ids).logits
     assert (expected - before).abs().max() > 1e-3, "the adapter must have changed the model"
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    if recipe["peft"]["type"] == "qlora":
+    if recipe.peft.type == "qlora":
         # what training saw: the 4-bit base (bitsandbytes' CPU kernels compute in lower precision)
-        trained = PeftModel.from_pretrained(load_causal_lm(base, recipe["model"], recipe["peft"]), folder / "trained")
+        trained = PeftModel.from_pretrained(load_causal_lm(base, recipe.model, recipe.peft), folder / "trained")
         with torch.no_grad():
             seen = trained(ids).logits
         assert (seen - got).abs().max() < 0.05 * seen.abs().max()
@@ -203,5 +203,5 @@ def test_packed_training_counts_real_tokens_and_tracks_to_local_tensorboard_file
     # num_tokens counts every packed row of a batch (TRL alone would count one row per mask-less batch)
     history = json.loads((trained / "log_history.json").read_text())
     num_tokens = [e["num_tokens"] for e in history if "num_tokens" in e][-1]
-    assert num_tokens > 5 * recipe["model"]["model_max_length"] * 8
+    assert num_tokens > 5 * recipe.model.model_max_length * 8
     assert list((tmp_path / "tracking/tensorboard").rglob("events.out.tfevents.*"))

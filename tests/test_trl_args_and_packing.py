@@ -1,9 +1,10 @@
-"""The recipe -> TRL SFTConfig mapping (the guide's keys on transformers 5 / TRL 1.x)."""
+"""The recipe -> TRL config mapping (the guide's keys on transformers 5 / TRL 1.x) and SFT's packed rows."""
 
 import pytest
 
+from koaml.packed_rows import trained_token_count
 from koaml.recipe import load_recipe
-from koaml.train import sft_config_kwargs, trained_token_count
+from koaml.trl_args import trl_config_kwargs
 
 
 @pytest.fixture
@@ -14,38 +15,38 @@ def recipe():
 
 
 def test_warmup_ratio_becomes_a_fractional_warmup_steps(recipe):
-    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
+    kwargs = trl_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
     assert kwargs["warmup_steps"] == pytest.approx(0.05) and isinstance(kwargs["warmup_steps"], float)
     assert "warmup_ratio" not in kwargs
 
 
 def test_explicit_warmup_steps_win(recipe):
-    recipe["training"]["warmup_steps"] = 7
-    assert sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)["warmup_steps"] == 7
+    recipe = recipe.replace(training=recipe.training.replace(warmup_steps=7))
+    assert trl_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)["warmup_steps"] == 7
 
 
 def test_kwargs_are_accepted_by_sftconfig(recipe, tmp_path):
     from trl import SFTConfig
 
-    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=True, on_gpu=False))
-    assert args.max_length == recipe["model"]["model_max_length"]
-    assert args.learning_rate == recipe["training"]["learning_rate"]
-    assert args.eval_strategy == "steps" and args.eval_steps == recipe["training"]["save_steps"]
+    args = SFTConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=True, on_gpu=False))
+    assert args.max_length == recipe.model.model_max_length
+    assert args.learning_rate == recipe.training.learning_rate
+    assert args.eval_strategy == "steps" and args.eval_steps == recipe.training.save_steps
     assert args.get_warmup_steps(1000) == 50
     assert args.report_to == [] or args.report_to == "none"
 
 
 def test_seed_keys_that_the_workflow_manages_are_not_passed(recipe):
-    recipe["training"]["output_dir"] = "./output/x"
-    kwargs = sft_config_kwargs(recipe, "results/checkpoints/x", has_eval=False, on_gpu=False)
+    recipe = recipe.replace(training={**recipe.as_dict()["training"], "output_dir": "./output/x"})
+    kwargs = trl_config_kwargs(recipe, "results/checkpoints/x", has_eval=False, on_gpu=False)
     assert kwargs["output_dir"] == "results/checkpoints/x" and "trainer_type" not in kwargs
 
 
 def test_gradient_checkpointing_maps_to_the_installed_name(recipe, tmp_path):
     from trl import SFTConfig
 
-    recipe["training"]["gradient_checkpointing"] = True
-    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
+    recipe = recipe.replace(training=recipe.training.replace(gradient_checkpointing=True))
+    args = SFTConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False))
     assert getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
 
 
@@ -135,16 +136,16 @@ def test_packing_estimate_follows_padding_and_attention_costs():
 
 
 def test_packing_off_leaves_the_packing_strategy_unset(recipe):
-    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
+    kwargs = trl_config_kwargs(recipe, "out", has_eval=False, on_gpu=False)
     assert kwargs["packing"] is False and "packing_strategy" not in kwargs
-    kwargs = sft_config_kwargs(recipe, "out", has_eval=False, on_gpu=False, packing=True)
+    kwargs = trl_config_kwargs(recipe, "out", has_eval=False, on_gpu=False, packing=True)
     assert kwargs["packing"] is True and kwargs["packing_strategy"] == "bfd"
 
 
 def test_forced_packing_is_accepted_by_sftconfig(recipe, tmp_path):
     from trl import SFTConfig
 
-    args = SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True))
+    args = SFTConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True))
     assert args.packing and args.packing_strategy == "bfd"
 
 
@@ -156,7 +157,7 @@ def test_packing_schema_accepts_auto_and_booleans_only():
 
     path = REPO / "config/recipes/demo_lora.yaml"
     for value in ("auto", True, False):
-        assert load_recipe(path, {"training": {"packing": value}})["training"]["packing"] == value
+        assert load_recipe(path, {"training": {"packing": value}}).training.packing == value
     with pytest.raises(ConfigError):
         load_recipe(path, {"training": {"packing": "yes"}})
 
@@ -171,23 +172,25 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
     from trl import SFTConfig
 
     from koaml.modeling import load_causal_lm, load_tokenizer
-    from koaml.train import sft_trainer
+    from koaml.packed_rows import sft_trainer
 
     rows = [
         {"prompt": f"What is {a} plus {b}? " * (1 + a % 4), "completion": str(a + b)}
         for a, b in [(3, 4), (120, 7), (55, 901), (8, 8), (77, 13), (402, 96), (1, 2), (30, 3), (9, 90), (11, 5)]
     ]
-    recipe["model"]["attn_implementation"] = attn
-    recipe["training"].update(packing=True, per_device_train_batch_size=3, max_steps=1)
-    model = load_causal_lm(str(tiny_model), recipe["model"])
+    recipe = recipe.replace(
+        model=recipe.model.replace(attn_implementation=attn),
+        training=recipe.training.replace(packing=True, per_device_train_batch_size=3, max_steps=1),
+    )
+    model = load_causal_lm(str(tiny_model), recipe.model)
     trainer = sft_trainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True)),
+        args=SFTConfig(**trl_config_kwargs(recipe, str(tmp_path), has_eval=False, on_gpu=False, packing=True)),
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(str(tiny_model)),
     )
     packed_rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
-    assert all(len(r["input_ids"]) <= recipe["model"]["model_max_length"] for r in packed_rows)
+    assert all(len(r["input_ids"]) <= recipe.model.model_max_length for r in packed_rows)
     assert len(packed_rows) >= 3 and max(len(r["seq_lengths"]) for r in packed_rows) >= 3
     model.eval()
     padded = 0
@@ -231,7 +234,7 @@ def test_packed_rows_get_exactly_their_unpacked_loss(tiny_model, tmp_path, recip
 
 
 def test_trl_private_token_count_is_where_koaml_expects():
-    """koaml.train corrects TRL's count of trained tokens through two private SFTTrainer attributes (no public
+    """koaml.packed_rows corrects TRL's count of trained tokens through two private SFTTrainer attributes (no public
     API); a TRL release that renames or stops updating them must fail here, not log a wrong num_tokens."""
     import inspect
 

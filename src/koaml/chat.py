@@ -57,15 +57,15 @@ def chat_pairs(exp: Experiment) -> dict[str, ChatPair]:
         except ConfigError:  # a reference run that has not finished: the base model its chain starts from
             base = exp.root_base(name)
             base_path = model_path(exp, base)
-        data = run.recipe["data"]
+        data = run.recipe.data
         pairs[name] = ChatPair(
             name,
             base,
             base_path,
             tuned or model_path(exp, run.parent_run or exp.root_base(name)),
             adapter,
-            data["template"] == "model",
-            data.get("enable_thinking"),
+            data.template == "model",
+            data.enable_thinking,
         )
     return pairs
 

@@ -46,19 +46,20 @@ def _check_training_disk(recipe, model: str, checkpoints: str) -> None:
     except SizingError as exc:
         logging.warning("free disk not checked: %s", exc)
         return
-    what = f"training ({recipe['training']['save_total_limit']} checkpoints + 1 being written, and the final model)"
+    what = f"training ({recipe.training.save_total_limit} checkpoints + 1 being written, and the final model)"
     ensure_free_disk(checkpoints, need_gb, what)
     logging.info("disk: about %.1f GB needed for %s", need_gb, what)
 
 
 def _train(a):
+    from koaml.lifecycle import is_distributed_worker, launch
     from koaml.recipe import read_recipe
-    from koaml.train import is_distributed_worker, launch, train
+    from koaml.train import train
 
     recipe = read_recipe(a.config)
     if not is_distributed_worker():
         _check_training_disk(recipe, a.model, a.checkpoints)
-    num_processes = recipe["training"]["num_processes"]
+    num_processes = recipe.training.num_processes
     if num_processes > 1 and not is_distributed_worker():
         launch(a.argv, num_processes)
     else:

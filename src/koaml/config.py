@@ -25,11 +25,11 @@ from koaml.configfiles import (
     typed,
     validate,
 )
-from koaml.data import check_local_data, warn_unused_target_column
+from koaml.datafiles import check_local_data, warn_unused_target_column
 from koaml.experiment import MODEL_SOURCES, RUN_PREFIX, BaseModel, Benchmark, Experiment, Run, is_local_path
 from koaml.fetch import check_cached
 from koaml.gguf import check as check_gguf
-from koaml.recipe import load_benchmark, load_recipe
+from koaml.recipe import Recipe, load_benchmark, load_recipe
 from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model
 from koaml.tasks import check_benchmark
 
@@ -231,7 +231,41 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     ``source`` names the config file(s), comma-separated; existing ones are re-read to catch duplicate
     keys (two runs of the same name), which the YAML parser Snakemake uses silently merges. Offline,
     the hub models and datasets must be in the cache (:func:`koaml.fetch.check_cached`).
+    The stages read like the pipeline in docs/architecture.md.
     """
+    config = _validated(config, source)
+    bases = _base_models(config["base_models"], source)
+    specs = _expand_runs(config, source)
+    for name in bases:
+        _check_name(name, f"base_models.{name}", source)
+    runs = _build_runs(specs, config["recipe_overrides"], bases, source)
+    clash = sorted(set(bases) & set(runs))
+    if clash:
+        raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
+    benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
+    experiment = Experiment(
+        config["experiment"],
+        bases,
+        runs,
+        benchmarks,
+        config["evaluate_base"],
+        config["evaluate_adapters"],
+        statistics=config["statistics"],
+    )
+    _check_fit(experiment)
+    clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
+    if clash:
+        raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")
+    if not experiment.evaluated_models:
+        raise ConfigError(f"{source}: nothing to evaluate: give base_models (with evaluate_base: true) or runs")
+    experiment.comparisons = _comparisons(experiment, config.get("reference"), config["compare"], source)
+    check_cached(experiment, source)
+    return experiment
+
+
+def _validated(config: dict, source: str) -> dict:
+    """The experiment config checked against its schema (after re-reading its files for duplicate keys), with
+    ``--config`` strings typed and defaults filled in."""
     for path in source.split(", "):
         if Path(path).is_file():
             load_yaml(path)
@@ -241,11 +275,16 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         for key, value in config.items()
     }
     validate(config, "experiment", source)
-    config = fill_defaults(config, schema("experiment"))
-    recipe_overrides, benchmark_overrides = config["recipe_overrides"], config["benchmark_overrides"]
-    bases = {name: _base_model(name, spec, source) for name, spec in config["base_models"].items()}
-    bases = {name: _check_model(model) for name, model in bases.items()}
+    return fill_defaults(config, schema("experiment"))
 
+
+def _base_models(specs: dict, source: str) -> dict[str, BaseModel]:
+    """The ``base_models`` section, each checked (a GGUF file, a local folder, a hub ID)."""
+    return {name: _check_model(_base_model(name, spec, source)) for name, spec in specs.items()}
+
+
+def _expand_runs(config: dict, source: str) -> dict[str, dict]:
+    """The run specs by run name, sweeps and replicates expanded (sizes checked before expanding)."""
     _check_grid_size(config["runs"], config["max_runs"], config["replicates"], len(config["benchmarks"]), source)
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
@@ -264,82 +303,78 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
                 )
                 _check_name(run_name, f"runs.{name}{kind}", source)
                 specs[run_name] = run_spec
+    return specs
+
+
+def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str, BaseModel], source: str) -> dict:
+    """Each run with its recipe loaded (overrides applied, a replicate's seed set), its base resolved (adding the
+    base models that recipes name) and its local data checked."""
     groups = {spec["_replicate"]["group"]: [] for spec in specs.values() if "_replicate" in spec}
     for run_name, spec in specs.items():
         if "_replicate" in spec:
             groups[spec["_replicate"]["group"]].append(run_name)
-    for name in bases:
-        _check_name(name, f"base_models.{name}", source)
-
     runs: dict[str, Run] = {}
     for name, spec in specs.items():
         overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
         recipe = load_recipe(spec["recipe"], overrides)
         replicate = spec.get("_replicate")
         if replicate:
-            seed = recipe["training"]["seed"] + replicate["index"]
+            seed = recipe.training.seed + replicate["index"]
             recipe = load_recipe(spec["recipe"], deep_merge(overrides, {"training": {"seed": seed}}))
             replicate = {**replicate, "seed": seed}
-        base = _replicate_base(spec, groups, name, source)
-        if base is None:
-            model_name = recipe["model"].get("model_name")
-            if not model_name:
-                raise ConfigError(
-                    f"{source}: runs.{name}: no 'base' given and {spec['recipe']} has no model.model_name"
-                )
-            base = next((b.name for b in bases.values() if b.model_name == model_name), slug(model_name))
-            if base not in bases:
-                bases[base] = _check_model(BaseModel(base, model_name=model_name, where=f"{spec['recipe']}: model"))
-        elif not base.startswith(RUN_PREFIX) and base not in bases:
-            hint = difflib.get_close_matches(base, list(bases), n=1)
-            suggestion = (
-                f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
-            )
-            raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
+        base = _resolve_base(name, spec, recipe, groups, bases, source)
         runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate)
-        formats = check_local_data(recipe["data"], spec["recipe"], recipe.trainer_type, recipe.rewards)
-        if "target_column" in load_yaml(spec["recipe"])["data"]:
+        formats = check_local_data(recipe, spec["recipe"])
+        if "data.target_column" in recipe.given:
             warn_unused_target_column(formats, spec["recipe"])
     _check_chains(runs, source)
+    return runs
 
-    clash = sorted(set(bases) & set(runs))
-    if clash:
-        raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
 
+def _resolve_base(name: str, spec: dict, recipe: Recipe, groups: dict, bases: dict[str, BaseModel], source: str) -> str:
+    """The base a run trains from: its ``base`` (a base model or ``run:<name>``), a replicate group's, or the base
+    model its recipe's ``model.model_name`` names (added to ``bases`` when new)."""
+    base = _replicate_base(spec, groups, name, source)
+    if base is None:
+        model_name = recipe.model.model_name
+        if not model_name:
+            raise ConfigError(f"{source}: runs.{name}: no 'base' given and {spec['recipe']} has no model.model_name")
+        base = next((b.name for b in bases.values() if b.model_name == model_name), slug(model_name))
+        if base not in bases:
+            bases[base] = _check_model(BaseModel(base, model_name=model_name, where=f"{spec['recipe']}: model"))
+    elif not base.startswith(RUN_PREFIX) and base not in bases:
+        hint = difflib.get_close_matches(base, list(bases), n=1)
+        suggestion = (
+            f"did you mean '{hint[0]}'?" if hint else f"expected one of: {', '.join(bases) or '(none defined)'}"
+        )
+        raise ConfigError(f"{source}: runs.{name}.base: unknown base model '{base}'; {suggestion} (or run:<name>)")
+    return base
+
+
+def _load_benchmarks(paths: list[str], overrides: dict, source: str) -> dict[str, Benchmark]:
+    """Each benchmark file, named by its stem, loaded with the overrides and its tasks' protocols checked."""
     benchmarks: dict[str, Benchmark] = {}
-    for path in config["benchmarks"]:
+    for path in paths:
         name = Path(path).stem
         if name in benchmarks:
             raise ConfigError(f"{source}: benchmarks: two files are named '{name}' ({benchmarks[name].path}, {path})")
         if not re.match(_NAME["pattern"], name):
             raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {_NAME['description']}")
         _check_name(name, f"benchmarks: {path}", source)
-        benchmarks[name] = Benchmark(name, path, load_benchmark(path, benchmark_overrides))
+        benchmarks[name] = Benchmark(name, path, load_benchmark(path, overrides))
         check_benchmark(path, benchmarks[name].config)
+    return benchmarks
 
-    experiment = Experiment(
-        config["experiment"],
-        bases,
-        runs,
-        benchmarks,
-        config["evaluate_base"],
-        config["evaluate_adapters"],
-        statistics=config["statistics"],
-    )
-    for name, run in runs.items():  # where the model's files are here already; else the prepare_data job checks
+
+def _check_fit(experiment: Experiment) -> None:
+    """Each recipe and benchmark fits the models it is used with (LoRA targets, position limit), where the
+    model's files are here already; for models the workflow builds, the prepare_data job checks."""
+    bases = experiment.base_models
+    for name, run in experiment.runs.items():
         base = bases[experiment.root_base(name)]
         if not base.built_by_workflow or Path(base.location).is_dir():
             check_recipe_fits_model(run.recipe, base.location, f"{run.recipe_path} (run {name})")
     for name, base in bases.items():  # every evaluated model has one of these architectures
         if not base.built_by_workflow or Path(base.location).is_dir():
-            for bench in benchmarks.values():
+            for bench in experiment.benchmarks.values():
                 check_benchmark_fits_model(bench.config, base.location, f"{bench.path} (evaluating {name})")
-    clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
-    if clash:
-        raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")
-    if not experiment.evaluated_models:
-        raise ConfigError(f"{source}: nothing to evaluate: give base_models (with evaluate_base: true) or runs")
-    experiment.comparisons = _comparisons(experiment, config.get("reference"), config["compare"], source)
-
-    check_cached(experiment, source)
-    return experiment

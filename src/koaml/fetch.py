@@ -17,6 +17,7 @@ from koaml.configfiles import ConfigError
 from koaml.experiment import BaseModel, Experiment
 from koaml.io import write_json
 from koaml.recipe import is_local_dataset
+from koaml.sections import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,20 @@ def hub_models(exp: Experiment) -> list[BaseModel]:
     return [b for b in exp.base_models.values() if b.from_hub]
 
 
-def hub_datasets(exp: Experiment) -> list[tuple[str, str, dict]]:
+def hub_datasets(exp: Experiment) -> list[tuple[str, str, DatasetSpec]]:
     """``(recipe file, data key, dataset spec)`` of each hub dataset the runs use."""
     return [
         (run.recipe_path, key, spec)
         for run in exp.runs.values()
         for key, spec in run.recipe.datasets.items()
-        if not is_local_dataset(spec["dataset_name"])
+        if not is_local_dataset(spec.dataset_name)
     ]
 
 
 def requirements(exp: Experiment) -> dict:
     """The hub models, hub datasets and lm-eval tasks an experiment uses."""
     models = {b.model_name for b in hub_models(exp)}
-    datasets = {(s["dataset_name"], s.get("subset"), s.get("split", "train")) for _, _, s in hub_datasets(exp)}
+    datasets = {(s.dataset_name, s.subset, s.split) for _, _, s in hub_datasets(exp)}
     benchmarks = {
         name: {"tasks": b.config.task_names, "include_path": b.config.get("include_path")}
         for name, b in exp.benchmarks.items()
@@ -73,9 +74,9 @@ def check_cached(exp: Experiment, source: str) -> None:
     if _datasets_offline():
         cache = _datasets_cache()
         missing += [
-            f"{recipe}: data.{key}.dataset_name: {spec['dataset_name']}: dataset not in the Hugging Face cache ({cache})"
+            f"{recipe}: data.{key}.dataset_name: {spec.dataset_name}: dataset not in the Hugging Face cache ({cache})"
             for recipe, key, spec in datasets
-            if not _dataset_cached(cache, spec["dataset_name"], spec.get("subset"))
+            if not _dataset_cached(cache, spec.dataset_name, spec.subset)
         ]
     if missing:
         configfiles = " ".join(p for p in source.split(", ") if Path(p).is_file()) or "<experiment file>"

@@ -66,7 +66,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from koaml.recipe import training_method
+from koaml.recipe import Recipe
+from koaml.sections import TrainingSettings
 from koaml.shapes import ModelShape, SizingError
 
 GB = 2**30
@@ -131,20 +132,20 @@ def _optimizer_state_bytes(optim: str, state_bytes: int) -> float:
     return states * (1 if "8bit" in optim else state_bytes)
 
 
-def _sharding(training: dict) -> tuple[bool, bool, bool]:
+def _sharding(training: TrainingSettings) -> tuple[bool, bool, bool]:
     """Whether (weights, gradients, optimizer states) are sharded across the processes."""
-    if training["num_processes"] == 1:
+    if training.num_processes == 1:
         return False, False, False
-    fsdp = training.get("fsdp") or ""
+    fsdp = training.fsdp or ""
     if "full_shard" in fsdp or "hybrid_shard" in fsdp:
         return True, True, True
     if "shard_grad_op" in fsdp:
         return False, True, True
-    if training.get("deepspeed"):
+    if training.deepspeed:
         try:
-            stage = json.loads(Path(training["deepspeed"]).read_text()).get("zero_optimization", {}).get("stage", 0)
+            stage = json.loads(Path(training.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
         except (OSError, ValueError) as exc:
-            raise SizingError(f"training.deepspeed: {training['deepspeed']}: cannot read it ({exc})") from None
+            raise SizingError(f"training.deepspeed: {training.deepspeed}: cannot read it ({exc})") from None
         return stage >= 3, stage >= 2, stage >= 1
     return False, False, False
 
@@ -155,86 +156,79 @@ def _with_overhead(parts: dict[str, float], **fields) -> MemoryEstimate:
     return MemoryEstimate(**{f"{key}_gb": value for key, value in gb.items()}, overhead_gb=overhead, **fields)
 
 
-def estimate_training_memory(recipe: dict, shape: ModelShape) -> MemoryEstimate:
+def estimate_training_memory(recipe: Recipe, shape: ModelShape) -> MemoryEstimate:
     """Peak per-GPU memory of training ``shape`` with a resolved recipe (see the module docstring)."""
-    model, training = recipe["model"], recipe["training"]
-    peft = recipe.get("peft") or {"type": "none"}
-    dtype = _dtype(model["dtype"])
+    model, training, peft, trainer = recipe.model, recipe.training, recipe.peft, recipe.trainer
+    dtype = _dtype(model.dtype)
     wbytes = DTYPE_BYTES[dtype]
     master_bytes = 0  # an fp32 copy of the weights kept by the optimizer
-    if training_method(peft) == "full":
+    if recipe.method == "full":
         trainable = shape.n_params
         grad_bytes = state_bytes = weight_bytes = wbytes  # pure 16-bit training: states follow the weights' dtype
-        if dtype != "float32" and training.get("fsdp"):  # accelerate upcasts FSDP's trainable weights to fp32
+        if dtype != "float32" and training.fsdp:  # accelerate upcasts FSDP's trainable weights to fp32
             grad_bytes = state_bytes = weight_bytes = 4
-        elif dtype != "float32" and training.get("deepspeed"):  # ZeRO keeps fp32 master weights and states
+        elif dtype != "float32" and training.deepspeed:  # ZeRO keeps fp32 master weights and states
             master_bytes = state_bytes = 4
         weights = trainable * weight_bytes
     else:
-        trainable = shape.lora_params(peft["lora_r"], peft["lora_target_modules"])
-        if peft["type"] == "qlora":
+        trainable = shape.lora_params(peft.lora_r, peft.lora_target_modules)
+        if recipe.quantized:
             # one absmax per block: fp32, or with double quantization 8-bit plus an fp32 one per 256 blocks
-            absmax = (
-                1 / NF4_BLOCK + 4 / (256 * NF4_BLOCK) if peft.get("bnb_4bit_use_double_quant", True) else 4 / NF4_BLOCK
-            )
+            absmax = 1 / NF4_BLOCK + 4 / (256 * NF4_BLOCK) if peft.bnb_4bit_use_double_quant else 4 / NF4_BLOCK
             base = shape.linear_params * (0.5 + absmax) + (shape.n_params - shape.linear_params) * wbytes
         else:
             base = shape.n_params * wbytes
         weights = base + trainable * 4
         grad_bytes = state_bytes = 4  # adapters are fp32
     gradients = trainable * grad_bytes
-    optimizer = trainable * (master_bytes + _optimizer_state_bytes(training["optim"], state_bytes))
+    optimizer = trainable * (master_bytes + _optimizer_state_bytes(training.optim, state_bytes))
 
-    n = training["num_processes"]
+    n = training.num_processes
     shard_weights, shard_grads, shard_optimizer = _sharding(training)
     if shard_weights:  # each rank holds its shard plus the gathered layer being computed and the prefetched next one
         weights = weights / n + 2 * shape.linear_params / shape.n_layers * wbytes
     gradients /= n if shard_grads else 1
     optimizer /= n if shard_optimizer else 1
 
-    trainer = training.get("trainer_type", "sft")
-    dpo = trainer == "dpo"
-    reference = dpo or (trainer == "grpo" and training["beta"] > 0)
-    if reference and training_method(peft) == "full":  # a frozen reference copy (LoRA disables the adapter)
+    if trainer.uses_reference_model(training) and recipe.method == "full":  # LoRA disables the adapter instead
         weights += shape.n_params * wbytes / (n if shard_weights else 1)
 
     # DPO runs the chosen and the rejected answer of each row in one batch: twice the sequences
-    b = training["per_device_train_batch_size"] * (2 if dpo else 1)
-    s, h = model["model_max_length"], shape.hidden_size
+    b = training.per_device_train_batch_size * (2 if trainer.paired else 1)
+    s, h = model.model_max_length, shape.hidden_size
     scale = wbytes / 2  # the coefficients below are for 16-bit activations
     layer = b * s * (17 * h + (8 if shape.gated_mlp else 4) * shape.intermediate_size) * scale
-    if model.get("attn_implementation") == "eager":
+    if model.attn_implementation == "eager":
         layer += 5 * shape.num_attention_heads * s * s * b * scale
-    if training["gradient_checkpointing"]:
+    if training.gradient_checkpointing:
         activations = shape.n_layers * b * s * h * wbytes + layer
     else:
         activations = shape.n_layers * layer
     activations += b * s * shape.vocab_size * 4  # fp32 logits
-    if trainer == "grpo":
-        generating = training["per_device_train_batch_size"] * training["gradient_accumulation_steps"]
+    if trainer.generates:  # the KV cache of the completions sampled for a step's prompts
+        generating = training.per_device_train_batch_size * training.gradient_accumulation_steps
         kv_cache = 2 * shape.n_layers * shape.num_key_value_heads * shape.head_dim * s * generating * wbytes
         activations = max(activations, kv_cache)
     parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
     estimate = _with_overhead(parts, num_gpus=n, dtype=dtype, kind="training")
-    if trainer == "grpo" and training["use_vllm"] and training["vllm_mode"] == "colocate":
-        share = training["vllm_gpu_memory_utilization"]
+    if training.use_vllm and training.vllm_mode == "colocate":
+        share = training.vllm_gpu_memory_utilization
         estimate = dataclasses.replace(estimate, vllm_gb=estimate.total_gb * share / (1 - share))
     return estimate
 
 
-def estimate_training_disk_gb(recipe: dict, shape: ModelShape) -> float:
+def estimate_training_disk_gb(recipe: Recipe, shape: ModelShape) -> float:
     """Disk a training job needs: ``save_total_limit`` checkpoints plus the one being written (trainable
     weights and their AdamW states) and the final model or adapter, with a 10% margin."""
-    training = recipe["training"]
-    peft = recipe.get("peft") or {"type": "none"}
-    if training_method(peft) == "full":
-        trainable, weight_bytes = shape.n_params, DTYPE_BYTES[_dtype(recipe["model"]["dtype"])]
+    training, peft = recipe.training, recipe.peft
+    if recipe.method == "full":
+        trainable, weight_bytes = shape.n_params, DTYPE_BYTES[_dtype(recipe.model.dtype)]
     else:
-        trainable, weight_bytes = shape.lora_params(peft["lora_r"], peft["lora_target_modules"]), 4
-    state_bytes = _optimizer_state_bytes(training["optim"], weight_bytes)
+        trainable, weight_bytes = shape.lora_params(peft.lora_r, peft.lora_target_modules), 4
+    state_bytes = _optimizer_state_bytes(training.optim, weight_bytes)
     checkpoint = trainable * (weight_bytes + state_bytes)
     final = trainable * weight_bytes
-    return (1 + FRAGMENTATION) * ((training["save_total_limit"] + 1) * checkpoint + final) / GB
+    return (1 + FRAGMENTATION) * ((training.save_total_limit + 1) * checkpoint + final) / GB
 
 
 def estimate_eval_memory(benchmark: dict, shape: ModelShape, num_gpus: int = 1) -> MemoryEstimate:

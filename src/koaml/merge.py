@@ -7,19 +7,19 @@ from pathlib import Path
 
 from koaml.io import atomic_dir
 from koaml.modeling import load_causal_lm, load_tokenizer, torch_dtype
-from koaml.recipe import read_recipe
+from koaml.recipe import Recipe, read_recipe
 
 
-def load_merge_base(base_path: str, recipe: dict):
+def load_merge_base(base_path: str, recipe: Recipe):
     """The weights the adapter was trained against, in the recipe's dtype.
 
     For QLoRA that is the 4-bit base dequantized (not the original weights), so the merged model
     computes what the trained adapter model computed.
     """
     if recipe.quantized:
-        quantized = load_causal_lm(base_path, recipe["model"], recipe["peft"])
-        return quantized.dequantize().to(torch_dtype(recipe["model"]["dtype"]))
-    return load_causal_lm(base_path, recipe["model"])
+        quantized = load_causal_lm(base_path, recipe.model, recipe.peft)
+        return quantized.dequantize().to(torch_dtype(recipe.model.dtype))
+    return load_causal_lm(base_path, recipe.model)
 
 
 def merge(config_path: str, base_path: str, adapter_dir: str, out_dir: str) -> None:

@@ -6,6 +6,8 @@ import importlib.util
 import logging
 import os
 
+from koaml.sections import ModelSettings, PeftSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -56,21 +58,22 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str, model_cfg: dict, quantize_4bit: dict | None = None):
-    """Load a causal LM per the recipe's ``model`` section; ``quantize_4bit`` holds the bnb settings."""
+def load_causal_lm(path: str, model: ModelSettings, quantize_4bit: PeftSettings | None = None):
+    """Load a causal LM per a recipe's ``model`` section; ``quantize_4bit`` (a QLoRA ``peft`` section) holds the
+    bitsandbytes settings."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = torch_dtype(model_cfg.get("dtype", "auto"))
+    dtype = torch_dtype(model.dtype)
     kwargs = {
         "dtype": dtype,
-        "attn_implementation": attn_implementation(model_cfg.get("attn_implementation", "sdpa")),
-        "trust_remote_code": model_cfg.get("trust_remote_code", False),
+        "attn_implementation": attn_implementation(model.attn_implementation),
+        "trust_remote_code": model.trust_remote_code,
     }
     if quantize_4bit is not None:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type=quantize_4bit["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=quantize_4bit["bnb_4bit_use_double_quant"],
+            bnb_4bit_quant_type=quantize_4bit.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=quantize_4bit.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = quantized_device_map()

@@ -2,7 +2,7 @@
 
 Packing (TRL's best-fit-decreasing strategy) puts several rows into one sequence of up to
 ``model_max_length`` tokens, with ``position_ids`` restarting at each row so that no row attends to another
-(see ``koaml.train.sft_trainer``). It saves the compute wasted on padding, but with sdpa or eager attention a
+(see ``koaml.packed_rows.sft_trainer``). It saves the compute wasted on padding, but with sdpa or eager attention a
 packed row of length L costs attention over all L x L token pairs (masked ones too), where the same rows
 unpacked cost only their own, short squares. Short rows packed into long sequences can therefore be several
 times slower than no packing (the guide's ``model_max_length: 8192`` packs 3,000 short rows into rows of 8,192

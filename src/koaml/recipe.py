@@ -1,9 +1,10 @@
-"""Training recipes and benchmark suites, validated once into read-only objects with their derived facts.
+"""Training recipes and benchmark suites: loaded, validated once into read-only objects with their derived facts.
 
-A :class:`Recipe` (or :class:`BenchmarkSuite`) reads like the YAML it came from (``recipe["training"]["seed"]``)
-and cannot be changed in place; facts derived from several keys (the training method, whether the data is
-local, the trackers, ...) are properties here and nowhere else. ``results/runs/<run>/config.yaml`` holds a
-recipe's :meth:`Recipe.as_dict`, which :func:`read_recipe` turns back into the same object in a job.
+A :class:`Recipe` holds typed, frozen sections (``recipe.training.seed``: :mod:`koaml.sections`) and cannot be
+changed in place; facts derived from several keys (the training method, the trainer's registry entry, the
+local data files, the trackers, ...) are properties here and nowhere else. ``results/runs/<run>/config.yaml``
+holds a recipe's :meth:`Recipe.as_dict`, which :func:`read_recipe` turns back into the same object in a job.
+A :class:`BenchmarkSuite` reads like the YAML it came from (``suite["generation"]["max_new_tokens"]``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,10 @@ from koaml.configfiles import (
 )
 from koaml.hf_facts import optimizer_names
 from koaml.io import config_hash
+from koaml.sections import SECTIONS, DatasetSpec, DataSettings, ModelSettings, PeftSettings, Section, TrainingSettings
+from koaml.trainers import TRAINERS, Trainer
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets loader
-
-
-def training_method(peft: Mapping) -> str:
-    """'full', 'lora' or 'qlora' from a recipe's ``peft`` section."""
-    return "full" if peft["type"] == "none" else peft["type"]
 
 
 def is_local_dataset(dataset_name: str) -> bool:
@@ -46,24 +44,15 @@ def is_local_dataset(dataset_name: str) -> bool:
     return Path(dataset_name).suffix in LOCAL_SUFFIXES or Path(dataset_name).exists()
 
 
-class _Settings(Mapping):
-    """A validated config as a read-only mapping of its top-level sections."""
+class _Settings:
+    """A validated config, read-only: written to YAML and hashed as its :meth:`as_dict`."""
 
     def __init__(self, settings: dict, source: str | Path):
         self._settings = settings
         self.source = str(source)
 
-    def __getitem__(self, key: str) -> Any:
-        return self._settings[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._settings)
-
-    def __len__(self) -> int:
-        return len(self._settings)
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self) == dict(other)
+        return isinstance(other, _Settings) and self._settings == other._settings
 
     __hash__ = None  # type: ignore[assignment]  (equal configs compare equal; use config_hash to key them)
 
@@ -84,20 +73,37 @@ class _Settings(Mapping):
         return config_hash(self._settings)
 
     def replace(self, **sections: Any):
-        """A copy with whole sections replaced (no validation: for tests and estimates)."""
-        return type(self)(canonical({**self.as_dict(), **sections}), self.source)
+        """A copy with whole sections replaced, as dicts or typed sections (no validation: for tests and estimates)."""
+        given = {key: value.as_dict() if isinstance(value, Section) else value for key, value in sections.items()}
+        return type(self)(canonical({**self.as_dict(), **given}), self.source)
 
 
 yaml.SafeDumper.add_multi_representer(_Settings, lambda dumper, s: dumper.represent_dict(s.as_dict()))
 
 
 class Recipe(_Settings):
-    """A training recipe: ``model``, ``data``, ``training`` and ``peft`` sections, defaults filled in."""
+    """A training recipe: typed ``model``, ``data``, ``training`` and ``peft`` sections, defaults filled in."""
+
+    model: ModelSettings
+    data: DataSettings
+    training: TrainingSettings
+    peft: PeftSettings
+
+    def __init__(self, settings: dict, source: str | Path, given: frozenset[str] = frozenset()):
+        super().__init__(settings, source)
+        self.given = given  # "section.key" of each key the recipe file or its overrides set (empty when resolved)
+        for key, section in SECTIONS.items():
+            super().__setattr__(key, section.from_dict(copy.deepcopy(settings.get(key) or {})))
+
+    @property
+    def trainer(self) -> Trainer:
+        """The trainer registry's entry of ``training.trainer_type``."""
+        return TRAINERS[self.training.trainer_type]
 
     @property
     def method(self) -> str:
         """'full', 'lora' or 'qlora'."""
-        return training_method(self["peft"])
+        return "full" if self.peft.type == "none" else self.peft.type
 
     @property
     def quantized(self) -> bool:
@@ -105,23 +111,14 @@ class Recipe(_Settings):
         return self.method == "qlora"
 
     @property
-    def attn_implementation(self) -> str:
-        """The attention kernel the recipe asks for (``koaml.modeling`` falls back to sdpa where it cannot run)."""
-        return self["model"]["attn_implementation"]
-
-    @property
-    def trust_remote_code(self) -> bool:
-        return bool(self["model"].get("trust_remote_code", False))
-
-    @property
     def trainer_type(self) -> str:
         """'sft', 'dpo' or 'grpo'."""
-        return self["training"]["trainer_type"]
+        return self.training.trainer_type
 
     @property
     def rewards(self) -> list[dict]:
         """GRPO's reward specs (``training.rewards``); empty for other trainers."""
-        return list(self["training"].get("rewards") or [])
+        return list(self.training.rewards or [])
 
     @property
     def reward_files(self) -> list[str]:
@@ -138,30 +135,25 @@ class Recipe(_Settings):
         return config_hash({"recipe": self.as_dict(), "reward_files": digests})
 
     @property
-    def packing(self) -> bool | str:
-        """The packing setting: True, False or 'auto' (decided at train time by ``koaml.packing.decide``)."""
-        return self["training"]["packing"]
-
-    @property
     def report_to(self) -> list[str]:
         """The trackers asked for (``koaml.train.tracking`` drops W&B without an API key)."""
-        return list(self["training"]["report_to"] or [])
+        return list(self.training.report_to or [])
 
     @property
-    def datasets(self) -> dict[str, dict]:
+    def datasets(self) -> dict[str, DatasetSpec]:
         """The dataset specs by key (``train_dataset``, and ``eval_dataset`` if given)."""
-        data = self["data"]
-        return {key: data[key] for key in ("train_dataset", "eval_dataset") if data.get(key)}
+        specs = {"train_dataset": self.data.train_dataset, "eval_dataset": self.data.eval_dataset}
+        return {key: spec for key, spec in specs.items() if spec is not None}
 
     @property
     def local_data_files(self) -> list[str]:
         """The local files among the datasets (editing one reruns the run)."""
-        return [s["dataset_name"] for s in self.datasets.values() if is_local_dataset(s["dataset_name"])]
+        return [s.dataset_name for s in self.datasets.values() if is_local_dataset(s.dataset_name)]
 
     @property
-    def hub_datasets(self) -> list[dict]:
+    def hub_datasets(self) -> list[DatasetSpec]:
         """The dataset specs that name hub datasets."""
-        return [s for s in self.datasets.values() if not is_local_dataset(s["dataset_name"])]
+        return [s for s in self.datasets.values() if not is_local_dataset(s.dataset_name)]
 
 
 def _fill_trainer_settings(given: dict, training: dict) -> list[str]:
@@ -225,19 +217,8 @@ def _grpo_problems(given: dict, training: dict) -> list[str]:
 def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
     """Settings that cannot all hold. ``given`` is the recipe file ``raw`` with the run's overrides,
     before defaults, so that a default never counts as a setting the user chose."""
-    problems = []
+    problems = _peft_contradictions(raw, given, recipe)
     peft, training, data = recipe["peft"], recipe["training"], recipe["data"]
-    lora_keys = ", ".join(f"peft.{k}" for k in sorted(given.get("peft", {})) if k != "type")
-    if lora_keys and peft["type"] == "none":
-        problems.append(
-            f"{lora_keys}: LoRA settings, but peft.type is none (full fine-tuning); "
-            "remove the peft section or set peft.type: lora|qlora"
-        )
-    elif lora_keys and "peft" not in raw and "type" not in given["peft"]:
-        problems.append(
-            f"{lora_keys}: overrides on a full fine-tuning recipe (no peft section) would silently make it LoRA; "
-            "set peft.type: lora|qlora in the overrides too, or drop them"
-        )
     if peft["type"] == "qlora":
         for key in ("fsdp", "deepspeed"):
             if training[key]:
@@ -283,8 +264,34 @@ def _contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
     return problems
 
 
-class BenchmarkSuite(_Settings):
-    """A benchmark suite: ``model``, ``generation``, ``tasks`` and the lm-eval options, defaults filled in."""
+def _peft_contradictions(raw: dict, given: dict, recipe: dict) -> list[str]:
+    """LoRA settings given for full fine-tuning, or as overrides that would silently turn it into LoRA."""
+    lora_keys = ", ".join(f"peft.{k}" for k in sorted(given.get("peft", {})) if k != "type")
+    if lora_keys and recipe["peft"]["type"] == "none":
+        return [
+            f"{lora_keys}: LoRA settings, but peft.type is none (full fine-tuning); "
+            "remove the peft section or set peft.type: lora|qlora"
+        ]
+    if lora_keys and "peft" not in raw and "type" not in given["peft"]:
+        return [
+            f"{lora_keys}: overrides on a full fine-tuning recipe (no peft section) would silently make it LoRA; "
+            "set peft.type: lora|qlora in the overrides too, or drop them"
+        ]
+    return []
+
+
+class BenchmarkSuite(_Settings, Mapping):
+    """A benchmark suite: ``model``, ``generation``, ``tasks`` and the lm-eval options, defaults filled in, read
+    like the YAML it came from (``suite["generation"]["max_new_tokens"]``)."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings)
+
+    def __len__(self) -> int:
+        return len(self._settings)
 
     @property
     def task_names(self) -> list[str]:
@@ -298,17 +305,23 @@ class BenchmarkSuite(_Settings):
         return sorted(str(p) for p in Path(task_dir).rglob("*.yaml")) if task_dir else []
 
 
-def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    """The recipe file ``path`` with run overrides applied, validated, defaults filled in."""
+def _load(path: str | Path, overrides: dict | None, kind: str, sections: str, overridden: str):
+    """The config file ``path`` of schema ``kind`` with ``overrides`` applied and validated, ignored keys
+    warned of: ``(as written, with the overrides, with defaults filled in, the source to name in messages)``."""
     raw = load_yaml(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with model / data / training / peft sections")
+        raise ConfigError(f"{path}: expected a mapping with {sections} sections")
     merged = deep_merge(raw, overrides or {})
-    source = f"{path} (with run overrides)" if overrides else str(path)
-    validate(merged, "recipe", source)
-    warn_ignored(raw, "recipe", path)
-    warn_ignored(overrides, "recipe", source)
-    recipe = fill_defaults(merged, schema("recipe"))
+    source = f"{path} (with {overridden})" if overrides else str(path)
+    validate(merged, kind, source)
+    warn_ignored(raw, kind, path)
+    warn_ignored(overrides, kind, source)
+    return raw, merged, fill_defaults(merged, schema(kind)), source
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """The recipe file ``path`` with run overrides applied, validated, defaults filled in."""
+    raw, merged, recipe, source = _load(path, overrides, "recipe", "model / data / training / peft", "run overrides")
     problems = _fill_trainer_settings(merged.get("training", {}), recipe["training"])
     raise_if_problems("recipe", source, problems + _contradictions(raw, merged, recipe))
     trainer = recipe["training"]["trainer_type"]
@@ -319,7 +332,8 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")
     if recipe["peft"]["type"] == "none":
         recipe["peft"] = {"type": "none"}
-    return Recipe(canonical(recipe), source)
+    given = frozenset(f"{section}.{key}" for section, keys in merged.items() if isinstance(keys, dict) for key in keys)
+    return Recipe(canonical(recipe), source, given)
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -331,15 +345,7 @@ def read_recipe(path: str | Path) -> Recipe:
 
 def load_benchmark(path: str | Path, overrides: dict | None = None) -> BenchmarkSuite:
     """The benchmark file ``path`` with overrides applied, validated, defaults filled in."""
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with model / generation / tasks sections")
-    merged = deep_merge(raw, overrides or {})
-    source = f"{path} (with overrides)" if overrides else str(path)
-    validate(merged, "benchmark", source)
-    warn_ignored(raw, "benchmark", path)
-    warn_ignored(overrides, "benchmark", source)
-    bench = fill_defaults(merged, schema("benchmark"))
+    _, _, bench, source = _load(path, overrides, "benchmark", "model / generation / tasks", "overrides")
     generation = bench["generation"]
     if not generation["apply_chat_template"]:  # options of the chat template, ignored without it
         needing = ["fewshot_as_multiturn"] if generation["fewshot_as_multiturn"] else []

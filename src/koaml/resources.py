@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from koaml.gpus import GpuChoice, choose_gpu
 from koaml.memory import estimate_eval_memory, estimate_training_memory
+from koaml.recipe import Recipe
 from koaml.shapes import ModelShape, SizingError, model_shape
 
 MIN_HOST_MEM_MB = 8000
@@ -32,7 +33,7 @@ def shape_of(model: str, built_by_workflow: bool) -> ModelShape:
     return model_shape(model)  # cached per process
 
 
-def training_gpu(recipe: Mapping, shape: ModelShape) -> GpuChoice:
+def training_gpu(recipe: Recipe, shape: ModelShape) -> GpuChoice:
     """The GPUs a training job needs (preemptible partitions allowed: training resumes from checkpoints)."""
     return choose_gpu(estimate_training_memory(recipe, shape))
 
@@ -65,7 +66,7 @@ def _sized(size: Callable[[], T], strict: bool, unsized: T) -> T:
         return unsized
 
 
-def training_gres(recipe: Mapping, model: str, *, built_by_workflow: bool, strict: bool) -> str:
+def training_gres(recipe: Recipe, model: str, *, built_by_workflow: bool, strict: bool) -> str:
     """The ``gres`` of a job training ``model`` with ``recipe`` ("" when it cannot be sized and not strict)."""
     return _sized(lambda: training_gpu(recipe, shape_of(model, built_by_workflow)).gres, strict, "")
 

@@ -12,8 +12,12 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from koaml.configfiles import ConfigError
+
+if TYPE_CHECKING:
+    from koaml.recipe import Recipe
 
 
 class SizingError(ConfigError):
@@ -115,7 +119,7 @@ def matrix_module_names(folder: Path) -> frozenset[str] | None:
     )
 
 
-def check_recipe_fits_model(recipe, model: str, where: str) -> None:
+def check_recipe_fits_model(recipe: Recipe, model: str, where: str) -> None:
     """Raise ConfigError when ``recipe`` asks what ``model`` cannot do: LoRA target modules it does not have,
     or ``model.model_max_length`` beyond its position limit. Checked where the model's files can be read (a
     local folder, the hub cache); ``where`` names the recipe in messages."""
@@ -123,9 +127,9 @@ def check_recipe_fits_model(recipe, model: str, where: str) -> None:
     if folder is None:
         return
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    check_length_fits_model(recipe["model"]["model_max_length"], config, model, where)
-    targets = recipe["peft"].get("lora_target_modules")
-    if recipe["peft"]["type"] == "none" or not isinstance(targets, list):
+    check_length_fits_model(recipe.model.model_max_length, config, model, where)
+    targets = recipe.peft.lora_target_modules
+    if recipe.method == "full" or not isinstance(targets, list):
         return
     modules = matrix_module_names(folder)
     if modules is None:

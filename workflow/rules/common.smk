@@ -12,7 +12,7 @@ from koaml.experiment import evaluation_dir
 from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
-from koaml.train import CONTROLLER_PID_VARIABLE
+from koaml.lifecycle import CONTROLLER_PID_VARIABLE
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.

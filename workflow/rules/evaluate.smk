@@ -1,3 +1,5 @@
+# The same pattern as run_config (train.smk). Kept as two rules: merging them changes a rule's code, and
+# Snakemake's code trigger would then rerun every existing run or evaluation once.
 rule benchmark_config:
     """The benchmark's resolved config. Rewritten only when it changes, which reruns its evaluations."""
     output:
