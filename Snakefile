@@ -27,4 +27,5 @@ rule all:
     default_target: True
     input:
         rules.compare.output,
+        rules.leaderboard.output,
         rules.report.output,

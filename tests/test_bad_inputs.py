@@ -127,6 +127,11 @@ CASES = [
         {CONFIG: {"compare": [["tiny-lora", "tiny-lora"]]}},
         f"{CONFIG}: compare.0: compares 'tiny-lora' with itself",
     ),
+    Bad(
+        "compare-all-pairs-misspelled",
+        {CONFIG: {"compare": "all_pairs"}},
+        f"{CONFIG}: compare: 'all_pairs' is not allowed; did you mean 'all-pairs'? (or a list)",
+    ),
     Bad("no-benchmarks", {CONFIG: lambda c: c.update(benchmarks=[])}, f"{CONFIG}: benchmarks: [] should be non-empty"),
     Bad(
         "run-unknown-key",

@@ -275,6 +275,12 @@ def test_an_experiment_without_runs_compares_its_models_with_the_reference(tmp_p
     assert exp.evaluated_models == ["a", "b", "c"]
 
 
+def test_all_pairs_compares_every_two_evaluated_models():
+    exp = load_experiment(dict(demo_experiment(), compare="all-pairs"))
+    models = ["tiny", "tiny-lora", "tiny-qlora", "tiny-full"]
+    assert exp.comparisons == [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+
+
 def test_compare_pairs_any_two_evaluated_models():
     config = dict(demo_experiment(), compare=[["tiny-lora", "tiny-full"]], evaluate_adapters=True)
     exp = load_experiment(config)

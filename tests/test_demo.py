@@ -27,9 +27,24 @@ def test_summary_shows_fine_tuning_helped(demo_workflow):
     assert "| tiny-full | tiny | demo_arith_mc |" in (demo_workflow / "results/compare/summary.md").read_text()
 
 
+def test_leaderboard_ranks_every_model_with_its_own_interval(demo_workflow):
+    scores = pd.read_csv(demo_workflow / "results/compare/scores.csv")
+    summary = pd.read_csv(demo_workflow / "results/compare/summary.csv")
+    assert len(scores) == 4 * 2 and (scores.status == "ok").all() and (scores.n == 200).all()
+    assert (scores.ci_low < scores.score).all() and (scores.score < scores.ci_high).all()
+    assert (scores.ci == "bootstrap").all() and scores.protocol.str.contains("shot").all()
+    for _, row in summary.iterrows():  # the same numbers as the comparison
+        own = scores[(scores.model == row.run) & (scores.task == row.task) & (scores.metric == row.metric)]
+        assert own.score.item() == pytest.approx(row.score)
+    mc = scores[scores.task == "demo_arith_mc"].set_index("model")
+    assert mc.loc["tiny", "rank"] > 1  # the untrained base is worse than some fine-tuned model, beyond the intervals
+    board = (demo_workflow / "results/compare/leaderboard.md").read_text()
+    assert "| model | mean rank |" in board and "\n| tiny | " in board and "overlap share a rank" in board
+
+
 def test_html_report_and_snakemake_report(demo_workflow):
     page = (demo_workflow / "results/report/index.html").read_text()
-    assert "tiny-full" in page and page.count("data:image/png;base64,") == 3  # 2 benchmarks + losses
+    assert "tiny-full" in page and page.count("data:image/png;base64,") == 4  # leaderboard, 2 benchmarks, losses
     assert 'src="http' not in page
     snakemake(demo_workflow, "--report", "snakemake-report.html")
     assert (demo_workflow / "snakemake-report.html").stat().st_size > 10_000
@@ -88,6 +103,7 @@ def test_editing_a_recipe_reruns_only_that_run(demo_workflow):
         [
             ("all", ""),
             ("compare", ""),
+            ("leaderboard", ""),
             ("report", ""),
             ("evaluate", "model=tiny-lora, bench=demo_arith_gen"),
             ("evaluate", "model=tiny-lora, bench=demo_arith_mc"),
@@ -108,7 +124,13 @@ def test_editing_a_benchmark_reruns_only_its_evaluations(demo_workflow):
     finally:
         bench.write_text(original)
     assert jobs == sorted(
-        [("all", ""), ("compare", ""), ("report", ""), ("benchmark_config", "bench=demo_arith_gen")]
+        [
+            ("all", ""),
+            ("compare", ""),
+            ("leaderboard", ""),
+            ("report", ""),
+            ("benchmark_config", "bench=demo_arith_gen"),
+        ]
         + [("evaluate", f"model={m}, bench=demo_arith_gen") for m in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full")]
     )
 

@@ -24,7 +24,7 @@ LAPTOP = [
 ]  # fmt: skip
 CPU_RULES = {"build_base_model", "prepare_data", "merge"}
 GPU_RULES = {"train", "evaluate"}
-LOGIN_NODE_RULES = {"run_config", "benchmark_config", "compare", "report"}
+LOGIN_NODE_RULES = {"run_config", "benchmark_config", "compare", "leaderboard", "report"}
 
 
 def koa_env(local_slurm: dict, **extra: str) -> dict:

@@ -20,6 +20,7 @@ def test_demo_dag_evaluates_the_base_once(workflow_dir):
         "merge": 2,  # LoRA and QLoRA; full fine-tuning has nothing to merge
         "evaluate": 8,  # (1 base + 3 runs) x 2 benchmarks
         "compare": 1,
+        "leaderboard": 1,
         "report": 1,
         "all": 1,
     }
@@ -142,6 +143,7 @@ def test_evaluation_only_experiment_plans_no_training(workflow_dir):
         "benchmark_config": 1,
         "evaluate": 2,
         "compare": 1,
+        "leaderboard": 1,
         "report": 1,
         "all": 1,
     }
@@ -149,33 +151,67 @@ def test_evaluation_only_experiment_plans_no_training(workflow_dir):
 
 @pytest.mark.slow
 def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
-    """Two models evaluated and compared with paired statistics, nothing trained; `compare` adds a pair the
-    other way round, and the report shows both models."""
+    """Three models x two benchmarks evaluated, nothing trained: the leaderboard matrix, `compare: all-pairs` under
+    the table's correction, and a report with the heat map."""
     import pandas as pd
     import yaml
 
+    models = {"small": {"build": "resources/demo/tiny_model.yaml"}, "wide": {"build": "wide.yaml"}}
+    models["deep"] = {"build": "deep.yaml"}
     (workflow_dir / "exp.yaml").write_text(
         yaml.safe_dump(
             {
                 "experiment": "eval-only",
-                "base_models": {"small": {"build": "resources/demo/tiny_model.yaml"}, "wide": {"build": "wide.yaml"}},
-                "compare": [["wide", "small"]],
-                "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
+                "base_models": models,
+                "compare": "all-pairs",
+                "benchmarks": ["config/benchmarks/demo_arith_mc.yaml", "config/benchmarks/demo_arith_gen.yaml"],
             }
         )
     )
     spec = yaml.safe_load((workflow_dir / "resources/demo/tiny_model.yaml").read_text())
-    spec["seed"] += 1
-    spec["architecture"]["hidden_size"] = 64
-    (workflow_dir / "wide.yaml").write_text(yaml.safe_dump(spec))
+    for name, change in (("wide", {"hidden_size": 64}), ("deep", {"num_hidden_layers": 3})):
+        (workflow_dir / f"{name}.yaml").write_text(
+            yaml.safe_dump({**spec, "seed": spec["seed"] + len(name), "architecture": spec["architecture"] | change})
+        )
     snakemake(workflow_dir, "--configfile", "exp.yaml", "--config", "benchmark_overrides={limit: 40}")
     table = pd.read_csv(workflow_dir / "results/compare/summary.csv")
-    assert list(zip(table.base_model, table.run, strict=True)) == [("small", "wide"), ("wide", "small")]
+    pairs = [("deep", "small"), ("deep", "wide"), ("small", "wide")]  # safe_dump sorted the base models
+    assert list(dict.fromkeys(zip(table.base_model, table.run, strict=True))) == pairs
     assert (table.status == "ok").all() and (table.n == 40).all() and table.p_value.notna().all()
-    assert table.delta.iloc[0] == pytest.approx(-table.delta.iloc[1])
+    assert table.p_adjusted.notna().sum() == len(table)  # one correction over every pair's rows
+    scores = pd.read_csv(workflow_dir / "results/compare/scores.csv")
+    assert len(scores) == 3 * 2 and set(scores.model) == set(models) and (scores.status == "ok").all()
+    board = (workflow_dir / "results/compare/leaderboard.md").read_text()
+    assert board.count("\n| small | ") == 1 + 2 and "| model | mean rank |" in board  # the matrix row, a row per score
     assert not (workflow_dir / "results/runs").exists()
     page = (workflow_dir / "results/report/index.html").read_text()
-    assert "wide" in page and "small" in page
+    assert "wide" in page and "deep" in page and 'alt="leaderboard"' in page
+
+
+@pytest.mark.slow
+def test_one_model_and_one_benchmark(workflow_dir):
+    """The shape a new user starts with (the guide's "evaluate a model on X"): one model, no runs, one benchmark.
+    It ends green: the model's scores with their interval and protocol, an empty comparison that says why, a report."""
+    import pandas as pd
+    import yaml
+
+    (workflow_dir / "one.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "one-model",
+                "base_models": {"tiny": {"build": "resources/demo/tiny_model.yaml"}},
+                "benchmarks": ["config/benchmarks/demo_arith_gen.yaml"],
+            }
+        )
+    )
+    snakemake(workflow_dir, "--configfile", "one.yaml", "--config", "benchmark_overrides={limit: 20}")
+    scores = pd.read_csv(workflow_dir / "results/compare/scores.csv")
+    assert scores.model.tolist() == ["tiny"] and (scores.n == 20).all() and scores.ci_high.notna().all()
+    assert scores.protocol.str.contains("max_gen_toks=8").all()  # the custom task's own generation length
+    assert pd.read_csv(workflow_dir / "results/compare/summary.csv").empty
+    page = (workflow_dir / "results/report/index.html").read_text()
+    assert "Nothing to compare" in page and "<h2>Scores</h2>" in page and 'alt="leaderboard"' in page
+    assert (workflow_dir / "results/report/plots").is_dir() and not (workflow_dir / "results/partial").exists()
 
 
 @pytest.mark.slow

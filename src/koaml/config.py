@@ -188,10 +188,15 @@ def _known(name: str, names: list[str], key: str, source: str, what: str) -> str
     return name
 
 
-def _comparisons(exp: Experiment, reference: str | None, extra: list[list[str]], source: str) -> list[tuple[str, str]]:
+def _comparisons(
+    exp: Experiment, reference: str | None, extra: list[list[str]] | str, source: str
+) -> list[tuple[str, str]]:
     """The summary's (reference, model) pairs: each run (and unmerged adapter) against the base model its chain
     starts from; base models against ``reference`` (default: the first) when there are no runs or a reference
-    is given; then the experiment's own ``compare`` pairs."""
+    is given; then the experiment's own ``compare`` pairs (``all-pairs``: every two evaluated models)."""
+    if extra == "all-pairs":
+        models = exp.evaluated_models
+        extra = [[a, b] for i, a in enumerate(models) for b in models[i + 1 :]]
     pairs = [(exp.root_base(run), model) for model, run in ({r: r for r in exp.runs} | exp.adapter_models).items()]
     if reference is not None:
         _known(reference, list(exp.base_models), "reference", source, "a base model")

@@ -161,11 +161,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern":
         return f"{where}: {error.instance!r}: expected {error.schema.get('description', 'to match ' + error.validator_value)}"
     if error.validator == "oneOf" and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        return f"{where}: {best.message}"
+        return _describe_one_of(error, where)
     if error.validator == "not":
         return f"{where}: {error.instance!r} is not allowed ({error.schema.get('description', 'see the schema')})"
     return f"{where}: {error.message}"
+
+
+def _describe_one_of(error, where: str) -> str:
+    """A value matching none of the alternatives: a word near a constant gets a hint, any other value the
+    problem within the alternative of its own type."""
+    consts = [branch["const"] for branch in error.validator_value if "const" in branch]
+    if isinstance(error.instance, str) and consts:
+        words = {"array": "list", "integer": "whole number", "object": "mapping"}
+        kinds = [words.get(branch["type"], branch["type"]) for branch in error.validator_value if "type" in branch]
+        hint = difflib.get_close_matches(error.instance, [str(c) for c in consts], n=1)
+        expected = f"did you mean '{hint[0]}'?" if hint else f"expected {' or '.join(map(repr, consts))}"
+        return f"{where}: {error.instance!r} is not allowed; {expected}" + (
+            f" (or a {' or '.join(kinds)})" if kinds else ""
+        )
+    own_type = [e for e in error.context if e.validator != "const"] or error.context
+    best = jsonschema.exceptions.best_match(own_type)
+    return f"{_key_path(best.absolute_path) if best.absolute_path else where}: {best.message}"
 
 
 def raise_if_problems(schema_name: str, source: str | Path, problems: list[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from koaml import leaderboard
 from koaml.compare import note, partial_banner
 from koaml.io import write_text_atomic
 
@@ -74,6 +75,23 @@ def plot_scores(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
         paths.append(_save(fig, out_dir / f"scores_{bench}.png"))
     return paths
+
+
+def plot_leaderboard(scores: pd.DataFrame, out_dir: Path) -> Path | None:
+    """A heat map of the leaderboard: models (best mean rank first) x benchmark/task/metric, scores in percent."""
+    wide = leaderboard.matrix(scores)
+    if wide.empty:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * wide.shape[1] + 2), 0.5 * wide.shape[0] + 3))
+    image = ax.imshow(100 * wide.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (i, j), value in pd.DataFrame(wide.to_numpy()).stack().items():
+        ax.text(j, i, f"{100 * value:.1f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(wide.shape[1]), wide.columns, fontsize="small", rotation=30, ha="right")
+    ax.set_yticks(range(wide.shape[0]), wide.index)
+    fig.colorbar(image, ax=ax, label="score (%)")
+    ax.set_title("leaderboard")
+    return _save(fig, out_dir / "leaderboard.png")
 
 
 def is_grpo(history: list[dict]) -> bool:
@@ -238,6 +256,18 @@ def protocol_rows(protocols: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _scores_html(scores: pd.DataFrame, alpha: float) -> str:
+    """The leaderboard section: the matrix, then every score with its interval, rank and protocol."""
+    if scores.empty:
+        return ""
+    wide = leaderboard.shown_matrix(scores)
+    matrix_html = _table_html(wide) if not wide.empty else "<p>No model has finished evaluating.</p>"
+    return (
+        f"<h2>Scores</h2><p>{html.escape(leaderboard.note(alpha))}</p>{matrix_html}"
+        f"<details><summary>Every score</summary>{_table_html(leaderboard.shown_scores(scores))}</details>"
+    )
+
+
 def write_report(
     summary_csv: str | Path,
     runs: dict[str, dict],
@@ -245,13 +275,17 @@ def write_report(
     experiment: str,
     statistics: dict | None = None,
     protocols: dict[str, str] | None = None,
+    scores_csv: str | Path | None = None,
 ) -> None:
     """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
     the experiment's correction, alpha and power; ``protocols`` each benchmark's evaluation folder whose
-    ``protocol.json`` says which settings produced the numbers. A partial summary (``complete`` False) gets a
-    banner saying so."""
+    ``protocol.json`` says which settings produced the numbers; ``scores_csv`` every model's own scores (the
+    leaderboard). A partial summary (``complete`` False) gets a banner saying so. It builds with one model and
+    with nothing to compare."""
     out_html = Path(out_html)
     plots_dir = out_html.parent / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)  # an output of the rule, even with no plot to draw
+    scores = pd.read_csv(scores_csv) if scores_csv and Path(scores_csv).is_file() else pd.DataFrame()
     table = pd.read_csv(summary_csv, keep_default_na=True)
     banner = "" if table.complete.all() else f'<p class="partial">{html.escape(partial_banner(table))}</p>'
     table = table.drop(columns="complete")
@@ -265,7 +299,8 @@ def write_report(
         if info.get("sweep"):
             sweeps.setdefault(info["sweep"]["group"], {})[run] = info["sweep"]["point"]
 
-    figures = plot_scores(table, plots_dir)
+    figures = [path for path in (plot_leaderboard(scores, plots_dir),) if path] if not scores.empty else []
+    figures += plot_scores(table, plots_dir)
     figures += [path for path in (plot_losses(histories, plots_dir), plot_rewards(histories, plots_dir)) if path]
     figures += plot_sweeps(table, sweeps, plots_dir)
 
@@ -318,18 +353,25 @@ def write_report(
         if not protocol.empty
         else ""
     )
+    scores_html = _scores_html(scores, (statistics or {}).get("alpha", leaderboard.ALPHA))
+    compared_html = (
+        f"<p>{html.escape(note(table, statistics).strip())}</p>{rows_html}"
+        if not table.empty
+        else "<p>Nothing to compare: the experiment evaluates one model and trains none. Add runs, a second base "
+        "model or <code>compare</code> pairs for paired comparisons; the scores above stand on their own.</p>"
+    )
     body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>koa-ml report: {html.escape(experiment)}</title>
 <style>{STYLE}</style></head><body>
 <h1>koa-ml report: {html.escape(experiment)}</h1>
 {banner}
 <p>Generated {prov["generated"]} from workflow commit <code>{html.escape(prov["git_commit"])}</code>.</p>
-<h2>Base vs fine-tuned</h2><p>{html.escape(note(table, statistics).strip())}</p>
-{rows_html}
+{scores_html}
+<h2>Paired comparisons (base vs fine-tuned, and the compare pairs)</h2>{compared_html}
 <h2>Plots</h2>
 {"".join(_img(p, p.stem.replace("_", " ")) for p in figures)}
 {protocol_html}
 <h2>Training</h2>
-{_table_html(training_rows)}
+{_table_html(training_rows) if runs else "<p>No model is trained in this experiment.</p>"}
 {configs}
 <h2>Provenance</h2><p>{html.escape(packages)}</p>
 </body></html>

@@ -130,6 +130,11 @@ def comparison_pairs():
     ]
 
 
+def evaluations():
+    """Each evaluated model's evaluation folder of each benchmark (the leaderboard's input)."""
+    return {model: {bench: evaluation_dir(model, bench) for bench in EXP.benchmarks} for model in EXP.evaluated_models}
+
+
 def protocol_dirs():
     """For each benchmark, one evaluation folder whose protocol.json records the settings its tasks ran with."""
     return {bench: evaluation_dir(EXP.evaluated_models[0], bench) for bench in EXP.benchmarks}

@@ -16,10 +16,29 @@ rule compare:
         "../scripts/compare.py"
 
 
+rule leaderboard:
+    """Every evaluated model's own scores with intervals over items, ranked: results/compare/scores.csv and
+    leaderboard.md (models x benchmarks, then every score with its protocol)."""
+    input:
+        [evaluation_dir(model, bench) for model in EXP.evaluated_models for bench in EXP.benchmarks],
+    output:
+        csv=update(report("results/compare/scores.csv", caption="../report/scores.rst", category="Comparison")),
+        md=update("results/compare/leaderboard.md"),
+    log:
+        "logs/leaderboard.log",
+    localrule: True
+    params:
+        evaluations=evaluations(),
+        alpha=EXP.statistics["alpha"],
+    script:
+        "../scripts/leaderboard.py"
+
+
 rule report:
     """Self-contained HTML report: tables, plots (scores, losses, sweeps), configs and provenance."""
     input:
         summary="results/compare/summary.csv",
+        scores="results/compare/scores.csv",
         trained=[f"results/runs/{run}/trained" for run in EXP.runs],
         configs=[f"results/runs/{run}/config.yaml" for run in EXP.runs],
     output:
@@ -44,6 +63,7 @@ rule report:
 # every job is done, and results/partial/ is then removed.
 onerror:
     from koaml.compare import write_partial
+    from koaml.leaderboard import write_leaderboard
     from koaml.report import write_report
     from koaml.status import missing_reasons, status
 
@@ -54,6 +74,12 @@ onerror:
         "results/partial/summary.md",
         EXP.statistics,
     )
+    write_leaderboard(
+        evaluations(),
+        "results/partial/scores.csv",
+        "results/partial/leaderboard.md",
+        EXP.statistics["alpha"],
+    )
     write_report(
         "results/partial/summary.csv",
         report_runs(finished_only=True),
@@ -61,9 +87,11 @@ onerror:
         EXP.name,
         EXP.statistics,
         protocol_dirs(),
+        "results/partial/scores.csv",
     )
     print(
-        "koa-ml: some jobs failed; what has finished is in results/partial/summary.md and results/partial/report.html"
+        "koa-ml: some jobs failed; what has finished is in results/partial/summary.md, leaderboard.md and "
+        "report.html"
     )
 
 

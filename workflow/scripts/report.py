@@ -12,5 +12,6 @@ write_report(
     snakemake.params.experiment,
     snakemake.params.statistics,
     snakemake.params.protocols,
+    snakemake.input.scores,
 )
 logging.info("wrote %s", snakemake.output.html)
