@@ -82,6 +82,14 @@ def test_eval_overhead(tmp_path, tiny_model, monkeypatch):
 
 
 @pytest.mark.slow
+def test_eval_grouping(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
+    result = bench("eval_grouping", tmp_path)
+    assert result["separate_s"] > 0 and result["grouped_s"] > 0 and result["grouped_over_separate"] > 0
+    assert result["same_scores"], "one model load for every suite must score as one job per suite does"
+
+
+@pytest.mark.slow
 def test_train_memory(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
     result = bench("train_memory", tmp_path)

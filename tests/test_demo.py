@@ -8,6 +8,7 @@ import pytest
 from conftest import ONE_THREAD_JOBS, copy_results, dry_run, planned_jobs, secret_leaks, snakemake
 
 pytestmark = pytest.mark.slow
+BENCHES = ("demo_arith_mc", "demo_arith_gen")
 
 
 def test_no_secret_leaks_into_outputs_logs_or_metadata(demo_workflow):
@@ -133,6 +134,29 @@ def test_editing_a_benchmark_reruns_only_its_evaluations(demo_workflow):
         ]
         + [("evaluate", f"model={m}, bench=demo_arith_gen") for m in ("tiny", "tiny-lora", "tiny-qlora", "tiny-full")]
     )
+
+
+def test_grouped_evaluation_loads_the_model_once_and_reruns_only_the_edited_benchmark(demo_workflow, tmp_path):
+    """evaluation.group_by_model: the base's two benchmarks in one job with one model load give the scores the
+    separate jobs gave; editing one benchmark file recomputes only its results, the other's folder is kept."""
+    work = copy_results(demo_workflow, tmp_path / "grouped")
+    separate = {b: json.loads((work / f"results/eval/tiny/{b}/results.json").read_text()) for b in BENCHES}
+    for bench in BENCHES:
+        (work / f"results/eval/tiny/{bench}").rename(tmp_path / bench)
+    grouped = ("--config", "evaluation={group_by_model: true}")
+    snakemake(work, *grouped, "results/eval/tiny/demo_arith_mc")
+    log = (work / "logs/evaluate/tiny.log").read_text()
+    assert "model loads: 1 for 2 suites (2 evaluated)" in log
+    for bench in BENCHES:
+        again = json.loads((work / f"results/eval/tiny/{bench}/results.json").read_text())
+        assert again["results"] == separate[bench]["results"], bench
+    kept = (work / "results/eval/tiny/demo_arith_mc/complete.json").stat().st_mtime_ns
+    config = work / "config/benchmarks/demo_arith_gen.yaml"
+    config.write_text(config.read_text().replace("per_device_batch_size: 32", "per_device_batch_size: 16"))
+    snakemake(work, *grouped, "results/eval/tiny/demo_arith_mc")
+    log = (work / "logs/evaluate/tiny.log").read_text()
+    assert "demo_arith_mc: up to date" in log and "model loads: 1 for 2 suites (1 evaluated)" in log
+    assert (work / "results/eval/tiny/demo_arith_mc/complete.json").stat().st_mtime_ns == kept
 
 
 def test_unmerged_adapter_evaluates_like_the_merged_model(demo_workflow, tmp_path):

@@ -20,10 +20,10 @@ VENV_BIN = Path(sys.executable).parent
 LAPTOP = [
     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
     "--seconds-between-status-checks", "5", "--jobs", "4",
-    "--set-threads", "train=1", "evaluate=1", "prepare_data=1",
+    "--set-threads", "train=1", "evaluate=1", "evaluate_model=1", "prepare_data=1",
 ]  # fmt: skip
 CPU_RULES = {"build_base_model", "prepare_data", "merge"}
-GPU_RULES = {"train", "evaluate"}
+GPU_RULES = {"train", "evaluate_model"}  # the SLURM demo groups its evaluations by model
 LOGIN_NODE_RULES = {"run_config", "benchmark_config", "compare", "leaderboard", "report"}
 
 
@@ -159,14 +159,16 @@ SLURM_RUN = "tiny-lora"  # a LoRA run has every kind of job: build, prepare, tra
 
 @pytest.fixture(scope="module")
 def slurm_demo(local_slurm, tmp_path_factory):
-    """The demo cut to its LoRA run and one benchmark, run with `snakemake --profile profiles/koa` on the local
-    cluster, secrets in the environment; the training job is requeued (preempted) once it has trained a few steps."""
+    """The demo cut to its LoRA run, its two benchmarks evaluated in one job per model (evaluation.group_by_model),
+    run with `snakemake --profile profiles/koa` on the local cluster, secrets in the environment; the training job
+    is requeued (preempted) once it has trained a few steps."""
     workdir = copy_workflow(tmp_path_factory.mktemp("koa"))
     config = workdir / "config/config.yaml"
     config.write_text(
         config.read_text().split("runs:")[0]
         + f"runs:\n  {SLURM_RUN}: {{base: tiny, recipe: config/recipes/demo_lora.yaml}}\n"
-        "benchmarks: [config/benchmarks/demo_arith_mc.yaml]\n"
+        "benchmarks: [config/benchmarks/demo_arith_mc.yaml, config/benchmarks/demo_arith_gen.yaml]\n"
+        "evaluation: {group_by_model: true}\n"
         "recipe_overrides: {training: {max_steps: 100}}\n"  # long enough to be preempted once it has logged a loss
     )
     env = koa_env(local_slurm, **CANARIES)
@@ -194,6 +196,7 @@ def slurm_demo(local_slurm, tmp_path_factory):
 @pytest.mark.slow
 def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
     from koaml.configfiles import load_yaml
+    from koaml.memory import estimate_eval_memory
     from koaml.recipe import read_recipe
     from koaml.resources import evaluation_gpu, training_gpu
     from koaml.shapes import model_shape
@@ -210,9 +213,9 @@ def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
             continue
         if rule == "train":
             gpu = training_gpu(read_recipe(workdir / f"results/runs/{wildcards}/config.yaml"), shape)
-        else:
-            bench = next(b for b in ("demo_arith_mc", "demo_arith_gen") if wildcards.endswith(f"_{b}"))
-            gpu = evaluation_gpu(load_yaml(workdir / f"results/benchmarks/{bench}.yaml"), shape)
+        else:  # one job for both benchmarks: the GPU of the more demanding one
+            suites = [load_yaml(workdir / f"results/benchmarks/{b}.yaml") for b in ("demo_arith_mc", "demo_arith_gen")]
+            gpu = evaluation_gpu(max(suites, key=lambda b: estimate_eval_memory(b, shape).total_gb), shape)
         assert gpu.partitions[0] == "gpu" and not gpu.preemptible  # a tiny model needs no preemptible H100
         assert (job["Partition"], job["TresPerNode"]) == ("gpu", f"gres:{gpu.gres}"), job
 
@@ -237,8 +240,9 @@ def test_demo_results_are_complete_on_slurm(slurm_demo):
 
     workdir, _, _ = slurm_demo
     table = pd.read_csv(workdir / "results/compare/summary.csv")
-    assert list(table["run"]) == [SLURM_RUN] and list(table["base_model"]) == ["tiny"]
+    assert list(table["run"]) == [SLURM_RUN] * 2 and list(table["base_model"]) == ["tiny"] * 2
     assert (table["status"] == "ok").all()
+    assert len(pd.read_csv(workdir / "results/compare/scores.csv")) == 2 * 2  # tiny and the run, two benchmarks
     assert (workdir / "results/report/index.html").is_file()
     assert list((workdir / "logs/slurm").rglob("*.log"))  # one SLURM log per job, under logs/
 

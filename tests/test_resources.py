@@ -52,13 +52,16 @@ def test_gres_of_a_built_model(tiny_model):
     for strict in (True, False):
         gres = training_gres(recipe, str(tiny_model), built_by_workflow=True, strict=strict)
         assert gres == training_gpu(recipe, shape).gres == "gpu:nvidia_a30_1g.6gb:1"
-        gres = evaluation_gres(benchmark, str(tiny_model), built_by_workflow=True, strict=strict)
+        gres = evaluation_gres([benchmark], str(tiny_model), built_by_workflow=True, strict=strict)
         assert gres == evaluation_gpu(benchmark, shape).gres
 
 
 def test_evaluation_splits_a_model_no_gpu_holds(llama_70b):
     bf16 = load_benchmark(MMLU, {"model": {"dtype": "bfloat16"}})
-    assert evaluation_gres(bf16, llama_70b, built_by_workflow=False, strict=True) == "gpu:NV-H100:2"
+    assert evaluation_gres([bf16], llama_70b, built_by_workflow=False, strict=True) == "gpu:NV-H100:2"
+    # one job for several benchmarks (evaluation.group_by_model) gets the GPUs of the most demanding one
+    short = load_benchmark(MMLU, {"model": {"dtype": "bfloat16", "model_max_length": 512}})
+    assert evaluation_gres([short, bf16], llama_70b, built_by_workflow=False, strict=True) == "gpu:NV-H100:2"
 
 
 def test_a_job_that_fits_no_gpu_is_an_error_only_on_a_cluster(llama_70b):
@@ -73,7 +76,7 @@ def test_a_model_that_cannot_be_sized_requests_nothing_locally(tmp_path):
     recipe, benchmark = load_recipe(RECIPES / "demo_lora.yaml"), load_benchmark(MMLU)
     for size, unsized in (
         (lambda strict: training_gres(recipe, no_config, built_by_workflow=False, strict=strict), ""),
-        (lambda strict: evaluation_gres(benchmark, no_config, built_by_workflow=False, strict=strict), ""),
+        (lambda strict: evaluation_gres([benchmark], no_config, built_by_workflow=False, strict=strict), ""),
         (lambda strict: model_job_mem_mb(no_config, 3, built_by_workflow=False, strict=strict), MIN_HOST_MEM_MB),
     ):
         with pytest.raises(SizingError, match=r"no config\.json"):

@@ -82,6 +82,12 @@ def _evaluate(a):
     logging.info("results in %s", out)
 
 
+def _evaluate_model(a):
+    from koaml.evaluate import evaluate_model
+
+    evaluate_model(a.model, a.adapter, [tuple(suite) for suite in a.suite], a.threads)
+
+
 def _compare(a):
     from koaml.compare import DEFAULT_STATISTICS, compare, decide, note, to_markdown
 
@@ -187,6 +193,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="only the first N documents of each task (a quick check)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser(
+        "evaluate-model",
+        help="run several benchmark suites on one model, loading it once (evaluation.group_by_model)",
+        description="Evaluate one model on several resolved benchmark suites in one process, as the workflow's "
+        "evaluate_model jobs do: a suite whose folder holds a finished evaluation of the same inputs is kept.",
+    )
+    s.add_argument("--model", required=True, help="hub ID or model folder")
+    s.add_argument("--adapter", help="LoRA adapter folder: evaluate it on --model without merging")
+    s.add_argument(
+        "--suite", nargs=2, action="append", required=True, metavar=("CONFIG", "OUT"), help="a resolved benchmark "
+        "config and its output folder (repeat for each suite)",
+    )  # fmt: skip
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_evaluate_model)
 
     s = sub.add_parser(
         "compare",

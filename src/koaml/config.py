@@ -256,6 +256,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         config["evaluate_base"],
         config["evaluate_adapters"],
         statistics=config["statistics"],
+        group_by_model=config["evaluation"]["group_by_model"],
     )
     _check_fit(experiment)
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))

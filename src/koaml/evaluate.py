@@ -7,6 +7,7 @@ into the output folder atomically: a killed evaluation leaves no result behind.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -14,13 +15,15 @@ import os
 from pathlib import Path
 
 from koaml.configfiles import ConfigError
-from koaml.integrity import mark_complete
-from koaml.io import atomic_dir, write_json
+from koaml.integrity import MARKER, damage, mark_complete
+from koaml.io import atomic_dir, config_hash, write_json
 from koaml.modeling import device
-from koaml.recipe import load_benchmark
+from koaml.recipe import BenchmarkSuite, load_benchmark
 from koaml.tasks import effective_generation
 
 log = logging.getLogger(__name__)
+
+INPUTS = "inputs.json"  # an evaluation's inputs fingerprint (koaml.evaluate.inputs_fingerprint)
 
 # Result sections that are per task and merged across the suite's lm-eval calls.
 _PER_TASK_SECTIONS = (
@@ -152,19 +155,78 @@ def evaluate(
 ) -> dict:
     """Run every task of a benchmark suite on a model; return the merged results (without samples).
     ``limit`` overrides the benchmark's."""
-    import lm_eval
     import torch
-    from lm_eval.utils import handle_non_serializable
 
     torch.set_num_threads(threads)
     # a resolved config, or a benchmark file as written (defaults filled in)
     bench = load_benchmark(bench_config_path, {"limit": limit} if limit else None)
+    fingerprint = inputs_fingerprint(bench, model_path, adapter)
+    return run_suite(bench, load_lm(bench, model_path, adapter), model_path, adapter, out_dir, fingerprint)
+
+
+def evaluate_model(model_path: str, adapter: str | None, suites: list[tuple[str, str]], threads: int) -> dict[str, str]:
+    """Evaluate one model on several benchmark suites, ``(resolved config, output folder)`` each, loading it once
+    (once per distinct way the suites load it: dtype, backend, length and batch size). A suite whose folder
+    holds a finished evaluation of the same inputs (``inputs.json``: the config, its task files and the model)
+    is kept as it is: Snakemake reruns the whole job when one suite changed. Returns what was done per folder."""
+    import torch
+
+    torch.set_num_threads(threads)
+    loaded: dict[str, object] = {}
+    done = {}
+    for config_path, out_dir in suites:
+        bench = load_benchmark(config_path)
+        fingerprint = inputs_fingerprint(bench, model_path, adapter)
+        if _current(out_dir, fingerprint):
+            log.info("%s: up to date (same benchmark, task files and model); kept", out_dir)
+            done[out_dir] = "kept"
+            continue
+        key = json.dumps([bench["model"], bench["generation"]["per_device_batch_size"]], sort_keys=True)
+        if key not in loaded:
+            log.info("loading %s for %s", model_path, config_path)
+            loaded[key] = load_lm(bench, model_path, adapter)
+        run_suite(bench, loaded[key], model_path, adapter, out_dir, fingerprint)
+        done[out_dir] = "evaluated"
+    log.info(
+        "model loads: %d for %d suites (%d evaluated)", len(loaded), len(suites), list(done.values()).count("evaluated")
+    )
+    return done
+
+
+def inputs_fingerprint(bench: BenchmarkSuite, model_path: str, adapter: str | None) -> str:
+    """What an evaluation's numbers depend on: the resolved benchmark, its local task files, and the model (and
+    adapter) folder's files by name, size and modification time (a hub ID by its name)."""
+    parts = [bench.config_hash]
+    parts += [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in bench.local_task_files]
+    for folder in (model_path, adapter):
+        path = Path(folder) if folder else None
+        if path is not None and path.is_dir():
+            parts += [
+                f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()) if p.is_file()
+            ]
+        else:
+            parts.append(str(folder))
+    return config_hash(parts)
+
+
+def _current(out_dir: str, fingerprint: str) -> bool:
+    """A finished, intact evaluation of the same inputs is in ``out_dir``."""
+    path = Path(out_dir) / INPUTS
+    if not path.is_file() or damage(out_dir) or not (Path(out_dir) / MARKER).is_file():
+        return False
+    return json.loads(path.read_text()).get("fingerprint") == fingerprint
+
+
+def run_suite(bench: BenchmarkSuite, lm, model_path: str, adapter: str | None, out_dir: str, fingerprint: str) -> dict:
+    """Every task of ``bench`` on the loaded lm-eval model ``lm``; results, per-sample logs, the protocol and the
+    inputs' fingerprint written to ``out_dir`` atomically."""
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
+
     generation = bench["generation"]
     if bench["allow_code_execution"]:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # read by the code-execution metrics
     tasks = task_manager(bench)
-    lm = load_lm(bench, model_path, adapter)
-
     merged: dict = {section: {} for section in _PER_TASK_SECTIONS}
     samples: dict[str, list] = {}
     for task in bench["tasks"]:
@@ -194,6 +256,7 @@ def evaluate(
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "results.json", json.loads(json.dumps(merged, default=handle_non_serializable)))
         write_json(tmp / "protocol.json", protocol(merged["configs"], generation))
+        write_json(tmp / INPUTS, {"fingerprint": fingerprint})
         for task_name, rows in samples.items():
             with open(tmp / f"samples_{task_name}.jsonl", "w", encoding="utf-8") as f:
                 for row in rows:

@@ -91,6 +91,7 @@ class Experiment:
     evaluate_adapters: bool = False
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
     statistics: dict = field(default_factory=dict)  # the comparison's correction, alpha and power
+    group_by_model: bool = False  # one evaluation job per model, for all its benchmarks (evaluation.group_by_model)
 
     @property
     def replicate_groups(self) -> dict[str, list[str]]:

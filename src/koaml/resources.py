@@ -71,9 +71,16 @@ def training_gres(recipe: Recipe, model: str, *, built_by_workflow: bool, strict
     return _sized(lambda: training_gpu(recipe, shape_of(model, built_by_workflow)).gres, strict, "")
 
 
-def evaluation_gres(benchmark: Mapping, model: str, *, built_by_workflow: bool, strict: bool) -> str:
-    """The ``gres`` of a job evaluating ``model`` on ``benchmark`` ("" when it cannot be sized and not strict)."""
-    return _sized(lambda: evaluation_gpu(benchmark, shape_of(model, built_by_workflow)).gres, strict, "")
+def evaluation_gres(benchmarks: list[Mapping], model: str, *, built_by_workflow: bool, strict: bool) -> str:
+    """The ``gres`` of a job evaluating ``model`` on ``benchmarks`` (one, or all of a model's with
+    evaluation.group_by_model): the GPUs of the most demanding one ("" when it cannot be sized and not strict)."""
+
+    def size() -> str:
+        shape = shape_of(model, built_by_workflow)
+        largest = max(benchmarks, key=lambda b: estimate_eval_memory(b, shape).total_gb)
+        return evaluation_gpu(largest, shape).gres
+
+    return _sized(size, strict, "")
 
 
 def model_job_mem_mb(model: str, attempt: int, *, built_by_workflow: bool, strict: bool) -> int:

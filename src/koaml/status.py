@@ -24,6 +24,9 @@ STATES = ("done", "running", "queued", "failed", "damaged", "pending", "not plan
 LOG_TAIL = 3
 
 
+EVALUATE_RULES = ("evaluate", "evaluate_model")  # one job per (model, benchmark), or per model
+
+
 @dataclass
 class Step:
     """One stage of one model (or of the experiment: compare, report)."""
@@ -65,16 +68,10 @@ def plan(exp: Experiment) -> list[Step]:
         steps.append(merge)
     for model in exp.evaluated_models:
         for bench in exp.benchmarks:
-            steps.append(
-                Step(
-                    model,
-                    f"eval {bench}",
-                    "evaluate",
-                    (model, bench),
-                    evaluation_dir(model, bench),
-                    f"logs/evaluate/{model}/{bench}.log",
-                )
-            )
+            # with evaluation.group_by_model, one job (and log) per model evaluates all its benchmarks
+            rule, wildcards = ("evaluate_model", (model,)) if exp.group_by_model else ("evaluate", (model, bench))
+            log = f"logs/evaluate/{model}.log" if exp.group_by_model else f"logs/evaluate/{model}/{bench}.log"
+            steps.append(Step(model, f"eval {bench}", rule, wildcards, evaluation_dir(model, bench), log))
     steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
     steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
     return steps
@@ -153,7 +150,7 @@ def status(exp: Experiment, workdir: str | Path = ".") -> list[Step]:
                 step.elapsed = _duration(time.time() - marker.stat().st_mtime)
             else:
                 step.detail = "killed while running (incomplete output); rerun with --rerun-incomplete"
-        elif step.rule == "evaluate" and (why := damage(output)):
+        elif step.rule in EVALUATE_RULES and (why := damage(output)):
             step.state, step.detail = "damaged", f"{why}; move {step.output} away to have it re-run"
         elif output.exists():
             step.state = "done"
@@ -207,7 +204,7 @@ def missing_reasons(exp: Experiment, steps: list[Step]) -> dict[str, tuple[str, 
 
     reasons = {}
     for step in steps:
-        if step.rule != "evaluate" or step.state == "done":
+        if step.rule not in EVALUATE_RULES or step.state == "done":
             continue
         if step.state == "failed":
             reasons[step.output] = ("failed", f"evaluation failed: {step.detail}")

@@ -185,9 +185,17 @@ def train_gres(wildcards, input):
 
 
 def evaluate_gres(wildcards, input):
+    """The GPUs of an evaluation job: of its benchmark, or the most demanding of the model's (evaluate_model)."""
     model = model_path(wildcards.model)
-    benchmark = EXP.benchmarks[wildcards.bench].config
-    return evaluation_gres(benchmark, model, built_by_workflow=model in input, strict=on_cluster())
+    benchmarks = [EXP.benchmarks[wildcards.bench]] if "bench" in wildcards.keys() else EXP.benchmarks.values()
+    return evaluation_gres(
+        [b.config for b in benchmarks], model, built_by_workflow=model in input, strict=on_cluster()
+    )
+
+
+def evaluate_model_runtime(wildcards, attempt):
+    """Minutes for a model's every benchmark in one job: 12 hours each (the evaluate rule's), at most 3 days."""
+    return min(720 * len(EXP.benchmarks) * attempt, 3 * 24 * 60)
 
 
 def run_mem_mb(wildcards, input, attempt):
