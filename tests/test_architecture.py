@@ -16,6 +16,8 @@ def koaml_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("koaml."):
             found.add(node.module.removeprefix("koaml."))
+        elif isinstance(node, ast.ImportFrom) and node.module == "koaml":  # from koaml import rewards
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("koaml.") for a in node.names if a.name.startswith("koaml.")}
     return found
