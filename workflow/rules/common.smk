@@ -17,7 +17,7 @@ from koaml.lifecycle import CONTROLLER_PID_VARIABLE
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
-# Training stops (with a checkpoint) when this process is gone: no job outlives its workflow (koaml.train).
+# Training stops (with a checkpoint) when this process is gone: no job outlives its workflow (koaml.lifecycle).
 os.environ[CONTROLLER_PID_VARIABLE] = str(os.getpid())
 
 # koaml's warnings (config keys the workflow ignores) on stderr, marked as ours, once.
@@ -188,9 +188,7 @@ def evaluate_gres(wildcards, input):
     """The GPUs of an evaluation job: of its benchmark, or the most demanding of the model's (evaluate_model)."""
     model = model_path(wildcards.model)
     benchmarks = [EXP.benchmarks[wildcards.bench]] if "bench" in wildcards.keys() else EXP.benchmarks.values()
-    return evaluation_gres(
-        [b.config for b in benchmarks], model, built_by_workflow=model in input, strict=on_cluster()
-    )
+    return evaluation_gres([b.config for b in benchmarks], model, built_by_workflow=model in input, strict=on_cluster())
 
 
 def evaluate_model_runtime(wildcards, attempt):
