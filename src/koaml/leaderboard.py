@@ -96,6 +96,9 @@ def column_name(row) -> str:
 
 
 def _finished(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a score (none of an empty table), each with its matrix column and a numeric rank."""
+    if table.empty:
+        return pd.DataFrame(columns=[*COLUMNS, "column"])
     ok = table[table.status == "ok"].copy()
     ok["column"] = [column_name(r) for _, r in ok.iterrows()]
     ok["rank"] = pd.to_numeric(ok["rank"])

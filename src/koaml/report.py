@@ -299,7 +299,8 @@ def write_report(
         if info.get("sweep"):
             sweeps.setdefault(info["sweep"]["group"], {})[run] = info["sweep"]["point"]
 
-    figures = [path for path in (plot_leaderboard(scores, plots_dir),) if path] if not scores.empty else []
+    leaderboard_plot = plot_leaderboard(scores, plots_dir)
+    figures = [leaderboard_plot] if leaderboard_plot else []
     figures += plot_scores(table, plots_dir)
     figures += [path for path in (plot_losses(histories, plots_dir), plot_rewards(histories, plots_dir)) if path]
     figures += plot_sweeps(table, sweeps, plots_dir)
