@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/compare.smk"
 
 

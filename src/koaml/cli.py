@@ -97,6 +97,26 @@ def _compare(a):
     print(note(table) + to_markdown(table), end="")
 
 
+def _search_ask(a):
+    from koaml.configfiles import load_yaml
+    from koaml.io import write_yaml
+    from koaml.search import Search, ask_round, journal_file
+
+    search = Search.from_dict(load_yaml(a.search))
+    asked = ask_round(search, a.round, a.trials, a.earlier, journal_file(search.name))
+    write_yaml(a.out, asked)
+    logging.info("round %d of %s: %s", a.round, search.name, asked["trials"])
+
+
+def _search_summary(a):
+    from koaml.configfiles import load_yaml
+    from koaml.search import Search, journal_file, summarize
+
+    search = Search.from_dict(load_yaml(a.search))
+    best = summarize(search, a.trials, journal_file(search.name), a.out)
+    logging.info("best trial of %s: %s", search.name, best)
+
+
 def _experiment(configfiles: list[str] | None):
     """The experiment of these files, merged as Snakemake does (the demo's config/config.yaml when none)."""
     from koaml.config import load_experiment
@@ -208,6 +228,29 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=_evaluate_model)
+
+    s = sub.add_parser(
+        "search-ask",
+        help="tell a search's study the earlier trials' objectives, then ask it for a round of trials",
+        description="One round of an adaptive search (runs.<name>.search), as the workflow's search_ask jobs run "
+        "it: the earlier trials' objectives (from results/) are told to the study in results/search/<name>/"
+        "journal.log, then the round's trials are asked; a trial asked before keeps its parameters.",
+    )
+    s.add_argument("--search", required=True, help="the search's settings (results/search/<name>/search.yaml)")
+    s.add_argument("--round", type=int, required=True, help="the round (from 1)")
+    s.add_argument("--trials", nargs="+", required=True, help="the names of the round's trials")
+    s.add_argument("--earlier", nargs="*", default=[], help="the trials of the earlier rounds")
+    s.add_argument("--out", required=True, help="the round's file: each trial's parameters")
+    s.set_defaults(func=_search_ask)
+
+    s = sub.add_parser(
+        "search-summary",
+        help="tell a search's last trials, then write trials.csv, best.yaml and importances.json",
+    )
+    s.add_argument("--search", required=True, help="the search's settings (results/search/<name>/search.yaml)")
+    s.add_argument("--trials", nargs="+", required=True, help="every trial of the search")
+    s.add_argument("--out", required=True, help="the search's folder")
+    s.set_defaults(func=_search_summary)
 
     s = sub.add_parser(
         "compare",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import logging
 import math
 import re
 from dataclasses import replace
@@ -30,8 +31,22 @@ from koaml.experiment import MODEL_SOURCES, RUN_PREFIX, BaseModel, Benchmark, Ex
 from koaml.fetch import check_cached
 from koaml.gguf import check as check_gguf
 from koaml.recipe import Recipe, load_benchmark, load_recipe
+from koaml.search import (
+    OBJECTIVE_EVAL_LOSS,
+    Objective,
+    Search,
+    check_sampler,
+    check_space,
+    grid_size,
+    sizing_point,
+    space_points,
+    trial_name,
+    with_point,
+)
 from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model
 from koaml.tasks import check_benchmark
+
+log = logging.getLogger("koaml")
 
 
 def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
@@ -55,6 +70,30 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
     return runs
 
 
+def expand_search(name: str, spec: dict) -> dict[str, dict]:
+    """Run specs of a search's trials, ``<name>_t1`` .. ``<name>_t<n_trials>``: each is the run with the search's
+    sizing point (its parameters are asked of Optuna later; see koaml.search)."""
+    search = spec["search"]
+    overrides = with_point(copy.deepcopy(spec.get("overrides", {})), sizing_point(search["space"]))
+    trial = {k: v for k, v in spec.items() if k != "search"}
+    return {
+        trial_name(name, k): dict(trial, overrides=overrides, _search=name) for k in range(1, search["n_trials"] + 1)
+    }
+
+
+def _check_search_alone(name: str, spec: dict, replicates: int, source: str) -> None:
+    """A search's trials are single runs: no sweep, no replicates."""
+    if "sweep" in spec:
+        raise ConfigError(f"{source}: runs.{name}: give sweep or search, not both (a search's space can hold the grid)")
+    if spec.get("replicates", replicates) > 1:
+        raise ConfigError(
+            f"{source}: runs.{name}.search: a search's trials are trained once each; set replicates: 1 on this run "
+            "(replicate the best trial afterwards: runs: {best: {recipe: results/search/"
+            + name
+            + "/best.yaml, replicates: N}})"
+        )
+
+
 def expand_replicates(name: str, spec: dict, default: int) -> dict[str, dict]:
     """``replicates: N`` (the run's, else ``default``) makes N run specs ``<name>_rep1`` .. ``<name>_repN``;
     replicate k (from 0) trains with the recipe's seed + k. One replicate keeps the run as it is."""
@@ -65,6 +104,12 @@ def expand_replicates(name: str, spec: dict, default: int) -> dict[str, dict]:
     return {f"{name}_rep{k + 1}": dict(spec, _replicate={"group": name, "index": k}) for k in range(count)}
 
 
+# The keys marking run specs that a run's sweep, replicates or search made, with how messages name them.
+_GENERATED = {
+    "_sweep": ("sweep", "makes", "a sweep point"),
+    "_replicate": ("replicates", "make", "a replicate"),
+    "_search": ("search", "makes", "a search trial"),
+}
 _TYPED = ("boolean", "integer", "number", "object")  # top-level keys whose --config strings are read as YAML
 _NAME = schema("experiment")["$defs"]["name"]
 NAME_PATTERN = _NAME["pattern"].strip("^$")  # what every model name matches
@@ -88,7 +133,9 @@ def _check_name(name: str, key: str, source: str) -> None:
 def _check_grid_size(runs: dict, max_runs: int, replicates: int, n_benchmarks: int, source: str) -> None:
     """Refuse sweeps (times replicates) that make more than ``max_runs`` runs in all, before expanding them."""
     factors = {
-        name: [len(v) for v in (spec.get("sweep") or {}).values()] + [spec.get("replicates", replicates)]
+        name: [len(v) for v in (spec.get("sweep") or {}).values()]
+        + ([spec["search"]["n_trials"]] if "search" in spec else [])
+        + [spec.get("replicates", replicates)]
         for name, spec in runs.items()
     }
     sizes = {name: math.prod(f) for name, f in factors.items()}
@@ -197,7 +244,8 @@ def _comparisons(
     if extra == "all-pairs":
         models = exp.evaluated_models
         extra = [[a, b] for i, a in enumerate(models) for b in models[i + 1 :]]
-    pairs = [(exp.root_base(run), model) for model, run in ({r: r for r in exp.runs} | exp.adapter_models).items()]
+    trained = {r: r for r in exp.reported_runs} | {s: trial_name(s, 1) for s in exp.searches} | exp.adapter_models
+    pairs = [(exp.root_base(run), model) for model, run in trained.items()]
     if reference is not None:
         _known(reference, list(exp.base_models), "reference", source, "a base model")
     if exp.base_models and (reference is not None or not exp.runs):
@@ -248,6 +296,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     if clash:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
     benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
+    searches, validation = _searches(config, runs, benchmarks, source)
     experiment = Experiment(
         config["experiment"],
         bases,
@@ -257,6 +306,8 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         config["evaluate_adapters"],
         statistics=config["statistics"],
         group_by_model=config["evaluation"]["group_by_model"],
+        searches=searches,
+        validation_benchmarks=validation,
     )
     _check_fit(experiment)
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
@@ -290,23 +341,21 @@ def _base_models(specs: dict, source: str) -> dict[str, BaseModel]:
 
 
 def _expand_runs(config: dict, source: str) -> dict[str, dict]:
-    """The run specs by run name, sweeps and replicates expanded (sizes checked before expanding)."""
+    """The run specs by run name, sweeps, searches and replicates expanded (sizes checked before expanding)."""
     _check_grid_size(config["runs"], config["max_runs"], config["replicates"], len(config["benchmarks"]), source)
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
-        for point_name, point in expand_sweep(name, spec).items():
+        if "search" in spec:
+            _check_search_alone(name, spec, config["replicates"], source)
+        for point_name, point in (expand_search(name, spec) if "search" in spec else expand_sweep(name, spec)).items():
             for run_name, run_spec in expand_replicates(point_name, point, config["replicates"]).items():
+                generated = next((key for key in _GENERATED if key in run_spec), None)
+                what, verb, kind = _GENERATED.get(generated, ("replicates", "make", ""))
                 if run_name in specs:
-                    what = "sweep" if "_sweep" in run_spec else "replicates"
                     raise ConfigError(
-                        f"{source}: runs: {what} of '{name}' {'makes' if what == 'sweep' else 'make'} a run name "
-                        f"that exists already: {run_name}"
+                        f"{source}: runs: {what} of '{name}' {verb} a run name that exists already: {run_name}"
                     )
-                kind = (
-                    " (a sweep point)"
-                    if "_sweep" in run_spec
-                    else (" (a replicate)" if "_replicate" in run_spec else "")
-                )
+                kind = f" ({kind})" if kind else ""
                 _check_name(run_name, f"runs.{name}{kind}", source)
                 specs[run_name] = run_spec
     return specs
@@ -320,16 +369,23 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
         if "_replicate" in spec:
             groups[spec["_replicate"]["group"]].append(run_name)
     runs: dict[str, Run] = {}
+    trial_recipes: dict[str, Recipe] = {}  # a search's trials share one recipe (its sizing point): load it once
     for name, spec in specs.items():
+        search = spec.get("_search")
         overrides = deep_merge(recipe_overrides, typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
+        if search in trial_recipes:
+            runs[name] = replace(runs[trial_name(search, 1)], name=name)
+            continue
         recipe = load_recipe(spec["recipe"], overrides)
+        if search:
+            trial_recipes[search] = recipe
         replicate = spec.get("_replicate")
         if replicate:
             seed = recipe.training.seed + replicate["index"]
             recipe = load_recipe(spec["recipe"], deep_merge(overrides, {"training": {"seed": seed}}))
             replicate = {**replicate, "seed": seed}
         base = _resolve_base(name, spec, recipe, groups, bases, source)
-        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate)
+        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate, search)
         formats = check_local_data(recipe, spec["recipe"])
         if "data.target_column" in recipe.given:
             warn_unused_target_column(formats, spec["recipe"])
@@ -370,6 +426,98 @@ def _load_benchmarks(paths: list[str], overrides: dict, source: str) -> dict[str
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, overrides))
         check_benchmark(path, benchmarks[name].config)
     return benchmarks
+
+
+def _searches(
+    config: dict, runs: dict[str, Run], benchmarks: dict[str, Benchmark], source: str
+) -> tuple[dict[str, Search], dict[str, Benchmark]]:
+    """Each run's ``search`` checked (its space's every bound loads as a recipe, its objective exists), and the
+    validation benchmarks the objectives name."""
+    searches: dict[str, Search] = {}
+    validation: dict[str, Benchmark] = {}
+    for name, spec in config["runs"].items():
+        if "search" not in spec:
+            continue
+        key = f"{source}: runs.{name}.search"
+        given = fill_defaults(spec["search"], schema("experiment")["$defs"]["search"])
+        check_space(given["space"], f"{key}.space")
+        check_sampler(given["sampler"], given["space"], key)
+        if given["sampler"] == "grid" and given["n_trials"] > grid_size(given["space"]):
+            raise ConfigError(
+                f"{key}.n_trials: {given['n_trials']} trials, but the grid has {grid_size(given['space'])} points"
+            )
+        if "startup_trials" in given and given["sampler"] != "tpe":
+            log.warning("%s.startup_trials: ignored with sampler %s (a tpe setting)", key, given["sampler"])
+        overrides = deep_merge(config["recipe_overrides"], typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
+        recipe = load_recipe(spec["recipe"], overrides)
+        for point in space_points(given["space"]):
+            try:
+                load_recipe(spec["recipe"], with_point(overrides, point))
+            except ConfigError as error:
+                raise ConfigError(f"{key}.space: the point {point} gives an invalid recipe: {error}") from None
+        objective = _objective(given["objective"], recipe, benchmarks, validation, config, f"{key}.objective")
+        searches[name] = Search(
+            name,
+            given["space"],
+            objective,
+            given["n_trials"],
+            given["parallel"],
+            given["sampler"],
+            given["seed"],
+            given.get("startup_trials", given["parallel"]),
+            given.get("cost"),
+            spec["recipe"],
+            overrides,
+            recipe.as_dict(),
+        )
+    for name, run in runs.items():
+        if run.parent_run in searches:
+            raise ConfigError(
+                f"{source}: runs.{name}.base: run:{run.parent_run} is a search; start from its best trial's recipe "
+                f"(results/search/{run.parent_run}/best.yaml) or from one trial (run:{trial_name(run.parent_run, 1)})"
+            )
+    return searches, validation
+
+
+def _objective(
+    given: str | dict, recipe: Recipe, benchmarks: dict, validation: dict, config: dict, key: str
+) -> Objective:
+    """A search's objective: eval_loss (the recipe must hold out an eval split) or a validation benchmark's metric
+    (its file loaded into ``validation`` unless it is one of the experiment's benchmarks, which is warned about)."""
+    if given == OBJECTIVE_EVAL_LOSS:
+        if recipe.data.eval_fraction <= 0 and recipe.data.eval_dataset is None:
+            raise ConfigError(
+                f"{key}: eval_loss needs an eval split: set data.eval_fraction (e.g. 0.05) or data.eval_dataset in "
+                f"{recipe.source}"
+            )
+        return Objective(OBJECTIVE_EVAL_LOSS, "minimize")
+    path = given["benchmark"]
+    name = Path(path).stem
+    if name in benchmarks:
+        if Path(benchmarks[name].path).resolve() != Path(path).resolve():
+            raise ConfigError(
+                f"{key}.benchmark: {path} has the name '{name}' of the experiment's {benchmarks[name].path}"
+            )
+        bench = benchmarks[name]
+        log.warning(
+            "%s.benchmark: %s is also one of the experiment's benchmarks: choosing the best trial by it and then "
+            "reporting it is selection bias (the reported score is inflated); use a validation benchmark (another "
+            "split, or other items) for the objective",
+            key, path,
+        )  # fmt: skip
+    elif name in validation:
+        bench = validation[name]
+    else:
+        if not Path(path).is_file():
+            raise ConfigError(f"{key}.benchmark: {path}: file not found")
+        bench = _load_benchmarks([path], config["benchmark_overrides"], key)[name]
+        validation[name] = bench
+    tasks = bench.config.task_names
+    task = given.get("task") or (tasks[0] if len(tasks) == 1 else None)
+    if task is None:
+        raise ConfigError(f"{key}.task: {path} has several tasks ({', '.join(tasks)}); name the one to optimize")
+    _known(task, tasks, f"{key}.task", path, "a task of the benchmark")
+    return Objective(given["metric"], given.get("direction", "maximize"), name, task, given.get("filter"))
 
 
 def _check_fit(experiment: Experiment) -> None:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from koaml.recipe import BenchmarkSuite, Recipe
 
 
 def evaluation_dir(model: str, bench: str) -> str:
     """Where the evaluation of ``model`` on the benchmark suite ``bench`` is written."""
     return f"results/eval/{model}/{bench}"
+
+
+def final_model_dir(run: str, method: str) -> str:
+    """The folder evaluated for a run: the merged model (LoRA/QLoRA) or the trained model (full)."""
+    return f"results/runs/{run}/{'trained' if method == 'full' else 'merged'}"
 
 
 MODEL_SOURCES = ("model_name", "build", "gguf")
@@ -62,6 +66,7 @@ class Run:
     recipe: Recipe = field(hash=False)
     sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
     replicate: dict | None = field(default=None, hash=False)  # {"group": run name, "index": 0.., "seed": int}
+    search: str | None = None  # the search this run is a trial of (runs.<search>.search)
 
     @property
     def method(self) -> str:
@@ -92,6 +97,8 @@ class Experiment:
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (reference, model) rows of the summary
     statistics: dict = field(default_factory=dict)  # the comparison's correction, alpha and power
     group_by_model: bool = False  # one evaluation job per model, for all its benchmarks (evaluation.group_by_model)
+    searches: dict = field(default_factory=dict)  # runs.<name>.search by name (koaml.search.Search); trials are runs
+    validation_benchmarks: dict[str, Benchmark] = field(default_factory=dict)  # searches' objectives, not reported
 
     @property
     def replicate_groups(self) -> dict[str, list[str]]:
@@ -113,10 +120,24 @@ class Experiment:
         """``<run>_adapter`` -> run, for the LoRA/QLoRA runs evaluated unmerged (``evaluate_adapters``)."""
         if not self.evaluate_adapters:
             return {}
-        return {f"{name}{ADAPTER_SUFFIX}": name for name, run in self.runs.items() if run.method != "full"}
+        return {
+            f"{name}{ADAPTER_SUFFIX}": name
+            for name, run in self.runs.items()
+            if run.method != "full" and run.search is None
+        }
+
+    @property
+    def reported_runs(self) -> list[str]:
+        """The runs evaluated on the experiment's benchmarks: all but the searches' trials."""
+        return [name for name, run in self.runs.items() if run.search is None]
 
     @property
     def evaluated_models(self) -> list[str]:
-        """Names of every model that gets evaluated: the bases (if enabled), the runs, the unmerged adapters."""
+        """Names of every model evaluated on the experiment's benchmarks: the bases (if enabled), the runs, each
+        search's best trial (under the search's name), the unmerged adapters."""
         bases = list(self.base_models) if self.evaluate_base else []
-        return bases + list(self.runs) + list(self.adapter_models)
+        return bases + self.reported_runs + list(self.searches) + list(self.adapter_models)
+
+    def benchmark(self, name: str) -> Benchmark:
+        """A benchmark suite by name: one of the experiment's or a search's validation benchmark."""
+        return self.benchmarks.get(name) or self.validation_benchmarks[name]

@@ -9,10 +9,12 @@ import sys
 from koaml.config import NAME_PATTERN, load_experiment
 from koaml.configfiles import ConfigError, load_yaml
 from koaml.experiment import evaluation_dir
+from koaml.experiment import final_model_dir as run_model_dir
 from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 from koaml.lifecycle import CONTROLLER_PID_VARIABLE
+from koaml.search import round_file, trial_eval_dir, trial_name, warn_if_study_changed
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.
@@ -34,6 +36,7 @@ try:
     check_finished_outputs(EXP)
 except ConfigError as error:
     raise WorkflowError(f"koa-ml: {error}") from None
+warn_if_study_changed(EXP.searches.values())
 
 
 def _alternation(names):
@@ -46,7 +49,10 @@ wildcard_constraints:
     base=_alternation(EXP.base_models),
     run=NAME_PATTERN,
     model=NAME_PATTERN,
-    bench=_alternation(EXP.benchmarks),
+    trial=NAME_PATTERN,
+    bench=_alternation([*EXP.benchmarks, *EXP.validation_benchmarks]),
+    search=_alternation(EXP.searches),
+    round=r"\d+",
 
 
 def base_model_path(base):
@@ -71,15 +77,16 @@ def start_model_input(run):
 
 
 def final_model_dir(run):
-    """The folder evaluated for a run: the merged model (LoRA/QLoRA) or the trained model (full)."""
-    step = "trained" if EXP.runs[run].method == "full" else "merged"
-    return f"results/runs/{run}/{step}"
+    return run_model_dir(run, EXP.runs[run].method)
 
 
 def model_path(model):
-    """The folder or hub ID lm-eval loads (for an unmerged adapter: the model it was trained on)."""
+    """The folder or hub ID lm-eval loads (for an unmerged adapter: the model it was trained on; for a search:
+    its best trial's folder, known once the search is done)."""
     if model in EXP.adapter_models:
         return start_model_path(EXP.adapter_models[model])
+    if model in EXP.searches:
+        return f'"$(cat {best_model_file(model)})"'
     return final_model_dir(model) if model in EXP.runs else base_model_path(model)
 
 
@@ -87,7 +94,50 @@ def model_input(model):
     if model in EXP.adapter_models:
         run = EXP.adapter_models[model]
         return [f"results/runs/{run}/trained", *start_model_input(run)]
+    if model in EXP.searches:
+        return [best_model_file(model), *start_model_input(trial_name(model, 1))]
     return [final_model_dir(model)] if model in EXP.runs else base_model_input(model)
+
+
+def sizing_model_path(model):
+    """The model a job's resources are sized from: a search's best trial is sized as its base (trials differ
+    only in training settings)."""
+    return start_model_path(trial_name(model, 1)) if model in EXP.searches else model_path(model)
+
+
+def best_model_file(search):
+    return f"results/search/{search}/best_model.txt"
+
+
+def trial_names():
+    return [name for name, run in EXP.runs.items() if run.search]
+
+
+def trial_round_file(trial):
+    search = EXP.searches[EXP.runs[trial].search]
+    return round_file(search.name, search.round_of(trial))
+
+
+def earlier_trials(search, rounds_before):
+    """The trials of a search's rounds before ``rounds_before``."""
+    return [t for r in range(1, rounds_before) for t in EXP.searches[search].round_trials(r)]
+
+
+def trial_outcomes(search, rounds_before=None):
+    """What the objective of a search's trials is read from (their trained and final models, and their
+    evaluation on the validation benchmark): of the rounds before ``rounds_before``, or of every trial."""
+    spec = EXP.searches[search]
+    trials = spec.trials if rounds_before is None else earlier_trials(search, rounds_before)
+    evaluated = spec.objective.benchmark is not None
+    return [
+        path
+        for trial in trials
+        for path in (
+            f"results/runs/{trial}/trained",
+            final_model_dir(trial),
+            *([trial_eval_dir(search, trial)] if evaluated else []),
+        )
+    ]
 
 
 def adapter_option(model):
@@ -108,7 +158,7 @@ def reward_files(run):
 
 def custom_task_files(bench):
     """The YAML files of a benchmark's local lm-eval tasks, so that editing them reruns it."""
-    return EXP.benchmarks[bench].config.local_task_files
+    return EXP.benchmark(bench).config.local_task_files
 
 
 def comparison_pairs():
@@ -155,7 +205,7 @@ def report_runs(finished_only=False):
             "sweep": run.sweep,
         }
         for name, run in EXP.runs.items()
-        if not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists()
+        if run.search is None and not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists()
     }
 
 
@@ -186,9 +236,16 @@ def train_gres(wildcards, input):
 
 def evaluate_gres(wildcards, input):
     """The GPUs of an evaluation job: of its benchmark, or the most demanding of the model's (evaluate_model)."""
-    model = model_path(wildcards.model)
+    model = sizing_model_path(wildcards.model)
     benchmarks = [EXP.benchmarks[wildcards.bench]] if "bench" in wildcards.keys() else EXP.benchmarks.values()
     return evaluation_gres([b.config for b in benchmarks], model, built_by_workflow=model in input, strict=on_cluster())
+
+
+def trial_evaluate_gres(wildcards, input):
+    """The GPUs of a trial's evaluation on its search's validation benchmark."""
+    model = start_model_path(wildcards.trial)
+    bench = EXP.benchmark(EXP.searches[wildcards.search].objective.benchmark)
+    return evaluation_gres([bench.config], model, built_by_workflow=model in input, strict=on_cluster())
 
 
 def evaluate_model_runtime(wildcards, attempt):
@@ -202,8 +259,8 @@ def run_mem_mb(wildcards, input, attempt):
     return model_job_mem_mb(model, attempt, built_by_workflow=model in input, strict=on_cluster())
 
 
-def evaluate_mem_mb(wildcards, input, attempt):
-    model = model_path(wildcards.model)
+def evaluate_mem_mb(wildcards, input, attempt, model=None):
+    model = sizing_model_path(model or wildcards.model)
     return model_job_mem_mb(model, attempt, built_by_workflow=model in input, strict=on_cluster())
 
 

@@ -39,8 +39,9 @@ rule report:
     input:
         summary="results/compare/summary.csv",
         scores="results/compare/scores.csv",
-        trained=[f"results/runs/{run}/trained" for run in EXP.runs],
-        configs=[f"results/runs/{run}/config.yaml" for run in EXP.runs],
+        trained=[f"results/runs/{run}/trained" for run in EXP.reported_runs],
+        configs=[f"results/runs/{run}/config.yaml" for run in EXP.reported_runs],
+        searches=[f"results/search/{search}/trials.csv" for search in EXP.searches],
     output:
         html=update("results/report/index.html"),
         plots=report(

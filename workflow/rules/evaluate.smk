@@ -6,7 +6,7 @@ rule benchmark_config:
         "results/benchmarks/{bench}.yaml",
     localrule: True
     params:
-        benchmark=lambda w: EXP.benchmarks[w.bench].config.as_dict(),
+        benchmark=lambda w: EXP.benchmark(w.bench).config.as_dict(),
     run:
         from koaml.io import write_yaml
 
