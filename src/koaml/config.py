@@ -81,8 +81,16 @@ def expand_search(name: str, spec: dict) -> dict[str, dict]:
     }
 
 
-def _check_search_alone(name: str, spec: dict, replicates: int, source: str) -> None:
-    """A search's trials are single runs: no sweep, no replicates."""
+def _check_search(name: str, spec: dict, replicates: int, source: str) -> None:
+    """A search's space and sampler make sense, and its trials are single runs: no sweep, no replicates."""
+    key = f"{source}: runs.{name}.search"
+    search = fill_defaults(spec["search"], schema("experiment")["$defs"]["search"])
+    check_space(search["space"], f"{key}.space")
+    check_sampler(search["sampler"], search["space"], key)
+    if search["sampler"] == "grid" and search["n_trials"] > grid_size(search["space"]):
+        raise ConfigError(
+            f"{key}.n_trials: {search['n_trials']} trials, but the grid has {grid_size(search['space'])} points"
+        )
     if "sweep" in spec:
         raise ConfigError(f"{source}: runs.{name}: give sweep or search, not both (a search's space can hold the grid)")
     if spec.get("replicates", replicates) > 1:
@@ -346,7 +354,7 @@ def _expand_runs(config: dict, source: str) -> dict[str, dict]:
     specs: dict[str, dict] = {}
     for name, spec in config["runs"].items():
         if "search" in spec:
-            _check_search_alone(name, spec, config["replicates"], source)
+            _check_search(name, spec, config["replicates"], source)
         for point_name, point in (expand_search(name, spec) if "search" in spec else expand_sweep(name, spec)).items():
             for run_name, run_spec in expand_replicates(point_name, point, config["replicates"]).items():
                 generated = next((key for key in _GENERATED if key in run_spec), None)
@@ -376,7 +384,12 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
         if search in trial_recipes:
             runs[name] = replace(runs[trial_name(search, 1)], name=name)
             continue
-        recipe = load_recipe(spec["recipe"], overrides)
+        try:
+            recipe = load_recipe(spec["recipe"], overrides)
+        except ConfigError as error:
+            if not search:
+                raise
+            raise ConfigError(f"{source}: runs.{search}.search.space: the trials' recipe is invalid: {error}") from None
         if search:
             trial_recipes[search] = recipe
         replicate = spec.get("_replicate")
@@ -389,6 +402,13 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
         formats = check_local_data(recipe, spec["recipe"])
         if "data.target_column" in recipe.given:
             warn_unused_target_column(formats, spec["recipe"])
+    searches = {run.search for run in runs.values()} - {None}
+    for name, run in runs.items():
+        if run.parent_run in searches:
+            raise ConfigError(
+                f"{source}: runs.{name}.base: run:{run.parent_run} is a search; start from its best trial's recipe "
+                f"(results/search/{run.parent_run}/best.yaml) or from one trial (run:{trial_name(run.parent_run, 1)})"
+            )
     _check_chains(runs, source)
     return runs
 
@@ -440,12 +460,6 @@ def _searches(
             continue
         key = f"{source}: runs.{name}.search"
         given = fill_defaults(spec["search"], schema("experiment")["$defs"]["search"])
-        check_space(given["space"], f"{key}.space")
-        check_sampler(given["sampler"], given["space"], key)
-        if given["sampler"] == "grid" and given["n_trials"] > grid_size(given["space"]):
-            raise ConfigError(
-                f"{key}.n_trials: {given['n_trials']} trials, but the grid has {grid_size(given['space'])} points"
-            )
         if "startup_trials" in given and given["sampler"] != "tpe":
             log.warning("%s.startup_trials: ignored with sampler %s (a tpe setting)", key, given["sampler"])
         overrides = deep_merge(config["recipe_overrides"], typed(spec.get("overrides") or {}, f"runs.{name}.overrides"))
@@ -470,12 +484,6 @@ def _searches(
             overrides,
             recipe.as_dict(),
         )
-    for name, run in runs.items():
-        if run.parent_run in searches:
-            raise ConfigError(
-                f"{source}: runs.{name}.base: run:{run.parent_run} is a search; start from its best trial's recipe "
-                f"(results/search/{run.parent_run}/best.yaml) or from one trial (run:{trial_name(run.parent_run, 1)})"
-            )
     return searches, validation
 
 

@@ -22,7 +22,12 @@ from pathlib import Path
 import yaml
 
 PROFILE_FILE = "config.v8+.yaml"
-GPU_RULES = ("train", "evaluate", "evaluate_model")  # the rules with a sized GPU request (workflow/rules/*.smk)
+GPU_RULES = (
+    "train",
+    "evaluate",
+    "evaluate_model",
+    "evaluate_trial",
+)  # the rules with a sized GPU request (workflow/rules/*.smk)
 
 
 @dataclass(frozen=True)

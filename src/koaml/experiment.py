@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from koaml.recipe import BenchmarkSuite, Recipe
 
 

@@ -173,6 +173,73 @@ def plot_sweeps(table: pd.DataFrame, sweeps: dict[str, dict[str, dict]], out_dir
     return paths
 
 
+def plot_search(name: str, search: dict, trials: pd.DataFrame, importances: dict, out_dir: Path) -> list[Path]:
+    """A search's optimization history (each trial's objective and the best so far), its parameters' importances
+    and, with a cost objective, the Pareto front."""
+    plt = _pyplot()
+    done = trials[trials.state == "COMPLETE"].sort_values("number")
+    if done.empty:
+        return []
+    paths = []
+    better = max if search["direction"] == "maximize" else min
+    best = [better(done.objective.iloc[: i + 1]) for i in range(len(done))]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(done.number + 1, done.objective, "o", label="trial")
+    ax.step(done.number + 1, best, where="post", color="C3", label="best so far")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(search["objective"])
+    ax.set_title(f"{name}: optimization history ({search['sampler']})")
+    ax.legend(fontsize="small")
+    paths.append(_save(fig, out_dir / f"search_{name}_history.png"))
+    if importances:
+        fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(importances)))
+        keys = list(importances)[::-1]
+        ax.barh(keys, [importances[k] for k in keys])
+        ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
+        ax.set_title(f"{name}: parameter importances")
+        paths.append(_save(fig, out_dir / f"search_{name}_importances.png"))
+    if search.get("cost"):
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        ax.plot(done.cost, done.objective, "o", color="C0", label="trial")
+        front = done[done.pareto.astype(str) == "True"].sort_values("cost")
+        ax.plot(front.cost, front.objective, "o-", color="C3", label="Pareto front")
+        ax.set_xlabel(search["cost"].replace("_", " "))
+        ax.set_ylabel(search["objective"])
+        ax.set_title(f"{name}: objective against cost")
+        ax.legend(fontsize="small")
+        paths.append(_save(fig, out_dir / f"search_{name}_pareto.png"))
+    return paths
+
+
+def search_html(searches: dict[str, dict], plots_dir: Path) -> str:
+    """The report's Search section: each search's trials, best trial and plots (nothing for a search that has not
+    finished)."""
+    parts = []
+    for name, search in searches.items():
+        folder = Path(search["dir"])
+        if not (folder / "trials.csv").is_file():
+            parts.append(f"<h3>{html.escape(name)}</h3><p>Not finished yet.</p>")
+            continue
+        trials = pd.read_csv(folder / "trials.csv")
+        importances = json.loads((folder / "importances.json").read_text())
+        best = (folder / "best.yaml").read_text().splitlines()[0].lstrip("# ")
+        figures = plot_search(name, search, trials, importances, plots_dir)
+        caveat = (
+            "The objective is one of the reported benchmarks: the best trial was chosen by its test score, which is "
+            "therefore inflated (selection bias)."
+            if search["objective_reported"]
+            else "The objective is not a reported benchmark, so choosing by it does not inflate them."
+        )
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><p>{html.escape(best)} Its test scores are the <code>{html.escape(name)}"
+            f"</code> rows above. {caveat}</p>"
+            + _table_html(trials.astype(object).fillna(""))
+            + "".join(_img(p, p.stem.replace("_", " ")) for p in figures)
+        )
+    return "<h2>Search</h2>" + "".join(parts) if parts else ""
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -276,6 +343,7 @@ def write_report(
     statistics: dict | None = None,
     protocols: dict[str, str] | None = None,
     scores_csv: str | Path | None = None,
+    searches: dict[str, dict] | None = None,
 ) -> None:
     """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
     the experiment's correction, alpha and power; ``protocols`` each benchmark's evaluation folder whose
@@ -370,6 +438,7 @@ def write_report(
 <h2>Paired comparisons (base vs fine-tuned, and the compare pairs)</h2>{compared_html}
 <h2>Plots</h2>
 {"".join(_img(p, p.stem.replace("_", " ")) for p in figures)}
+{search_html(searches or {}, plots_dir)}
 {protocol_html}
 <h2>Training</h2>
 {_table_html(training_rows) if runs else "<p>No model is trained in this experiment.</p>"}

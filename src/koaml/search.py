@@ -47,7 +47,10 @@ class Objective:
 
     @property
     def label(self) -> str:
-        return self.metric if self.benchmark is None else f"{self.benchmark}/{self.task}/{self.metric}"
+        if self.benchmark is None:
+            return self.metric
+        task = "" if self.task == self.benchmark else f"{self.task}/"
+        return f"{self.benchmark}/{task}{self.metric}"
 
 
 @dataclass(frozen=True)

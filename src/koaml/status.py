@@ -19,6 +19,7 @@ from pathlib import Path
 
 from koaml.experiment import Experiment, evaluation_dir
 from koaml.integrity import damage
+from koaml.search import search_dir, trial_eval_dir
 
 STATES = ("done", "running", "queued", "failed", "damaged", "pending", "not planned")
 LOG_TAIL = 3
@@ -72,6 +73,22 @@ def plan(exp: Experiment) -> list[Step]:
             rule, wildcards = ("evaluate_model", (model,)) if exp.group_by_model else ("evaluate", (model, bench))
             log = f"logs/evaluate/{model}.log" if exp.group_by_model else f"logs/evaluate/{model}/{bench}.log"
             steps.append(Step(model, f"eval {bench}", rule, wildcards, evaluation_dir(model, bench), log))
+    for name, search in exp.searches.items():
+        if search.objective.benchmark is not None:
+            bench = search.objective.benchmark
+            for trial in search.trials:
+                out, log = trial_eval_dir(name, trial), f"logs/search/{name}/eval/{trial}.log"
+                steps.append(Step(trial, f"eval {bench}", "evaluate_trial", (name, trial), out, log))
+        steps.append(
+            Step(
+                name,
+                "search",
+                "search_summary",
+                (name,),
+                f"{search_dir(name)}/trials.csv",
+                f"logs/search/{name}/summary.log",
+            )
+        )
     steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
     steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
     return steps

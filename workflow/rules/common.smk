@@ -14,7 +14,7 @@ from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 from koaml.lifecycle import CONTROLLER_PID_VARIABLE
-from koaml.search import round_file, trial_eval_dir, trial_name, warn_if_study_changed
+from koaml.search import round_file, search_dir, trial_eval_dir, trial_name, warn_if_study_changed
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.
@@ -206,6 +206,21 @@ def report_runs(finished_only=False):
         }
         for name, run in EXP.runs.items()
         if run.search is None and not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists()
+    }
+
+
+def report_searches():
+    """The report's per-search inputs: the search's folder and how its objective reads."""
+    return {
+        name: {
+            "dir": str(search_dir(name)),
+            "objective": search.objective.label,
+            "direction": search.objective.direction,
+            "cost": search.cost,
+            "sampler": search.sampler,
+            "objective_reported": search.objective.benchmark in EXP.benchmarks,
+        }
+        for name, search in EXP.searches.items()
     }
 
 

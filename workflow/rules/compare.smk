@@ -55,6 +55,7 @@ rule report:
         experiment=EXP.name,
         statistics=EXP.statistics,
         protocols=protocol_dirs(),
+        searches=report_searches(),
     script:
         "../scripts/report.py"
 
@@ -89,6 +90,7 @@ onerror:
         EXP.statistics,
         protocol_dirs(),
         "results/partial/scores.csv",
+        report_searches(),
     )
     print(
         "koa-ml: some jobs failed; what has finished is in results/partial/summary.md, leaderboard.md and "

@@ -13,5 +13,6 @@ write_report(
     snakemake.params.statistics,
     snakemake.params.protocols,
     snakemake.input.scores,
+    snakemake.params.searches,
 )
 logging.info("wrote %s", snakemake.output.html)
