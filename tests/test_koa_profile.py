@@ -23,7 +23,7 @@ LAPTOP = [
     "--set-threads", "train=1", "evaluate=1", "evaluate_model=1", "prepare_data=1",
 ]  # fmt: skip
 CPU_RULES = {"build_base_model", "prepare_data", "merge"}
-GPU_RULES = {"train", "evaluate_model"}  # the SLURM demo groups its evaluations by model
+GPU_RULES = {"train", "evaluate_model", "evaluate_trial"}  # the SLURM demo groups its evaluations by model
 LOGIN_NODE_RULES = {"run_config", "benchmark_config", "compare", "leaderboard", "report"}
 
 
@@ -155,18 +155,28 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: 
 
 
 SLURM_RUN = "tiny-lora"  # a LoRA run has every kind of job: build, prepare, train, merge, evaluate
+SLURM_SEARCH = "tiny-search"  # a search of 2 trials in one round, each evaluated on the validation benchmark
+VALIDATION = "config/benchmarks/demo_arith_mc_val.yaml"
 
 
 @pytest.fixture(scope="module")
 def slurm_demo(local_slurm, tmp_path_factory):
-    """The demo cut to its LoRA run, its two benchmarks evaluated in one job per model (evaluation.group_by_model),
-    run with `snakemake --profile profiles/koa` on the local cluster, secrets in the environment; the training job
-    is requeued (preempted) once it has trained a few steps."""
+    """The demo cut to its LoRA run plus a small search (its trials are SLURM jobs too), its two benchmarks evaluated
+    in one job per model (evaluation.group_by_model), run with `snakemake --profile profiles/koa` on the local
+    cluster, secrets in the environment; the training job is requeued (preempted) once it has trained a few steps."""
     workdir = copy_workflow(tmp_path_factory.mktemp("koa"))
     config = workdir / "config/config.yaml"
+    search = {
+        "space": {"training.learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}},
+        "objective": {"benchmark": VALIDATION, "metric": "acc"},
+        "n_trials": 2,
+        "parallel": 2,
+    }
     config.write_text(
         config.read_text().split("runs:")[0]
         + f"runs:\n  {SLURM_RUN}: {{base: tiny, recipe: config/recipes/demo_lora.yaml}}\n"
+        f"  {SLURM_SEARCH}: {{base: tiny, recipe: config/recipes/demo_lora.yaml, search: {json.dumps(search)},"
+        " overrides: {training: {max_steps: 10}}}\n"
         "benchmarks: [config/benchmarks/demo_arith_mc.yaml, config/benchmarks/demo_arith_gen.yaml]\n"
         "evaluation: {group_by_model: true}\n"
         "recipe_overrides: {training: {max_steps: 100}}\n"  # long enough to be preempted once it has logged a loss
@@ -213,6 +223,8 @@ def test_each_rule_ran_on_its_partition_with_its_gpu(slurm_demo):
             continue
         if rule == "train":
             gpu = training_gpu(read_recipe(workdir / f"results/runs/{wildcards}/config.yaml"), shape)
+        elif rule == "evaluate_trial":
+            gpu = evaluation_gpu(load_yaml(workdir / "results/benchmarks/demo_arith_mc_val.yaml"), shape)
         else:  # one job for both benchmarks: the GPU of the more demanding one
             suites = [load_yaml(workdir / f"results/benchmarks/{b}.yaml") for b in ("demo_arith_mc", "demo_arith_gen")]
             gpu = evaluation_gpu(max(suites, key=lambda b: estimate_eval_memory(b, shape).total_gb), shape)
@@ -240,9 +252,11 @@ def test_demo_results_are_complete_on_slurm(slurm_demo):
 
     workdir, _, _ = slurm_demo
     table = pd.read_csv(workdir / "results/compare/summary.csv")
-    assert list(table["run"]) == [SLURM_RUN] * 2 and list(table["base_model"]) == ["tiny"] * 2
+    assert list(table["run"]) == [SLURM_RUN] * 2 + [SLURM_SEARCH] * 2 and set(table["base_model"]) == {"tiny"}
     assert (table["status"] == "ok").all()
-    assert len(pd.read_csv(workdir / "results/compare/scores.csv")) == 2 * 2  # tiny and the run, two benchmarks
+    assert len(pd.read_csv(workdir / "results/compare/scores.csv")) == 3 * 2  # tiny, the run, the search; 2 benchmarks
+    trials = pd.read_csv(workdir / f"results/search/{SLURM_SEARCH}/trials.csv")
+    assert list(trials.trial) == [f"{SLURM_SEARCH}_t1", f"{SLURM_SEARCH}_t2"] and (trials.state == "COMPLETE").all()
     assert (workdir / "results/report/index.html").is_file()
     assert list((workdir / "logs/slurm").rglob("*.log"))  # one SLURM log per job, under logs/
 

@@ -160,6 +160,7 @@ def evaluate(
     torch.set_num_threads(threads)
     # a resolved config, or a benchmark file as written (defaults filled in)
     bench = load_benchmark(bench_config_path, {"limit": limit} if limit else None)
+    log.info("evaluating %s%s on %s", model_path, f" with adapter {adapter}" if adapter else "", bench_config_path)
     fingerprint = inputs_fingerprint(bench, model_path, adapter)
     return run_suite(bench, load_lm(bench, model_path, adapter), model_path, adapter, out_dir, fingerprint)
 

@@ -197,7 +197,7 @@ def replicate_group(model):
 
 
 def report_runs(finished_only=False):
-    """The report's per-run inputs (all runs, or those whose training has finished)."""
+    """The report's per-run inputs (every run but the searches' trials, or those whose training has finished)."""
     return {
         name: {
             "trained": f"results/runs/{name}/trained",
@@ -205,7 +205,8 @@ def report_runs(finished_only=False):
             "sweep": run.sweep,
         }
         for name, run in EXP.runs.items()
-        if run.search is None and not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists()
+        if run.search is None
+        and (not finished_only or Path(f"results/runs/{name}/trained/train_summary.json").exists())
     }
 
 
