@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from koaml.config import load_experiment
-from koaml.configfiles import ConfigError, load_yaml
+from koaml.configfiles import load_yaml
 from koaml.recipe import load_recipe
 from koaml.search import Search, ask_round, journal_file, open_study, sizing_point, summarize, trial_recipe
 
@@ -78,93 +78,6 @@ def test_the_study_is_identified_by_what_decides_its_trials():
 def test_an_objective_on_a_reported_benchmark_warns_of_selection_bias(caplog):
     load_experiment(experiment({"objective": {"benchmark": "config/benchmarks/demo_arith_mc.yaml", "metric": "acc"}}))
     assert any("selection bias" in r.getMessage() for r in caplog.records if r.name == "koaml")
-
-
-BAD_SEARCHES = {
-    "loguniform-from-zero": (
-        {"space": {"training.learning_rate": {"type": "loguniform", "low": 0, "high": 1}}},
-        "runs.lr.search.space.training.learning_rate: loguniform needs low > 0 (got 0)",
-    ),
-    "low-above-high": (
-        {"space": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.01}}},
-        "runs.lr.search.space.training.learning_rate: low (0.1) is greater than high (0.01)",
-    ),
-    "choices-on-uniform": (
-        {"space": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 1, "choices": [1]}}},
-        "runs.lr.search.space.training.learning_rate: choices: not used by type uniform (it takes high, low, step)",
-    ),
-    "categorical-without-choices": (
-        {"space": {"peft.lora_r": {"type": "categorical"}}},
-        "runs.lr.search.space.peft.lora_r: type categorical needs choices: [...]",
-    ),
-    "fractional-int": (
-        {"space": {"peft.lora_r": {"type": "int", "low": 2, "high": 8.5}}},
-        "runs.lr.search.space.peft.lora_r: type int needs whole numbers for low, high and step",
-    ),
-    "not-a-recipe-key": (
-        {"space": {"training.learnig_rate": LR}},
-        "runs.lr.search.space: the trials' recipe is invalid: invalid recipe config:\n  config/recipes/demo_lora.yaml "
-        "(with run overrides): training.learnig_rate: unknown key; did you mean 'learning_rate'?",
-    ),
-    "value-the-recipe-refuses": (
-        {"space": {"peft.lora_r": {"type": "int", "low": 0, "high": 8}}},
-        "runs.lr.search.space: the point {'peft.lora_r': 0} gives an invalid recipe",
-    ),
-    "grid-of-a-continuous-key": (
-        {"sampler": "grid"},
-        "runs.lr.search.sampler: grid needs a finite space; training.learning_rate is continuous",
-    ),
-    "grid-smaller-than-the-trials": (
-        {"sampler": "grid", "space": {"peft.lora_r": RANK}, "n_trials": 3},
-        "runs.lr.search.n_trials: 3 trials, but the grid has 2 points",
-    ),
-    "validation-file-missing": (
-        {"objective": {"benchmark": "config/benchmarks/nope.yaml", "metric": "acc"}},
-        "runs.lr.search.objective.benchmark: config/benchmarks/nope.yaml: file not found",
-    ),
-    "unknown-task": (
-        {"objective": {"benchmark": VALIDATION, "task": "demo_arith_mc", "metric": "acc"}},
-        "runs.lr.search.objective.task: 'demo_arith_mc' is not a task of the benchmark; did you mean 'demo_arith_mc_val'?",
-    ),
-    "direction-typo": (
-        {"objective": {"benchmark": VALIDATION, "metric": "acc", "direction": "maximise"}},
-        "runs.lr.search.objective",
-    ),
-    "no-trials": ({"n_trials": 0}, "runs.lr.search.n_trials"),
-}
-
-
-@pytest.mark.parametrize("change, message", BAD_SEARCHES.values(), ids=BAD_SEARCHES)
-def test_bad_search_input_is_named(change, message):
-    with pytest.raises(ConfigError) as error:
-        load_experiment(experiment(change))
-    assert message in str(error.value)
-
-
-def test_eval_loss_needs_an_eval_split():
-    with pytest.raises(
-        ConfigError, match=r"runs.lr.search.objective: eval_loss needs an eval split: set data.eval_fraction"
-    ):
-        load_experiment(experiment(overrides={"data": {"eval_fraction": 0.0}}))
-
-
-@pytest.mark.parametrize(
-    "run, message",
-    [
-        ({"sweep": {"peft.lora_r": [4, 8]}}, "runs.lr: give sweep or search, not both"),
-        ({"replicates": 2}, "runs.lr.search: a search's trials are trained once each; set replicates: 1"),
-    ],
-)
-def test_a_search_is_not_swept_nor_replicated(run, message):
-    with pytest.raises(ConfigError, match=message):
-        load_experiment(experiment(**run))
-
-
-def test_a_stage_cannot_start_from_a_search():
-    config = experiment()
-    config["runs"]["next"] = {"base": "run:lr", "recipe": "config/recipes/demo_lora.yaml"}
-    with pytest.raises(ConfigError, match=r"runs.next.base: run:lr is a search; start from its best trial's recipe"):
-        load_experiment(config)
 
 
 # --- the study, told what training jobs write ----------------------------------------------------------------

@@ -96,9 +96,7 @@ def _check_search(name: str, spec: dict, replicates: int, source: str) -> None:
     if spec.get("replicates", replicates) > 1:
         raise ConfigError(
             f"{source}: runs.{name}.search: a search's trials are trained once each; set replicates: 1 on this run "
-            "(replicate the best trial afterwards: runs: {best: {recipe: results/search/"
-            + name
-            + "/best.yaml, replicates: N}})"
+            f"(replicate the best trial afterwards: a run with recipe: results/search/{name}/best.yaml, replicates: N)"
         )
 
 
@@ -469,7 +467,7 @@ def _searches(
                 load_recipe(spec["recipe"], with_point(overrides, point))
             except ConfigError as error:
                 raise ConfigError(f"{key}.space: the point {point} gives an invalid recipe: {error}") from None
-        objective = _objective(given["objective"], recipe, benchmarks, validation, config, f"{key}.objective")
+        objective = _objective(given["objective"], recipe, benchmarks, validation, config, source, name)
         searches[name] = Search(
             name,
             given["space"],
@@ -488,10 +486,11 @@ def _searches(
 
 
 def _objective(
-    given: str | dict, recipe: Recipe, benchmarks: dict, validation: dict, config: dict, key: str
+    given: str | dict, recipe: Recipe, benchmarks: dict, validation: dict, config: dict, source: str, run: str
 ) -> Objective:
     """A search's objective: eval_loss (the recipe must hold out an eval split) or a validation benchmark's metric
     (its file loaded into ``validation`` unless it is one of the experiment's benchmarks, which is warned about)."""
+    key = f"{source}: runs.{run}.search.objective"
     if given == OBJECTIVE_EVAL_LOSS:
         if recipe.data.eval_fraction <= 0 and recipe.data.eval_dataset is None:
             raise ConfigError(
@@ -524,7 +523,7 @@ def _objective(
     task = given.get("task") or (tasks[0] if len(tasks) == 1 else None)
     if task is None:
         raise ConfigError(f"{key}.task: {path} has several tasks ({', '.join(tasks)}); name the one to optimize")
-    _known(task, tasks, f"{key}.task", path, "a task of the benchmark")
+    _known(task, tasks, f"runs.{run}.search.objective.task", source, f"a task of {path}")
     return Objective(given["metric"], given.get("direction", "maximize"), name, task, given.get("filter"))
 
 
