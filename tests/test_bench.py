@@ -82,6 +82,14 @@ def test_eval_overhead(tmp_path, tiny_model, monkeypatch):
 
 
 @pytest.mark.slow
+def test_search_vs_grid(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
+    result = bench("search_vs_grid", tmp_path)
+    assert result["budget"] == 1 and result["best_so_far"]["grid"] == [result["grid_best"]]
+    assert len(result["tpe_best"]) == 1 and result["distinct_trainings"] in (1, 2)
+
+
+@pytest.mark.slow
 def test_eval_grouping(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
     result = bench("eval_grouping", tmp_path)

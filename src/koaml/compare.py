@@ -10,7 +10,7 @@ import pandas as pd
 
 from koaml.integrity import damage
 from koaml.io import write_text_atomic
-from koaml.results import metric_rows
+from koaml.results import metric_rows, results_file
 from koaml.stats import ALPHA, POWER, adjust_p_values, paired, replicated
 
 KEYS = ["task", "metric", "filter"]
@@ -23,17 +23,6 @@ COLUMNS = [
 TWO_LEVEL = "two-level bootstrap"  # the test of a replicate group's row
 # The experiment's `statistics` section when none is given (the schema holds the same defaults).
 DEFAULT_STATISTICS = {"correction": "bh", "alpha": ALPHA, "power": POWER}
-
-
-def results_file(location: str | Path) -> Path | None:
-    """The results JSON of an evaluation: ours (``results.json``) or lm-eval's (newest ``results_*.json``)."""
-    location = Path(location)
-    if location.is_file():
-        return location
-    if (location / "results.json").is_file():
-        return location / "results.json"
-    found = sorted(location.rglob("results*.json"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def sample_scores(location: str | Path, task: str, metric: str, filter_name: str) -> dict[int, float]:

@@ -1,6 +1,19 @@
-"""Reading lm-eval results: the metric rows of a results JSON."""
+"""Reading lm-eval results: where an evaluation's results JSON is, and its metric rows."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+
+def results_file(location: str | Path) -> Path | None:
+    """The results JSON of an evaluation: ours (``results.json``) or lm-eval's (newest ``results_*.json``)."""
+    location = Path(location)
+    if location.is_file():
+        return location
+    if (location / "results.json").is_file():
+        return location / "results.json"
+    found = sorted(location.rglob("results*.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def metric_rows(results: dict) -> list[dict]:

@@ -333,8 +333,7 @@ def outcome(search: Search, trial: str) -> tuple[list[float] | None, str]:
 
 def benchmark_score(objective: Objective, eval_dir: str) -> float:
     """The objective's metric from an lm-eval results file; a clear error naming what there is when it is absent."""
-    from koaml.compare import results_file
-    from koaml.results import metric_rows
+    from koaml.results import metric_rows, results_file
 
     path = results_file(eval_dir)
     if path is None:
