@@ -5,7 +5,7 @@ workflow's own code (koaml.search: the journal study, constant liar, per-round s
 trial is a real `koaml prepare-data` / `koaml train` of the workflow's recipe. Reports the best objective each
 method reaches after each trial, and how many trials TPE needs to reach the grid's best.
 
-    .venv/bin/python bench/search_vs_grid.py [--smoke]    # writes bench/results/search_vs_grid.json
+    .venv/bin/python bench/search_vs_grid.py [--smoke]    # writes bench/results/search_vs_grid.{json,png}
 """
 
 from __future__ import annotations
@@ -114,6 +114,26 @@ def grid(trainer: Trainer, budget: int, folder: Path) -> tuple[list[float], list
     return [trainer.loss(search, p, f"s_t{k}") for k, p in enumerate(points, 1)], points
 
 
+def plot(curves: dict[str, list[float]], out: Path) -> None:
+    """The best eval loss reached after each trial: the grid (in its run order) and TPE for each seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for i, (name, values) in enumerate(curves.items()):
+        style = {"color": "black", "linewidth": 2} if name == "grid" else {"color": f"C{i}", "alpha": 0.8}
+        ax.step(range(1, len(values) + 1), values, where="post", marker="o", markersize=3, label=name, **style)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best eval loss so far")
+    ax.set_title("TPE vs a grid of the same budget (tiny model, LoRA)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     budget, seeds = (1, [0]) if smoke() else (BUDGET, SEEDS)
     global STEPS
@@ -151,7 +171,8 @@ def main() -> None:
         "tpe_trials_to_reach_grid_best": reached,
         "distinct_trainings": len(trainer.losses),
     }
-    write_result("search_vs_grid", result)
+    path = write_result("search_vs_grid", result)
+    plot(curves, path.with_suffix(".png"))
     print(f"best eval loss after {budget} trials: grid {grid_best:.4f}; TPE median {median(tpe_final):.4f} "
           f"(seeds: {', '.join(f'{v:.4f}' for v in tpe_final)}); TPE trials to reach the grid's best: {reached}")  # fmt: skip
     if not all(math.isfinite(v) for v in [*tpe_final, grid_best]):

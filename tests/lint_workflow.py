@@ -10,7 +10,7 @@ ALLOWED = {
         "jobs run the koaml package from the workflow's own environment (make venv / pip install -e .[ml]), "
         "the same on the login node, a GPU node and the CPU"
     ),
-    (r"rule (run_config|benchmark_config)$", "No log directive defined"): (
+    (r"rule (run_config|benchmark_config|search_config|trial_config)$", "No log directive defined"): (
         "these local rules only write the resolved YAML they are given; there is nothing to log"
     ),
 }

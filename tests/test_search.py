@@ -65,6 +65,13 @@ def test_a_search_is_trials_in_rounds_and_its_best_is_compared_with_the_base():
     assert sizing_point({"x.y": {"type": "categorical", "choices": ["a", "b"]}}) == {"x.y": "a"}
 
 
+def test_the_validation_benchmark_is_fetched_for_offline_nodes_too():
+    from koaml.fetch import requirements
+
+    exp = load_experiment(experiment({"objective": {"benchmark": VALIDATION, "metric": "acc"}}))
+    assert set(requirements(exp)["benchmarks"]) == {"demo_arith_mc", "demo_arith_mc_val"}
+
+
 def test_the_study_is_identified_by_what_decides_its_trials():
     base = load_experiment(experiment()).searches["lr"]
     more_trials = load_experiment(experiment({"n_trials": 9})).searches["lr"]
@@ -163,6 +170,8 @@ def test_the_summary_names_the_best_trial_and_its_recipe(search, tmp_path):
     assert (tmp_path / "results/search/lr/best_model.txt").read_text().strip() == f"results/runs/{best['trial']}/merged"
     importances = load_yaml(tmp_path / "results/search/lr/importances.json")
     assert set(importances) == {"training.learning_rate", "peft.lora_r"}
+    cost = load_yaml(tmp_path / "results/search/lr/train_summary.json")
+    assert cost == {"trials": 8, "wall_time_s": 8 * 60, "gpu_hours": 8.0}  # every trial's, for the summary table
 
 
 def test_a_cost_objective_gives_a_pareto_front(search):

@@ -132,6 +132,11 @@ def test_the_best_trial_beats_the_worst_and_is_compared_with_the_base(search_wor
     assert (workdir / "results/search/lr/best_model.txt").read_text().strip() == f"results/runs/{best.trial}/merged"
     table = pd.read_csv(workdir / "results/compare/summary.csv")
     assert list(table.run) == ["lr"] and list(table.base_model) == ["tiny"] and (table.status == "ok").all()
+    seconds = sum(
+        json.loads((workdir / f"results/runs/{t}/trained/train_summary.json").read_text())["wall_time_s"]
+        for t in TRIALS
+    )
+    assert table.train_hours.iloc[0] == pytest.approx(seconds / 3600, rel=1e-3)  # the search's cost: every trial
     log = (workdir / "logs/evaluate/lr/demo_arith_mc.log").read_text()
     assert f"results/runs/{best.trial}/merged" in log
 

@@ -46,7 +46,7 @@ def requirements(exp: Experiment) -> dict:
     datasets = {(s.dataset_name, s.subset, s.split) for _, _, s in hub_datasets(exp)}
     benchmarks = {
         name: {"tasks": b.config.task_names, "include_path": b.config.get("include_path")}
-        for name, b in exp.benchmarks.items()
+        for name, b in (exp.benchmarks | exp.validation_benchmarks).items()  # searches' objectives too
     }
     return {
         "models": sorted(models),

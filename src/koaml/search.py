@@ -409,7 +409,8 @@ def trial_recipe(search: Search, round_yaml: dict, trial: str) -> dict:
 
 def summarize(search: Search, trials: list[str], journal: str | Path, out_dir: str | Path) -> dict:
     """Tell the last round, then write trials.csv, best.yaml (the best trial's resolved recipe), best_model.txt
-    (the folder the best trial's model is evaluated from) and importances.json. Returns the best trial's row."""
+    (the folder the best trial's model is evaluated from), importances.json and train_summary.json (the search's
+    cost). Returns the best trial's row."""
     import optuna
 
     from koaml.recipe import load_recipe
@@ -440,7 +441,19 @@ def summarize(search: Search, trials: list[str], journal: str | Path, out_dir: s
     method = load_recipe(f"results/runs/{best_name}/config.yaml").method
     (out_dir / "best_model.txt").write_text(final_model_dir(best_name, method) + "\n")
     (out_dir / "importances.json").write_text(json.dumps(importances(study, search, complete), indent=2) + "\n")
+    (out_dir / "train_summary.json").write_text(json.dumps(search_cost(trials), indent=2) + "\n")
     return next(r for r in rows if r["trial"] == best_name)
+
+
+def search_cost(trials: list[str]) -> dict:
+    """The whole search's training cost (every trial's), in the keys of a run's train_summary.json: what the
+    summary table's cost columns show for the search's row."""
+    summaries = [json.loads((Path(trained_dir(t)) / "train_summary.json").read_text()) for t in trials]
+    return {
+        "trials": len(summaries),
+        "wall_time_s": round(sum(s.get("wall_time_s") or 0.0 for s in summaries), 1),
+        "gpu_hours": round(sum(s.get("gpu_hours") or 0.0 for s in summaries), 3),
+    }
 
 
 def _row(search: Search, name: str, trial, front: set[int]) -> dict:

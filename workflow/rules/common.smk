@@ -171,13 +171,20 @@ def comparison_pairs():
             "benchmark": bench,
             "run_results": evaluation_dir(model, bench),
             "base_results": evaluation_dir(reference, bench) if reference in EXP.evaluated_models else None,
-            "train_summary": f"results/runs/{model}/trained/train_summary.json" if model in EXP.runs else None,
+            "train_summary": train_summary(model),
             "replicate_of": replicate_group(model),
             "base_group": replicate_group(reference) or reference,
         }
         for reference, model in EXP.comparisons
         for bench in EXP.benchmarks
     ]
+
+
+def train_summary(model):
+    """What a model's training cost is read from: its run's summary, a search's total over its trials, or None."""
+    if model in EXP.searches:
+        return f"{search_dir(model)}/train_summary.json"
+    return f"results/runs/{model}/trained/train_summary.json" if model in EXP.runs else None
 
 
 def evaluations():

@@ -74,7 +74,8 @@ rule evaluate_trial:
 
 
 rule search_summary:
-    """Tell the last round, then write trials.csv, best.yaml (the best trial's recipe) and importances.json."""
+    """Tell the last round, then write trials.csv, best.yaml (the best trial's recipe), importances.json and the
+    search's cost (every trial's training)."""
     input:
         search="results/search/{search}/search.yaml",
         outcomes=lambda w: trial_outcomes(w.search),
@@ -83,6 +84,7 @@ rule search_summary:
         best="results/search/{search}/best.yaml",
         model="results/search/{search}/best_model.txt",
         importances="results/search/{search}/importances.json",
+        cost="results/search/{search}/train_summary.json",
     log:
         "logs/search/{search}/summary.log",
     localrule: True
