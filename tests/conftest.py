@@ -344,7 +344,7 @@ def poisoned_copy(model: Path, dest: Path) -> Path:
     return dest
 
 
-def train_here(recipe, model: Path, out: Path, threads: int = 2) -> Path:
+def train_here(recipe, model: Path, out: Path, threads: int = 2, search_trial: bool = False) -> Path:
     """Prepare a recipe's data and train it in this process, as `koaml train` does (``koaml.train.train``) without a
     new process's imports; returns the trained folder. For tests of what training produces, not of the command."""
     import signal
@@ -356,7 +356,7 @@ def train_here(recipe, model: Path, out: Path, threads: int = 2) -> Path:
     environ = dict(os.environ)  # and sets the trackers' variables
     try:
         prepare(recipe, str(model), out / "data")
-        train(recipe, str(model), str(out / "data"), str(out / "trained"), str(out / "ckpt"), threads)
+        train(recipe, str(model), str(out / "data"), str(out / "trained"), str(out / "ckpt"), threads, search_trial)
     finally:
         signal.signal(signal.SIGTERM, sigterm)
         os.environ.clear()

@@ -184,3 +184,21 @@ def test_a_cost_objective_gives_a_pareto_front(search):
     assert best["pareto"] and "lr_t1" in set(front.trial)  # the cheapest trial is on the front
     for _, row in front.iterrows():  # no trial beats a front trial on both objectives
         assert not ((table.objective < row.objective) & (table.cost < row.cost)).any()
+
+
+@pytest.mark.slow  # trains (two steps of a poisoned tiny model, in this process)
+def test_a_trial_that_diverges_is_told_failed_and_the_search_goes_on(search, tmp_path, tiny_model):
+    from conftest import REPO, poisoned_copy, train_here
+
+    recipe = load_recipe(REPO / "config/recipes/demo_lora.yaml", {"training": {"max_steps": 2, "logging_steps": 1}})
+    trained = train_here(recipe, poisoned_copy(tiny_model, tmp_path / "nan"), tmp_path / "diverged", search_trial=True)
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["diverged"].startswith("loss is nan, grad_norm is nan at step 1")  # a trial's divergence is no error
+    ask_round(search, 1, search.round_trials(1), [], journal_file("lr"))
+    for trial, folder in (("lr_t1", trained), ("lr_t2", None)):
+        Path(f"results/runs/{trial}/trained").mkdir(parents=True)
+        text = (folder / "train_summary.json").read_text() if folder else json.dumps({"final_eval_loss": 1.0})
+        Path(f"results/runs/{trial}/trained/train_summary.json").write_text(text)
+    ask_round(search, 2, search.round_trials(2), search.round_trials(1), journal_file("lr"))
+    states = {t.user_attrs["name"]: t.state.name for t in open_study(search, journal_file("lr")).trials}
+    assert states == {"lr_t1": "FAIL", "lr_t2": "COMPLETE", "lr_t3": "RUNNING", "lr_t4": "RUNNING"}

@@ -54,6 +54,7 @@ def _check_training_disk(recipe, model: str, checkpoints: str) -> None:
 def _train(a):
     from koaml.lifecycle import is_distributed_worker, launch
     from koaml.recipe import read_recipe
+    from koaml.search import TRIAL_FILE
     from koaml.train import train
 
     recipe = read_recipe(a.config)
@@ -63,7 +64,8 @@ def _train(a):
     if num_processes > 1 and not is_distributed_worker():
         launch(a.argv, num_processes)
     else:
-        train(recipe, a.model, a.data, a.out, a.checkpoints, a.threads)
+        trial = Path(a.config).with_name(TRIAL_FILE).is_file()  # written next to a search trial's config
+        train(recipe, a.model, a.data, a.out, a.checkpoints, a.threads, search_trial=trial)
 
 
 def _merge(a):

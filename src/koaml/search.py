@@ -26,6 +26,7 @@ from koaml.experiment import final_model_dir
 log = logging.getLogger("koaml")
 
 OBJECTIVE_EVAL_LOSS = "eval_loss"
+TRIAL_FILE = "trial.json"  # next to a trial's config.yaml: which search and round, its parameters
 COST_COLUMNS = {"gpu_hours": "gpu_hours", "train_hours": "wall_time_s"}  # cost -> train_summary.json key
 _KEYS = {  # the keys each distribution type takes besides `type`
     "loguniform": {"low", "high"},
@@ -318,6 +319,8 @@ def outcome(search: Search, trial: str) -> tuple[list[float] | None, str]:
     """The values a trial is told with (objective, then cost), from its training summary and its evaluation on
     the validation benchmark; ``None`` and the reason when the objective is not a finite number."""
     summary = json.loads((Path(trained_dir(trial)) / "train_summary.json").read_text())
+    if summary.get("diverged"):
+        return None, f"training diverged: {summary['diverged']}"
     if search.objective.benchmark is None:
         value = summary.get("final_eval_loss")
     else:
@@ -402,6 +405,16 @@ def trial_recipe(search: Search, round_yaml: dict, trial: str) -> dict:
     from koaml.recipe import load_recipe
 
     return load_recipe(search.recipe_path, with_point(search.overrides, round_yaml["trials"][trial])).as_dict()
+
+
+def trial_record(search: Search, round_yaml: dict, trial: str) -> dict:
+    """What trial.json says: the search, study and round a trial belongs to, and its parameters."""
+    return {
+        "search": search.name,
+        "study": round_yaml["study"],
+        "round": round_yaml["round"],
+        "params": round_yaml["trials"][trial],
+    }
 
 
 # --- Results ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from koaml.io import atomic_dir, write_json
-from koaml.lifecycle import Preempted, guard
+from koaml.lifecycle import NonFiniteLossError, Preempted, guard
 from koaml.modeling import attention_of, device, four_bit_layers, load_causal_lm, load_tokenizer, torch_dtype
 from koaml.packed_rows import sft_trainer
 from koaml.packing import VARLEN_ATTENTION, decide, estimate
@@ -69,11 +69,21 @@ def choose_packing(recipe: Recipe, model, data_dir: str | Path) -> tuple[bool, s
     return on, why
 
 
-def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoint_root: str, threads: int) -> None:
+def train(
+    recipe: Recipe,
+    model_path: str,
+    data_dir: str,
+    out_dir: str,
+    checkpoint_root: str,
+    threads: int,
+    search_trial: bool = False,
+) -> None:
     """Train one run and write its adapter (LoRA/QLoRA) or full model to ``out_dir``.
 
     Checkpoints go to ``checkpoint_root/<config hash>``, outside Snakemake's outputs, so a killed
     job resumes from its latest checkpoint when the workflow runs again, and a changed recipe starts fresh.
+    A ``search_trial`` that diverges (a non-finite loss: a learning rate too high, say) is not an error: its
+    summary says ``diverged``, the search tells the study it failed and goes on.
     """
     import torch
     import trl
@@ -125,7 +135,14 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
     if last:
         log.info("resuming from %s", last)
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=last)
+    diverged = None
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    except NonFiniteLossError as error:
+        if not search_trial:
+            raise
+        log.warning("this search trial diverged (%s); it is recorded as failed and the search goes on", error)
+        diverged, result = str(error), None
     if stopper.terminated:
         log.warning("stopped at step %d by SIGTERM; rerun the workflow to resume", trainer.state.global_step)
         raise Preempted(trainer.state.global_step)
@@ -138,7 +155,8 @@ def train(recipe: Recipe, model_path: str, data_dir: str, out_dir: str, checkpoi
         "world_size": trainer.args.world_size,
         "packing": packing,
         "packing_reason": why,
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss if result else None,
+        "diverged": diverged,
         "final_eval_loss": next(
             (e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None
         ),

@@ -14,7 +14,7 @@ from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 from koaml.lifecycle import CONTROLLER_PID_VARIABLE
-from koaml.search import round_file, search_dir, trial_eval_dir, trial_name, warn_if_study_changed
+from koaml.search import TRIAL_FILE, round_file, search_dir, trial_eval_dir, trial_name, warn_if_study_changed
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
 # through the shared file system, on compute nodes), whether or not that venv is activated.

@@ -34,11 +34,13 @@ rule search_ask:
 
 
 rule trial_config:
-    """A trial's recipe: the run's, with the parameters its round asked for."""
+    """A trial's recipe: the run's, with the parameters its round asked for; and trial.json, which marks it as a
+    trial (a trial that diverges is recorded as failed instead of failing the search)."""
     input:
         round=lambda w: trial_round_file(w.run),
     output:
-        "results/runs/{run}/config.yaml",
+        config="results/runs/{run}/config.yaml",
+        trial=f"results/runs/{{run}}/{TRIAL_FILE}",
     wildcard_constraints:
         run=_alternation(trial_names()),
     localrule: True
@@ -46,10 +48,12 @@ rule trial_config:
         search=lambda w: EXP.runs[w.run].search,
     run:
         from koaml.configfiles import load_yaml
-        from koaml.io import write_yaml
-        from koaml.search import trial_recipe
+        from koaml.io import write_json, write_yaml
+        from koaml.search import trial_record, trial_recipe
 
-        write_yaml(output[0], trial_recipe(EXP.searches[params.search], load_yaml(input.round), wildcards.run))
+        search, asked = EXP.searches[params.search], load_yaml(input.round)
+        write_yaml(output.config, trial_recipe(search, asked, wildcards.run))
+        write_json(output.trial, trial_record(search, asked, wildcards.run))
 
 
 ruleorder: trial_config > run_config
