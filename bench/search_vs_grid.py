@@ -25,9 +25,10 @@ RANKS = [4, 16]
 BUDGET = 8
 SEEDS = [0, 1, 2]
 STEPS = 40
+PARALLEL = 2  # trials asked at once, as a search on a cluster runs them
 
 
-def experiment(seed: int, n_trials: int) -> dict:
+def experiment(seed: int, n_trials: int, parallel: int) -> dict:
     return {
         "experiment": "search-vs-grid",
         "base_models": {"tiny": {"build": "resources/demo/tiny_model.yaml"}},
@@ -43,7 +44,7 @@ def experiment(seed: int, n_trials: int) -> dict:
                     },
                     "objective": "eval_loss",
                     "n_trials": n_trials,
-                    "parallel": 2,
+                    "parallel": parallel,
                     "seed": seed,
                 },
             }
@@ -63,7 +64,7 @@ class Trainer:
         from koaml.search import trial_recipe
 
         key = (round(point["training.learning_rate"], 12), point["peft.lora_r"])
-        out = self.folder / f"results/runs/{trial}/trained"
+        out = Path(f"results/runs/{trial}/trained")  # in the method's own folder (the working directory)
         if key not in self.losses:
             config = self.folder / f"points/{len(self.losses)}.yaml"
             config.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def tpe(trainer: Trainer, seed: int, budget: int, folder: Path) -> list[float]:
     from koaml.search import ask_round, journal_file
 
     os.chdir(folder)
-    search = load_experiment(experiment(seed, budget)).searches["s"]
+    search = load_experiment(experiment(seed, budget, PARALLEL)).searches["s"]
     losses = []
     for r in range(1, search.rounds + 1):
         earlier = [t for k in range(1, r) for t in search.round_trials(k)]
@@ -106,7 +107,7 @@ def grid(trainer: Trainer, budget: int, folder: Path) -> tuple[list[float], list
     from koaml.config import load_experiment
 
     os.chdir(folder)
-    search = load_experiment(experiment(0, budget)).searches["s"]
+    search = load_experiment(experiment(0, budget, PARALLEL)).searches["s"]
     per_rank = max(1, budget // len(RANKS))
     rates = [LOW * (HIGH / LOW) ** (i / max(1, per_rank - 1)) for i in range(per_rank)]
     points = [{"training.learning_rate": lr, "peft.lora_r": r} for lr in rates for r in RANKS][:budget]
@@ -135,9 +136,10 @@ def plot(curves: dict[str, list[float]], out: Path) -> None:
 
 
 def main() -> None:
-    budget, seeds = (1, [0]) if smoke() else (BUDGET, SEEDS)
-    global STEPS
-    STEPS = 2 if smoke() else STEPS
+    budget, seeds = (2, [0]) if smoke() else (BUDGET, SEEDS)
+    global STEPS, PARALLEL
+    if smoke():  # two rounds of one trial: asking, training and telling all run once
+        STEPS, PARALLEL = 2, 1
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tiny_model(tmp)

@@ -109,10 +109,6 @@ def best_model_file(search):
     return f"results/search/{search}/best_model.txt"
 
 
-def trial_names():
-    return [name for name, run in EXP.runs.items() if run.search]
-
-
 def trial_round_file(trial):
     search = EXP.searches[EXP.runs[trial].search]
     return round_file(search.name, search.round_of(trial))
