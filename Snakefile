@@ -21,6 +21,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/compare.smk"
 
 
@@ -30,3 +31,4 @@ rule all:
         rules.compare.output,
         rules.leaderboard.output,
         rules.report.output,
+        curves_table(),

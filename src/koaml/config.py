@@ -81,6 +81,43 @@ def expand_search(name: str, spec: dict) -> dict[str, dict]:
     }
 
 
+def _checkpoint_steps(name: str, given: str | dict, recipe: Recipe, source: str) -> list[int]:
+    """The steps ``runs.<name>.checkpoint_eval`` evaluates before the run's last (the run's own evaluation is
+    that one); planned before training, so ``every`` and ``all`` need ``training.max_steps``."""
+    key = f"{source}: runs.{name}.checkpoint_eval"
+    last = recipe.training.max_steps
+    if given != "all" and ("every" in given) == ("steps" in given):
+        raise ConfigError(f"{key}: give every: N or steps: [...] (or checkpoint_eval: all)")
+    if given == "all" or "every" in given:
+        every = recipe.training.save_steps if given == "all" else given["every"]
+        if last <= 0:
+            raise ConfigError(
+                f"{key}: {'all' if given == 'all' else 'every'} needs training.max_steps in {recipe.source} (the steps "
+                "are planned before training; epochs make a number of steps known only then); set max_steps, or "
+                "list steps: [...]"
+            )
+        steps = list(range(every, last, every))
+    else:
+        steps = sorted(given["steps"])
+        if last > 0 and steps[-1] >= last:
+            raise ConfigError(
+                f"{key}.steps: {steps[-1]} is not before the run's last step ({last}, training.max_steps): the run's "
+                "own evaluation is its last step"
+            )
+    if not steps:
+        raise ConfigError(f"{key}: no step before the run's last ({last}); evaluate every fewer steps")
+    return steps
+
+
+def _check_checkpoint_benchmarks(runs: dict[str, Run], benchmarks: dict, source: str) -> None:
+    """Each run's ``checkpoint_eval.benchmarks`` names benchmarks of the experiment."""
+    for name, run in runs.items():
+        for i, bench in enumerate((run.checkpoint_eval or {}).get("benchmarks") or []):
+            group = (run.sweep or run.replicate or {}).get("group", name)
+            key = f"runs.{group}.checkpoint_eval.benchmarks.{i}"
+            _known(bench, list(benchmarks), key, source, "a benchmark of the experiment (a file stem)")
+
+
 def _check_search(name: str, spec: dict, replicates: int, source: str) -> None:
     """A search's space and sampler make sense, and its trials are single runs: no sweep, no replicates."""
     key = f"{source}: runs.{name}.search"
@@ -93,6 +130,11 @@ def _check_search(name: str, spec: dict, replicates: int, source: str) -> None:
         )
     if "sweep" in spec:
         raise ConfigError(f"{source}: runs.{name}: give sweep or search, not both (a search's space can hold the grid)")
+    if "checkpoint_eval" in spec:
+        raise ConfigError(
+            f"{source}: runs.{name}: checkpoint_eval of a search's trials is not supported; evaluate the best "
+            "trial's steps with a run of its recipe (results/search/<run>/best.yaml)"
+        )
     if spec.get("replicates", replicates) > 1:
         raise ConfigError(
             f"{source}: runs.{name}.search: a search's trials are trained once each; set replicates: 1 on this run "
@@ -303,6 +345,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
     benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
     searches, validation = _searches(config, runs, benchmarks, source)
+    _check_checkpoint_benchmarks(runs, benchmarks, source)
     experiment = Experiment(
         config["experiment"],
         bases,
@@ -382,21 +425,11 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
         if search in trial_recipes:
             runs[name] = replace(runs[trial_name(search, 1)], name=name)
             continue
-        try:
-            recipe = load_recipe(spec["recipe"], overrides)
-        except ConfigError as error:
-            if not search:
-                raise
-            raise ConfigError(f"{source}: runs.{search}.search.space: the trials' recipe is invalid: {error}") from None
+        recipe, checkpoint_eval, replicate = _run_recipe(name, spec, overrides, source)
         if search:
             trial_recipes[search] = recipe
-        replicate = spec.get("_replicate")
-        if replicate:
-            seed = recipe.training.seed + replicate["index"]
-            recipe = load_recipe(spec["recipe"], deep_merge(overrides, {"training": {"seed": seed}}))
-            replicate = {**replicate, "seed": seed}
         base = _resolve_base(name, spec, recipe, groups, bases, source)
-        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate, search)
+        runs[name] = Run(name, base, spec["recipe"], recipe, spec.get("_sweep"), replicate, search, checkpoint_eval)
         formats = check_local_data(recipe, spec["recipe"])
         if "data.target_column" in recipe.given:
             warn_unused_target_column(formats, spec["recipe"])
@@ -409,6 +442,32 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
             )
     _check_chains(runs, source)
     return runs
+
+
+def _run_recipe(name: str, spec: dict, overrides: dict, source: str) -> tuple[Recipe, dict | None, dict | None]:
+    """A run's recipe with its overrides, the steps its checkpoint_eval keeps (``training.keep_checkpoints``) and a
+    replicate's seed; with the run's checkpoint_eval and replicate records."""
+    search = spec.get("_search")
+    try:
+        recipe = load_recipe(spec["recipe"], overrides)
+    except ConfigError as error:
+        if not search:
+            raise
+        raise ConfigError(f"{source}: runs.{search}.search.space: the trials' recipe is invalid: {error}") from None
+    checkpoint_eval = None
+    if "checkpoint_eval" in spec:
+        group = spec.get("_sweep", {}).get("group", spec.get("_replicate", {}).get("group", name))
+        steps = _checkpoint_steps(group, spec["checkpoint_eval"], recipe, source)
+        overrides = deep_merge(overrides, {"training": {"keep_checkpoints": steps}})
+        recipe = load_recipe(spec["recipe"], overrides)
+        given = spec["checkpoint_eval"] if spec["checkpoint_eval"] != "all" else {}
+        checkpoint_eval = {"steps": steps, "benchmarks": given.get("benchmarks")}
+    replicate = spec.get("_replicate")
+    if replicate:
+        seed = recipe.training.seed + replicate["index"]
+        recipe = load_recipe(spec["recipe"], deep_merge(overrides, {"training": {"seed": seed}}))
+        replicate = {**replicate, "seed": seed}
+    return recipe, checkpoint_eval, replicate
 
 
 def _resolve_base(name: str, spec: dict, recipe: Recipe, groups: dict, bases: dict[str, BaseModel], source: str) -> str:

@@ -68,6 +68,7 @@ class Run:
     sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
     replicate: dict | None = field(default=None, hash=False)  # {"group": run name, "index": 0.., "seed": int}
     search: str | None = None  # the search this run is a trial of (runs.<search>.search)
+    checkpoint_eval: dict | None = field(default=None, hash=False)  # {"steps": [...], "benchmarks": [...]}
 
     @property
     def method(self) -> str:
@@ -138,6 +139,10 @@ class Experiment:
         search's best trial (under the search's name), the unmerged adapters."""
         bases = list(self.base_models) if self.evaluate_base else []
         return bases + self.reported_runs + list(self.searches) + list(self.adapter_models)
+
+    def checkpoint_benchmarks(self, run: str) -> list[str]:
+        """The benchmarks a run's kept steps are evaluated on (checkpoint_eval.benchmarks, default: all)."""
+        return self.runs[run].checkpoint_eval.get("benchmarks") or list(self.benchmarks)
 
     def benchmark(self, name: str) -> Benchmark:
         """A benchmark suite by name: one of the experiment's or a search's validation benchmark."""

@@ -212,6 +212,43 @@ def plot_search(name: str, search: dict, trials: pd.DataFrame, importances: dict
     return paths
 
 
+def plot_curves(curves: pd.DataFrame, histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """For each run and benchmark/task/metric of checkpoint_eval: the score at each step with its interval (the
+    base at step 0), and the run's training and eval losses on the same step axis."""
+    plt = _pyplot()
+    paths = []
+    done = curves[curves.status == "ok"]
+    for (run, bench, task, metric, _filter), sub in done.groupby(
+        ["run", "benchmark", "task", "metric", "filter"], sort=False
+    ):
+        sub = sub.sort_values("step")
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.plot(sub.step, 100 * sub.score, "o-", color="C0", label=f"{metric} ({task})")
+        ax.fill_between(
+            sub.step, 100 * sub.ci_low.astype(float), 100 * sub.ci_high.astype(float), color="C0", alpha=0.2
+        )
+        base = sub[sub.point == "base"]
+        ax.plot(base.step, 100 * base.score, "s", color="gray", label="start (step 0)")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(f"{run}: {bench}")
+        history = histories.get(run, [])
+        losses = [(e["step"], e["loss"]) for e in history if "loss" in e]
+        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+        if losses or evals:
+            twin = ax.twinx()
+            if losses:
+                twin.plot(*zip(*losses, strict=True), color="C1", alpha=0.6, label="train loss")
+            if evals:
+                twin.plot(*zip(*evals, strict=True), "x--", color="C3", alpha=0.8, label="eval loss")
+            twin.set_ylabel("loss")
+            twin.legend(fontsize="small", loc="upper right")
+        ax.legend(fontsize="small", loc="upper left")
+        name = f"curve_{run}_{bench}_{task}_{metric}".replace(",", "_")
+        paths.append(_save(fig, out_dir / f"{name}.png"))
+    return paths
+
+
 def search_html(searches: dict[str, dict], plots_dir: Path) -> str:
     """The report's Search section: each search's trials, best trial and plots (nothing for a search that has not
     finished)."""
@@ -344,11 +381,13 @@ def write_report(
     protocols: dict[str, str] | None = None,
     scores_csv: str | Path | None = None,
     searches: dict[str, dict] | None = None,
+    curves_csv: str | Path | None = None,
 ) -> None:
     """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
     the experiment's correction, alpha and power; ``protocols`` each benchmark's evaluation folder whose
     ``protocol.json`` says which settings produced the numbers; ``scores_csv`` every model's own scores (the
-    leaderboard). A partial summary (``complete`` False) gets a banner saying so. It builds with one model and
+    leaderboard); ``searches`` each search's folder and settings; ``curves_csv`` the scores over training
+    steps. A partial summary (``complete`` False) gets a banner saying so. It builds with one model and
     with nothing to compare."""
     out_html = Path(out_html)
     plots_dir = out_html.parent / "plots"
@@ -372,6 +411,8 @@ def write_report(
     figures += plot_scores(table, plots_dir)
     figures += [path for path in (plot_losses(histories, plots_dir), plot_rewards(histories, plots_dir)) if path]
     figures += plot_sweeps(table, sweeps, plots_dir)
+    if curves_csv and Path(curves_csv).is_file():
+        figures += plot_curves(pd.read_csv(curves_csv), histories, plots_dir)
 
     shown = table.copy()
     for col in ("base_score", "score", "ci_low", "ci_high", "base_stderr", "stderr"):

@@ -161,6 +161,7 @@ class TrainingSettings(Section):
     max_steps: int
     save_steps: int
     save_total_limit: int
+    keep_checkpoints: list[int] | None
     logging_steps: int
     eval_steps: int | None
     gradient_checkpointing: bool

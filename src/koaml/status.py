@@ -73,24 +73,37 @@ def plan(exp: Experiment) -> list[Step]:
             rule, wildcards = ("evaluate_model", (model,)) if exp.group_by_model else ("evaluate", (model, bench))
             log = f"logs/evaluate/{model}.log" if exp.group_by_model else f"logs/evaluate/{model}/{bench}.log"
             steps.append(Step(model, f"eval {bench}", rule, wildcards, evaluation_dir(model, bench), log))
+    steps += checkpoint_steps(exp) + search_steps(exp)
+    steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
+    steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
+    return steps
+
+
+def checkpoint_steps(exp: Experiment) -> list[Step]:
+    """The evaluations of each run's kept steps (checkpoint_eval)."""
+    steps = []
+    for name, run in exp.runs.items():
+        for step in (run.checkpoint_eval or {}).get("steps", []):
+            for bench in exp.checkpoint_benchmarks(name):
+                out, log = (
+                    f"results/checkpoint_eval/{name}/{step}/{bench}",
+                    f"logs/evaluate/{name}/step{step}/{bench}.log",
+                )
+                steps.append(Step(name, f"step {step} {bench}", "evaluate_step", (name, str(step), bench), out, log))
+    return steps
+
+
+def search_steps(exp: Experiment) -> list[Step]:
+    """Each search's trials on its validation benchmark, and its summary."""
+    steps = []
     for name, search in exp.searches.items():
         if search.objective.benchmark is not None:
             bench = search.objective.benchmark
             for trial in search.trials:
                 out, log = trial_eval_dir(name, trial), f"logs/search/{name}/eval/{trial}.log"
                 steps.append(Step(trial, f"eval {bench}", "evaluate_trial", (name, trial), out, log))
-        steps.append(
-            Step(
-                name,
-                "search",
-                "search_summary",
-                (name,),
-                f"{search_dir(name)}/trials.csv",
-                f"logs/search/{name}/summary.log",
-            )
-        )
-    steps.append(Step("(experiment)", "compare", "compare", (), "results/compare/summary.csv", None))
-    steps.append(Step("(experiment)", "report", "report", (), "results/report/index.html", None))
+        summary = f"{search_dir(name)}/trials.csv"
+        steps.append(Step(name, "search", "search_summary", (name,), summary, f"logs/search/{name}/summary.log"))
     return steps
 
 

@@ -16,6 +16,7 @@ from koaml.modeling import attention_of, device, four_bit_layers, load_causal_lm
 from koaml.packed_rows import sft_trainer
 from koaml.packing import VARLEN_ATTENTION, decide, estimate
 from koaml.recipe import Recipe
+from koaml.snapshots import hand_over, keeper
 from koaml.trl_args import lora_config, trl_config_kwargs
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ def train(
         "peft_config": lora_config(recipe.peft) if recipe.method != "full" else None,
         "callbacks": [stopper := guard()],
     }
+    keep = recipe.training.keep_checkpoints or []  # checkpoint_eval's steps
+    if keep:
+        common["callbacks"].append(keeper(keep, checkpoint_dir / "kept"))
     kind = recipe.trainer  # the registry's entry
     if kind.packs:
         packing, why = choose_packing(recipe, model, data_dir)
@@ -174,6 +178,8 @@ def train(
         write_json(tmp / "log_history.json", trainer.state.log_history)
         write_json(tmp / "train_summary.json", summary)
         (tmp / "README.md").write_text(model_card(recipe, data_stats, summary))
+        if keep and not diverged:
+            hand_over(checkpoint_dir / "kept", tmp, keep)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 from koaml.lifecycle import CONTROLLER_PID_VARIABLE
+from koaml.snapshots import STEPS_DIR
 from koaml.search import TRIAL_FILE, round_file, search_dir, trial_eval_dir, trial_name, warn_if_study_changed
 
 # Jobs run the `koaml` command of the interpreter that runs the workflow (its venv, on the login node and,
@@ -53,6 +54,7 @@ wildcard_constraints:
     bench=_alternation([*EXP.benchmarks, *EXP.validation_benchmarks]),
     search=_alternation(EXP.searches),
     round=r"\d+",
+    step=r"\d+",
 
 
 def base_model_path(base):
@@ -97,6 +99,60 @@ def model_input(model):
     if model in EXP.searches:
         return [best_model_file(model), *start_model_input(trial_name(model, 1))]
     return [final_model_dir(model)] if model in EXP.runs else base_model_input(model)
+
+
+def step_model_path(run, step):
+    """A kept step's model: merged (LoRA/QLoRA, deleted once evaluated) or the kept full model itself."""
+    if EXP.runs[run].method == "full":
+        return f"results/runs/{run}/trained/{STEPS_DIR}/{step}"
+    return f"results/runs/{run}/steps/{step}/merged"
+
+
+def step_model_input(run, step):
+    if EXP.runs[run].method == "full":
+        return [f"results/runs/{run}/trained"]
+    return [step_model_path(run, step)]
+
+
+def step_evaluate_gres(wildcards, input):
+    """The GPUs of a kept step's evaluation: the run's final model's (the same architecture)."""
+    model = start_model_path(wildcards.run)
+    bench = EXP.benchmarks[wildcards.bench]
+    return evaluation_gres([bench.config], model, built_by_workflow=model in input, strict=on_cluster())
+
+
+def curves_table():
+    """results/compare/curves.csv when a run evaluates its steps (checkpoint_eval), else nothing."""
+    return ["results/compare/curves.csv"] if any(run.checkpoint_eval for run in EXP.runs.values()) else []
+
+
+def curve_points():
+    """Every point of the curves: per run with checkpoint_eval and benchmark, the model it starts from (step 0, if
+    evaluated), each kept step and the finished run (its last step)."""
+    points = []
+    for name, run in EXP.runs.items():
+        if not run.checkpoint_eval:
+            continue
+        start = run.parent_run or run.base
+        last = run.recipe.training.max_steps
+        for bench in EXP.checkpoint_benchmarks(name):
+            if start in EXP.evaluated_models:
+                points.append(
+                    {
+                        "run": name,
+                        "step": 0,
+                        "point": "base",
+                        "benchmark": bench,
+                        "folder": evaluation_dir(start, bench),
+                    }
+                )
+            for step in run.checkpoint_eval["steps"]:
+                folder = f"results/checkpoint_eval/{name}/{step}/{bench}"
+                points.append({"run": name, "step": step, "point": "checkpoint", "benchmark": bench, "folder": folder})
+            points.append(
+                {"run": name, "step": last, "point": "final", "benchmark": bench, "folder": evaluation_dir(name, bench)}
+            )
+    return points
 
 
 def sizing_model_path(model):

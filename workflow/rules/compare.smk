@@ -42,6 +42,7 @@ rule report:
         trained=[f"results/runs/{run}/trained" for run in EXP.reported_runs],
         configs=[f"results/runs/{run}/config.yaml" for run in EXP.reported_runs],
         searches=[f"results/search/{search}/trials.csv" for search in EXP.searches],
+        curves=curves_table(),
     output:
         html=update("results/report/index.html"),
         plots=report(
@@ -56,6 +57,7 @@ rule report:
         statistics=EXP.statistics,
         protocols=protocol_dirs(),
         searches=report_searches(),
+        curves=next(iter(curves_table()), None),
     script:
         "../scripts/report.py"
 
@@ -91,6 +93,7 @@ onerror:
         protocol_dirs(),
         "results/partial/scores.csv",
         report_searches(),
+        next(iter(curves_table()), None),
     )
     print(
         "koa-ml: some jobs failed; what has finished is in results/partial/summary.md, leaderboard.md and "

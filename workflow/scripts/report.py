@@ -14,5 +14,6 @@ write_report(
     snakemake.params.protocols,
     snakemake.input.scores,
     snakemake.params.searches,
+    snakemake.params.curves,
 )
 logging.info("wrote %s", snakemake.output.html)
