@@ -984,6 +984,85 @@ CASES = [
         f"{CONFIG}: runs.lr.search: a search's trials are trained once each; set replicates: 1 on this run (replicate the best trial afterwards: a run with recipe: results/search/lr/best.yaml, replicates: N)",
     ),
     Bad(
+        "checkpoint-eval-needs-max-steps",
+        {CONFIG: runs(lora={"base": "tiny", "recipe": LORA, "checkpoint_eval": {"every": 10}})},
+        f"{CONFIG}: runs.lora.checkpoint_eval: every needs training.max_steps in {LORA} (the steps are planned before training; epochs make a number of steps known only then); set max_steps, or list steps: [...]",
+    ),
+    Bad(
+        "checkpoint-eval-step-not-before-the-last",
+        {
+            CONFIG: runs(
+                lora={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "overrides": {"training": {"max_steps": 30}},
+                    "checkpoint_eval": {"steps": [10, 30]},
+                }
+            )
+        },
+        f"{CONFIG}: runs.lora.checkpoint_eval.steps: 30 is not before the run's last step (30, training.max_steps): the run's own evaluation is its last step",
+    ),
+    Bad(
+        "checkpoint-eval-every-and-steps",
+        {
+            CONFIG: runs(
+                lora={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "overrides": {"training": {"max_steps": 30}},
+                    "checkpoint_eval": {"every": 10, "steps": [5]},
+                }
+            )
+        },
+        f"{CONFIG}: runs.lora.checkpoint_eval: give every: N or steps: [...] (or checkpoint_eval: all)",
+    ),
+    Bad(
+        "checkpoint-eval-unknown-benchmark",
+        {
+            CONFIG: runs(
+                lora={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "overrides": {"training": {"max_steps": 30}},
+                    "checkpoint_eval": {"every": 10, "benchmarks": ["demo_arith"]},
+                }
+            )
+        },
+        f"{CONFIG}: runs.lora.checkpoint_eval.benchmarks.0: 'demo_arith' is not a benchmark of the experiment (a file stem); did you mean 'demo_arith_mc'?",
+    ),
+    Bad(
+        "checkpoint-eval-nothing-before-the-last",
+        {
+            CONFIG: runs(
+                lora={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "overrides": {"training": {"max_steps": 30}},
+                    "checkpoint_eval": {"every": 30},
+                }
+            )
+        },
+        f"{CONFIG}: runs.lora.checkpoint_eval: no step before the run's last (30); evaluate every fewer steps",
+    ),
+    Bad(
+        "search-with-checkpoint-eval",
+        {
+            CONFIG: runs(
+                lr={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "checkpoint_eval": {"every": 10},
+                    "search": {
+                        "space": {"training.learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}},
+                        "objective": "eval_loss",
+                        "n_trials": 4,
+                    },
+                },
+            )
+        },
+        f"{CONFIG}: runs.lr: checkpoint_eval of a search's trials is not supported; evaluate the best trial's steps with a run of its recipe (results/search/lr/best.yaml)",
+    ),
+    Bad(
         "search-as-a-stage-base",
         {
             CONFIG: runs(

@@ -133,7 +133,7 @@ def _check_search(name: str, spec: dict, replicates: int, source: str) -> None:
     if "checkpoint_eval" in spec:
         raise ConfigError(
             f"{source}: runs.{name}: checkpoint_eval of a search's trials is not supported; evaluate the best "
-            "trial's steps with a run of its recipe (results/search/<run>/best.yaml)"
+            f"trial's steps with a run of its recipe (results/search/{name}/best.yaml)"
         )
     if spec.get("replicates", replicates) > 1:
         raise ConfigError(
