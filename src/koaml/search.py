@@ -407,14 +407,16 @@ def trial_recipe(search: Search, round_yaml: dict, trial: str) -> dict:
     return load_recipe(search.recipe_path, with_point(search.overrides, round_yaml["trials"][trial])).as_dict()
 
 
-def trial_record(search: Search, round_yaml: dict, trial: str) -> dict:
-    """What trial.json says: the search, study and round a trial belongs to, and its parameters."""
-    return {
-        "search": search.name,
-        "study": round_yaml["study"],
-        "round": round_yaml["round"],
-        "params": round_yaml["trials"][trial],
-    }
+def write_trial(search: Search, round_path: str, trial: str, config_out: str, trial_out: str) -> None:
+    """A trial's resolved recipe (its config.yaml) and trial.json: the search, study and round it belongs to, and
+    its parameters (from its round's file)."""
+    from koaml.configfiles import load_yaml
+    from koaml.io import write_json, write_yaml
+
+    asked = load_yaml(round_path)
+    write_yaml(config_out, trial_recipe(search, asked, trial))
+    record = {"search": search.name, "study": asked["study"], "round": asked["round"], "params": asked["trials"][trial]}
+    write_json(trial_out, record)
 
 
 # --- Results ---------------------------------------------------------------------------------------------

@@ -47,13 +47,9 @@ rule trial_config:
     params:
         search=lambda w: EXP.runs[w.run].search,
     run:
-        from koaml.configfiles import load_yaml
-        from koaml.io import write_json, write_yaml
-        from koaml.search import trial_record, trial_recipe
+        from koaml.search import write_trial
 
-        search, asked = EXP.searches[params.search], load_yaml(input.round)
-        write_yaml(output.config, trial_recipe(search, asked, wildcards.run))
-        write_json(output.trial, trial_record(search, asked, wildcards.run))
+        write_trial(EXP.searches[params.search], input.round, wildcards.run, output.config, output.trial)
 
 
 ruleorder: trial_config > run_config
