@@ -30,6 +30,7 @@ DATA = "resources/demo/data/arith_train.jsonl"
 GRPO = "config/recipes/demo_grpo_lora.yaml"
 PROMPTS = "resources/demo/data/arith_prompts_train.jsonl"
 VALIDATION = "config/benchmarks/demo_arith_mc_val.yaml"
+LR_SPACE = {"training.learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}}
 PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"}\n'
 
 
@@ -46,6 +47,13 @@ class Bad:
 def runs(**specs):
     """An edit that replaces the demo's runs."""
     return lambda c: c.update(runs=specs)
+
+
+def search_run(run: dict | None = None, **search) -> Callable[[Any], None]:
+    """An edit whose only run, lr, is a LoRA search (4 trials over the learning rate, eval loss), with ``search``
+    keys replaced and ``run`` keys added."""
+    spec = {"space": LR_SPACE, "objective": "eval_loss", "n_trials": 4, **search}
+    return runs(lr={"base": "tiny", "recipe": LORA, "search": spec, **(run or {})})
 
 
 def sed(path: str, old: str, new: str) -> str:
@@ -708,279 +716,90 @@ CASES = [
     ),
     Bad(
         "search-loguniform-from-zero",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0, "high": 1}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"training.learning_rate": {"type": "loguniform", "low": 0, "high": 1}})},
         f"{CONFIG}: runs.lr.search.space.training.learning_rate: loguniform needs low > 0 (got 0)",
     ),
     Bad(
         "search-low-above-high",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 0.01}})},
         f"{CONFIG}: runs.lr.search.space.training.learning_rate: low (0.1) is greater than high (0.01)",
     ),
     Bad(
         "search-key-of-another-type",
         {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 1, "choices": [1]}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
+            CONFIG: search_run(
+                space={"training.learning_rate": {"type": "uniform", "low": 0.1, "high": 1, "choices": [1]}}
             )
         },
         f"{CONFIG}: runs.lr.search.space.training.learning_rate: choices: not used by type uniform (it takes high, low, step)",
     ),
     Bad(
         "search-categorical-without-choices",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"peft.lora_r": {"type": "categorical"}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"peft.lora_r": {"type": "categorical"}})},
         f"{CONFIG}: runs.lr.search.space.peft.lora_r: type categorical needs choices: [...]",
     ),
     Bad(
         "search-fractional-int",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"peft.lora_r": {"type": "int", "low": 2, "high": 8.5}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"peft.lora_r": {"type": "int", "low": 2, "high": 8.5}})},
         f"{CONFIG}: runs.lr.search.space.peft.lora_r: type int needs whole numbers for low, high and step",
     ),
     Bad(
         "search-not-a-recipe-key",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learnig_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"training.learnig_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}})},
         f"{CONFIG}: runs.lr.search.space: the trials' recipe is invalid: invalid recipe config:",
     ),
     Bad(
         "search-value-the-recipe-refuses",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"peft.lora_r": {"type": "int", "low": 0, "high": 8}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(space={"peft.lora_r": {"type": "int", "low": 0, "high": 8}})},
         f"{CONFIG}: runs.lr.search.space: the point {{'peft.lora_r': 0}} gives an invalid recipe: invalid recipe config:",
     ),
     Bad(
         "search-grid-of-a-continuous-key",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                        "sampler": "grid",
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(sampler="grid")},
         f"{CONFIG}: runs.lr.search.sampler: grid needs a finite space; training.learning_rate is continuous (give it as categorical choices, or use sampler: tpe or random)",
     ),
     Bad(
         "search-grid-smaller-than-the-trials",
         {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"peft.lora_r": {"type": "categorical", "choices": [4, 16]}},
-                        "objective": "eval_loss",
-                        "n_trials": 3,
-                        "sampler": "grid",
-                    },
-                }
+            CONFIG: search_run(
+                space={"peft.lora_r": {"type": "categorical", "choices": [4, 16]}}, n_trials=3, sampler="grid"
             )
         },
         f"{CONFIG}: runs.lr.search.n_trials: 3 trials, but the grid has 2 points",
     ),
     Bad(
         "search-validation-file-missing",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": {"benchmark": "config/benchmarks/demo_arith_val.yaml", "metric": "acc"},
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(objective={"benchmark": "config/benchmarks/demo_arith_val.yaml", "metric": "acc"})},
         f"{CONFIG}: runs.lr.search.objective.benchmark: config/benchmarks/demo_arith_val.yaml: file not found",
     ),
     Bad(
         "search-unknown-task",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": {"benchmark": VALIDATION, "task": "demo_arith_mc", "metric": "acc"},
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(objective={"benchmark": VALIDATION, "task": "demo_arith_mc", "metric": "acc"})},
         f"{CONFIG}: runs.lr.search.objective.task: 'demo_arith_mc' is not a task of {VALIDATION}; did you mean 'demo_arith_mc_val'?",
     ),
     Bad(
         "search-direction-misspelled",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": {"benchmark": VALIDATION, "metric": "acc", "direction": "maximise"},
-                        "n_trials": 4,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(objective={"benchmark": VALIDATION, "metric": "acc", "direction": "maximise"})},
         f"{CONFIG}: runs.lr.search.objective.direction: 'maximise' is not one of ['maximize', 'minimize']",
     ),
     Bad(
         "search-no-trials",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 0,
-                    },
-                }
-            )
-        },
+        {CONFIG: search_run(n_trials=0)},
         f"{CONFIG}: runs.lr.search.n_trials: 0 is less than the minimum of 1",
     ),
     Bad(
         "search-eval-loss-without-eval-split",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                    "overrides": {"data": {"eval_fraction": 0.0}},
-                }
-            )
-        },
+        {CONFIG: search_run({"overrides": {"data": {"eval_fraction": 0.0}}})},
         f"{CONFIG}: runs.lr.search.objective: eval_loss needs an eval split: set data.eval_fraction (e.g. 0.05) or data.eval_dataset in {LORA} (with run overrides)",
     ),
     Bad(
         "search-and-sweep",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                    "sweep": {"peft.lora_r": [4, 8]},
-                }
-            )
-        },
+        {CONFIG: search_run({"sweep": {"peft.lora_r": [4, 8]}})},
         f"{CONFIG}: runs.lr: give sweep or search, not both (a search's space can hold the grid)",
     ),
     Bad(
         "search-replicated",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                    "replicates": 2,
-                }
-            )
-        },
+        {CONFIG: search_run({"replicates": 2})},
         f"{CONFIG}: runs.lr.search: a search's trials are trained once each; set replicates: 1 on this run (replicate the best trial afterwards: a run with recipe: results/search/lr/best.yaml, replicates: N)",
     ),
     Bad(
@@ -1046,20 +865,7 @@ CASES = [
     ),
     Bad(
         "search-with-checkpoint-eval",
-        {
-            CONFIG: runs(
-                lr={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "checkpoint_eval": {"every": 10},
-                    "search": {
-                        "space": {"training.learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}},
-                        "objective": "eval_loss",
-                        "n_trials": 4,
-                    },
-                },
-            )
-        },
+        {CONFIG: search_run({"checkpoint_eval": {"every": 10}})},
         f"{CONFIG}: runs.lr: checkpoint_eval of a search's trials is not supported; evaluate the best trial's steps with a run of its recipe (results/search/lr/best.yaml)",
     ),
     Bad(
