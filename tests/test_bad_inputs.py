@@ -56,6 +56,11 @@ def search_run(run: dict | None = None, **search) -> Callable[[Any], None]:
     return runs(lr={"base": "tiny", "recipe": LORA, "search": spec, **(run or {})})
 
 
+def curves_run(**keys) -> Callable[[Any], None]:
+    """An edit whose only run, lora, trains 30 steps, with ``keys`` (checkpoint_eval, select_checkpoint) added."""
+    return runs(lora={"base": "tiny", "recipe": LORA, "overrides": {"training": {"max_steps": 30}}, **keys})
+
+
 def sed(path: str, old: str, new: str) -> str:
     """The text of a repository file with ``old`` replaced by ``new``."""
     text = (REPO / path).read_text()
@@ -809,64 +814,53 @@ CASES = [
     ),
     Bad(
         "checkpoint-eval-step-not-before-the-last",
-        {
-            CONFIG: runs(
-                lora={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "overrides": {"training": {"max_steps": 30}},
-                    "checkpoint_eval": {"steps": [10, 30]},
-                }
-            )
-        },
+        {CONFIG: curves_run(checkpoint_eval={"steps": [10, 30]})},
         f"{CONFIG}: runs.lora.checkpoint_eval.steps: 30 is not before the run's last step (30, training.max_steps): the run's own evaluation is its last step",
     ),
     Bad(
         "checkpoint-eval-every-and-steps",
-        {
-            CONFIG: runs(
-                lora={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "overrides": {"training": {"max_steps": 30}},
-                    "checkpoint_eval": {"every": 10, "steps": [5]},
-                }
-            )
-        },
+        {CONFIG: curves_run(checkpoint_eval={"every": 10, "steps": [5]})},
         f"{CONFIG}: runs.lora.checkpoint_eval: give every: N or steps: [...] (or checkpoint_eval: all)",
     ),
     Bad(
         "checkpoint-eval-unknown-benchmark",
-        {
-            CONFIG: runs(
-                lora={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "overrides": {"training": {"max_steps": 30}},
-                    "checkpoint_eval": {"every": 10, "benchmarks": ["demo_arith"]},
-                }
-            )
-        },
+        {CONFIG: curves_run(checkpoint_eval={"every": 10, "benchmarks": ["demo_arith"]})},
         f"{CONFIG}: runs.lora.checkpoint_eval.benchmarks.0: 'demo_arith' is not a benchmark of the experiment (a file stem); did you mean 'demo_arith_mc'?",
     ),
     Bad(
         "checkpoint-eval-nothing-before-the-last",
-        {
-            CONFIG: runs(
-                lora={
-                    "base": "tiny",
-                    "recipe": LORA,
-                    "overrides": {"training": {"max_steps": 30}},
-                    "checkpoint_eval": {"every": 30},
-                }
-            )
-        },
+        {CONFIG: curves_run(checkpoint_eval={"every": 30})},
         f"{CONFIG}: runs.lora.checkpoint_eval: no step before the run's last (30); evaluate every fewer steps",
     ),
     Bad(
         "search-with-checkpoint-eval",
         {CONFIG: search_run({"checkpoint_eval": {"every": 10}})},
         f"{CONFIG}: runs.lr: checkpoint_eval of a search's trials is not supported; evaluate the best trial's steps with a run of its recipe (results/search/lr/best.yaml)",
+    ),
+    Bad(
+        "select-checkpoint-without-checkpoint-eval",
+        {CONFIG: curves_run(select_checkpoint={"benchmark": VALIDATION, "metric": "acc"})},
+        f"{CONFIG}: runs.lora.select_checkpoint chooses among the steps checkpoint_eval keeps; add checkpoint_eval (e.g. every: 100) to this run",
+    ),
+    Bad(
+        "select-checkpoint-benchmark-not-found",
+        {
+            CONFIG: curves_run(
+                checkpoint_eval={"every": 10},
+                select_checkpoint={"benchmark": "config/benchmarks/demo_arith_val.yaml", "metric": "acc"},
+            )
+        },
+        f"{CONFIG}: runs.lora.select_checkpoint.benchmark: config/benchmarks/demo_arith_val.yaml: file not found",
+    ),
+    Bad(
+        "select-checkpoint-unknown-task",
+        {
+            CONFIG: curves_run(
+                checkpoint_eval={"every": 10},
+                select_checkpoint={"benchmark": VALIDATION, "task": "demo_arith_mc", "metric": "acc"},
+            )
+        },
+        f"{CONFIG}: runs.lora.select_checkpoint.task: 'demo_arith_mc' is not a task of {VALIDATION}; did you mean 'demo_arith_mc_val'?",
     ),
     Bad(
         "search-as-a-stage-base",

@@ -1,6 +1,6 @@
 """Benchmark curves over training (runs.<name>.checkpoint_eval) on the demo's tiny model: a LoRA run of 30 steps
-evaluated at steps 10 and 20 (kept, merged, evaluated, the merged folders deleted after), its last step (the
-run's own evaluation) and its base as step 0."""
+evaluated at steps 10 and 20 (kept, merged, evaluated, the merged folders deleted after), its last step and its
+base as step 0; the run's model is the step with the best validation score (select_checkpoint)."""
 
 import json
 import subprocess
@@ -24,6 +24,7 @@ CURVES = {
             "recipe": "config/recipes/demo_lora.yaml",
             "overrides": {"training": {"max_steps": 30, "save_steps": 100, "logging_steps": 5, "eval_steps": 10}},
             "checkpoint_eval": {"every": 10},
+            "select_checkpoint": {"benchmark": "config/benchmarks/demo_arith_mc_val.yaml", "metric": "acc"},
         }
     },
     "benchmarks": ["config/benchmarks/demo_arith_mc.yaml"],
@@ -41,11 +42,30 @@ def curves_workflow(tmp_path_factory) -> Path:
 
 def test_three_steps_and_the_base_make_the_curve(curves_workflow):
     table = pd.read_csv(curves_workflow / "results/compare/curves.csv")
-    assert list(table.step) == [0, 10, 20, 30] and list(table.point) == ["base", "checkpoint", "checkpoint", "final"]
+    reported = table[table.benchmark == "demo_arith_mc"]
+    assert list(reported.step) == [0, 10, 20, 30]
+    assert list(reported.point) == ["base", "checkpoint", "checkpoint", "final"]
     assert (table.status == "ok").all() and (table.ci_low <= table.score).all() and (table.score <= table.ci_high).all()
-    final = json.loads((curves_workflow / "results/eval/lora/demo_arith_mc/results.json").read_text())
-    assert table.score.iloc[-1] == pytest.approx(final["results"]["demo_arith_mc"]["acc,none"])
+    last = json.loads((curves_workflow / "results/checkpoint_eval/lora/final/demo_arith_mc/results.json").read_text())
+    assert reported.score.iloc[-1] == pytest.approx(last["results"]["demo_arith_mc"]["acc,none"])
     assert len(set(table.score)) > 1  # the model changes along training
+
+
+def test_the_best_validation_step_is_the_runs_model(curves_workflow):
+    table = pd.read_csv(curves_workflow / "results/compare/curves.csv")
+    validation = table[table.benchmark == "demo_arith_mc_val"]  # no step 0: the base is not evaluated on it
+    assert list(validation.step) == [10, 20, 30]
+    best = validation.step[validation.score == validation.score.max()].min()
+    selection = json.loads((curves_workflow / "results/runs/lora/selected/selection.json").read_text())
+    assert selection["step"] == best and set(table.step[table.selected]) == {best}
+    assert f"step {best} has the highest demo_arith_mc_val/acc of the 3 steps" in selection["why"]
+    # every benchmark of the run is the chosen step's: the same model gives the same score
+    chosen = table[(table.benchmark == "demo_arith_mc") & (table.step == best)].score.iloc[0]
+    run = json.loads((curves_workflow / "results/eval/lora/demo_arith_mc/results.json").read_text())
+    assert run["results"]["demo_arith_mc"]["acc,none"] == pytest.approx(chosen)
+    log = (curves_workflow / "logs/evaluate/lora/demo_arith_mc.log").read_text()
+    assert "evaluating results/runs/lora/selected on" in log
+    assert f"chosen by select_checkpoint: step {best}" in (curves_workflow / "results/report/index.html").read_text()
 
 
 def test_a_lora_step_is_kept_small_and_evaluated_merged(curves_workflow):
@@ -68,5 +88,5 @@ def test_a_finished_curve_plans_nothing_and_shows_in_the_report_and_status(curve
         [str(Path(sys.executable).parent / "koaml"), "status", "--configfile", "curves.yaml"],
         cwd=curves_workflow, env=venv_env(), capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert "step 10 demo_arith_mc" in status and "step 20 demo_arith_mc" in status
+    assert "step 10 demo_arith_mc" in status and "step final demo_arith_mc_val" in status and "select" in status
     assert "pending" not in status

@@ -186,3 +186,17 @@ def test_replicates_get_a_group_row_with_the_mean_and_seed_spread(tmp_path):
     md_path = tmp_path / "s.md"
     write_summary(pairs, tmp_path / "s.csv", md_path)
     assert "| seeds | seed SD |" in md_path.read_text() and "| 3 | 5.0 |" in md_path.read_text()
+
+
+def test_rows_of_the_task_a_model_was_chosen_by_are_marked_biased(tmp_path):
+    base = results_dir(tmp_path, "base", acc=0.25, em=0.1)
+    run = results_dir(tmp_path, "run", acc=0.5, em=0.05)
+    pairs = [{"run": "r", "base_model": "b", "benchmark": "bench", "run_results": run, "base_results": base,
+              "chosen_on": "mc"}]  # fmt: skip
+    table = write_summary(pairs, tmp_path / "s.csv", tmp_path / "s.md")
+    assert table.set_index("task").chosen_on.to_dict() == {"mc": True, "gen": False}
+    md = (tmp_path / "s.md").read_text()
+    assert "| chosen on |" in md and "yes (biased)" in md and "selection bias" in md
+    del pairs[0]["chosen_on"]
+    write_summary(pairs, tmp_path / "s.csv", tmp_path / "s.md")
+    assert "chosen on" not in (tmp_path / "s.md").read_text()  # the column shows only when a row is marked

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from koaml.compare import sample_scores
 from koaml.configfiles import ConfigError
-from koaml.experiment import Experiment, evaluation_dir
+from koaml.experiment import MODEL_FOLDERS, Experiment, evaluation_dir
 
 MAX_EXAMPLES = 100
 
@@ -42,11 +42,10 @@ def chat_pairs(exp: Experiment) -> dict[str, ChatPair]:
     pairs = {}
     for name, run in exp.runs.items():
         folder = Path("results/runs") / name
-        merged, trained = folder / "merged", folder / "trained"
-        if (merged / "config.json").is_file():
-            tuned, adapter = str(merged), None
-        elif (trained / "config.json").is_file():
-            tuned, adapter = str(trained), None
+        trained = folder / "trained"
+        finished = next((folder / f for f in MODEL_FOLDERS if (folder / f / "config.json").is_file()), None)
+        if finished:
+            tuned, adapter = str(finished), None
         elif (trained / "adapter_config.json").is_file():
             tuned, adapter = None, str(trained)
         else:
@@ -74,11 +73,11 @@ def model_path(exp: Experiment, model: str) -> str:
     """Where an evaluated model loads from: a base model's location, or a run's final folder."""
     if model in exp.base_models:
         return exp.base_models[model].location
-    for step in ("merged", "trained"):
+    for step in MODEL_FOLDERS:
         if (Path("results/runs") / model / step / "config.json").is_file():
             return str(Path("results/runs") / model / step)
     raise ConfigError(
-        f"{model}: no finished model in results/runs/{model}/ (merged or trained); run the workflow first"
+        f"{model}: no finished model in results/runs/{model}/ ({', '.join(MODEL_FOLDERS)}); run the workflow first"
     )
 
 

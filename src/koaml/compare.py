@@ -18,7 +18,7 @@ COLUMNS = [
     "run", "base_model", "benchmark", "task", "metric", "filter", "base_score", "score", "delta",
     "ci_low", "ci_high", "p_value", "p_adjusted", "test", "significant", "mde", "underpowered",
     "base_stderr", "stderr", "n", "seeds", "seed_sd", "seed_deltas", "train_hours", "gpu_hours",
-    "replicate_of", "status", "reason", "complete",
+    "replicate_of", "chosen_on", "status", "reason", "complete",
 ]  # fmt: skip
 TWO_LEVEL = "two-level bootstrap"  # the test of a replicate group's row
 # The experiment's `statistics` section when none is given (the schema holds the same defaults).
@@ -137,7 +137,9 @@ def summarize(pairs: list[dict], statistics: dict | None = None) -> pd.DataFrame
     ``pairs`` holds one dict per (run, benchmark): ``run``, ``base_model``, ``benchmark``,
     ``run_results`` and ``base_results`` (evaluation folders; ``None`` when the base is not evaluated),
     ``train_summary`` (the run's ``train_summary.json``, for its cost; None for models not trained here), and for
-    seed replicates ``replicate_of`` (the group) and ``base_group`` (the reference's group, or the reference).
+    seed replicates ``replicate_of`` (the group) and ``base_group`` (the reference's group, or the reference);
+    ``chosen_on``: the task of this benchmark the model was chosen by (a search's objective, a select_checkpoint),
+    whose rows are then marked: their score is inflated by the choice.
     ``statistics``: the experiment's ``correction``, ``alpha`` and ``power``.
     """
     statistics = statistics or DEFAULT_STATISTICS
@@ -147,6 +149,7 @@ def summarize(pairs: list[dict], statistics: dict | None = None) -> pd.DataFrame
         for column, value in training_cost(p.get("train_summary")).items():
             frame[column] = value
         frame["replicate_of"] = p.get("replicate_of")
+        frame["chosen_on"] = frame.task == p["chosen_on"] if p.get("chosen_on") else False
         frames.append(frame)
         if p.get("replicate_of"):
             groups.setdefault((p["replicate_of"], p.get("base_group") or p["base_model"], p["benchmark"]), []).append(p)
@@ -168,7 +171,8 @@ def replicate_rows(key: tuple[str, str, str], members: list[dict], table: pd.Dat
     rows = []
     for (task, metric, filter_name), sub in seeds.groupby(KEYS, sort=False, dropna=False):
         row = {"run": group, "base_model": base_group, "benchmark": benchmark, "task": task, "metric": metric,
-               "filter": filter_name, "seeds": len(sub), "complete": True}  # fmt: skip
+               "filter": filter_name, "seeds": len(sub), "complete": True,
+               "chosen_on": bool(sub.chosen_on.any())}  # fmt: skip
         if (sub.status != "ok").any():
             bad = sub[sub.status != "ok"]
             row.update(status=bad.status.iloc[0], reason=f"{', '.join(bad.run)}: {bad.status.iloc[0]}")
@@ -243,12 +247,15 @@ def to_markdown(table: pd.DataFrame) -> str:
             "seed SD": table.seed_sd.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}"),
             "train h": table.train_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
             "GPU-h": table.gpu_hours.map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+            "chosen on": table.chosen_on.map(lambda v: "yes (biased)" if v is True else ""),
             "status": table.status,
             "reason": table.reason.fillna(""),
         }
     )
     if not (shown.reason != "").any():
         shown = shown.drop(columns="reason")
+    if not (shown["chosen on"] != "").any():
+        shown = shown.drop(columns="chosen on")
     if not (shown.seeds != "").any():
         shown = shown.drop(columns=["seeds", "seed SD"])
     header = "| " + " | ".join(shown.columns) + " |"
@@ -291,7 +298,14 @@ def note(table: pd.DataFrame, statistics: dict | None = None) -> str:
         f"{100 * power:g}% power (underpowered: not significant and |delta| < MDE, so a real effect of this size "
         "would likely be missed: evaluate more items). Cost: hours of the run's training, and GPU-hours. Seed "
         "replicates: a row per replicate (not tested) and one for the group: the mean delta, a two-level bootstrap "
-        "(seeds x items) interval and p-value, the seeds' standard deviation (seed SD, points).\n\n"
+        "(seeds x items) interval and p-value, the seeds' standard deviation (seed SD, points)."
+        + (
+            " Chosen on: the model was chosen by this task's score (a search's objective or select_checkpoint on a "
+            "reported benchmark), so its score here is inflated (selection bias)."
+            if "chosen_on" in table and (table.chosen_on.astype(str) == "True").any()
+            else ""
+        )
+        + "\n\n"
     )
 
 

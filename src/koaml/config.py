@@ -27,13 +27,22 @@ from koaml.configfiles import (
     validate,
 )
 from koaml.datafiles import check_local_data, warn_unused_target_column
-from koaml.experiment import MODEL_SOURCES, RUN_PREFIX, BaseModel, Benchmark, Experiment, Run, is_local_path
+from koaml.experiment import (
+    MODEL_SOURCES,
+    RUN_PREFIX,
+    BaseModel,
+    Benchmark,
+    CheckpointEval,
+    Experiment,
+    Objective,
+    Run,
+    is_local_path,
+)
 from koaml.fetch import check_cached
 from koaml.gguf import check as check_gguf
 from koaml.recipe import Recipe, load_benchmark, load_recipe
 from koaml.search import (
     OBJECTIVE_EVAL_LOSS,
-    Objective,
     Search,
     check_sampler,
     check_space,
@@ -111,10 +120,9 @@ def _checkpoint_steps(name: str, given: str | dict, recipe: Recipe, source: str)
 
 def _check_checkpoint_benchmarks(runs: dict[str, Run], benchmarks: dict, source: str) -> None:
     """Each run's ``checkpoint_eval.benchmarks`` names benchmarks of the experiment."""
-    for name, run in runs.items():
-        for i, bench in enumerate((run.checkpoint_eval or {}).get("benchmarks") or []):
-            group = (run.sweep or run.replicate or {}).get("group", name)
-            key = f"runs.{group}.checkpoint_eval.benchmarks.{i}"
+    for run in runs.values():
+        for i, bench in enumerate((run.checkpoint_eval.benchmarks if run.checkpoint_eval else None) or []):
+            key = f"{run.checkpoint_eval.key}.benchmarks.{i}"
             _known(bench, list(benchmarks), key, source, "a benchmark of the experiment (a file stem)")
 
 
@@ -345,6 +353,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
     benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
     searches, validation = _searches(config, runs, benchmarks, source)
+    runs = _selections(config, runs, benchmarks, validation, source)
     _check_checkpoint_benchmarks(runs, benchmarks, source)
     experiment = Experiment(
         config["experiment"],
@@ -444,7 +453,9 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
     return runs
 
 
-def _run_recipe(name: str, spec: dict, overrides: dict, source: str) -> tuple[Recipe, dict | None, dict | None]:
+def _run_recipe(
+    name: str, spec: dict, overrides: dict, source: str
+) -> tuple[Recipe, CheckpointEval | None, dict | None]:
     """A run's recipe with its overrides, the steps its checkpoint_eval keeps (``training.keep_checkpoints``) and a
     replicate's seed; with the run's checkpoint_eval and replicate records."""
     search = spec.get("_search")
@@ -455,13 +466,19 @@ def _run_recipe(name: str, spec: dict, overrides: dict, source: str) -> tuple[Re
             raise
         raise ConfigError(f"{source}: runs.{search}.search.space: the trials' recipe is invalid: {error}") from None
     checkpoint_eval = None
+    group = spec.get("_sweep", {}).get("group", spec.get("_replicate", {}).get("group", name))
+    if "select_checkpoint" in spec and "checkpoint_eval" not in spec:
+        raise ConfigError(
+            f"{source}: runs.{group}.select_checkpoint chooses among the steps checkpoint_eval keeps; add "
+            "checkpoint_eval (e.g. every: 100) to this run"
+        )
     if "checkpoint_eval" in spec:
-        group = spec.get("_sweep", {}).get("group", spec.get("_replicate", {}).get("group", name))
         steps = _checkpoint_steps(group, spec["checkpoint_eval"], recipe, source)
         overrides = deep_merge(overrides, {"training": {"keep_checkpoints": steps}})
         recipe = load_recipe(spec["recipe"], overrides)
         given = spec["checkpoint_eval"] if spec["checkpoint_eval"] != "all" else {}
-        checkpoint_eval = {"steps": steps, "benchmarks": given.get("benchmarks")}
+        key = f"runs.{group}.checkpoint_eval"
+        checkpoint_eval = CheckpointEval(steps, given.get("benchmarks"), key, spec.get("select_checkpoint"))
     replicate = spec.get("_replicate")
     if replicate:
         seed = recipe.training.seed + replicate["index"]
@@ -547,43 +564,68 @@ def _searches(
 def _objective(
     given: str | dict, recipe: Recipe, benchmarks: dict, validation: dict, config: dict, source: str, run: str
 ) -> Objective:
-    """A search's objective: eval_loss (the recipe must hold out an eval split) or a validation benchmark's metric
-    (its file loaded into ``validation`` unless it is one of the experiment's benchmarks, which is warned about)."""
-    key = f"{source}: runs.{run}.search.objective"
+    """A search's objective: eval_loss (the recipe must hold out an eval split) or a validation benchmark's metric."""
+    key = f"runs.{run}.search.objective"
     if given == OBJECTIVE_EVAL_LOSS:
         if recipe.data.eval_fraction <= 0 and recipe.data.eval_dataset is None:
             raise ConfigError(
-                f"{key}: eval_loss needs an eval split: set data.eval_fraction (e.g. 0.05) or data.eval_dataset in "
-                f"{recipe.source}"
+                f"{source}: {key}: eval_loss needs an eval split: set data.eval_fraction (e.g. 0.05) or "
+                f"data.eval_dataset in {recipe.source}"
             )
         return Objective(OBJECTIVE_EVAL_LOSS, "minimize")
+    return _benchmark_metric(given, benchmarks, validation, config, source, key, "the best trial")
+
+
+def _benchmark_metric(
+    given: dict, benchmarks: dict, validation: dict, config: dict, source: str, key: str, chosen: str
+) -> Objective:
+    """A metric of a validation benchmark's task to choose ``chosen`` by (a search's objective, a run's
+    select_checkpoint): its file loaded into ``validation`` unless it is one of the experiment's benchmarks, which
+    is warned about (choosing by a reported benchmark inflates its score)."""
     path = given["benchmark"]
     name = Path(path).stem
     if name in benchmarks:
         if Path(benchmarks[name].path).resolve() != Path(path).resolve():
             raise ConfigError(
-                f"{key}.benchmark: {path} has the name '{name}' of the experiment's {benchmarks[name].path}"
+                f"{source}: {key}.benchmark: {path} has the name '{name}' of the experiment's {benchmarks[name].path}"
             )
         bench = benchmarks[name]
         log.warning(
-            "%s.benchmark: %s is also one of the experiment's benchmarks: choosing the best trial by it and then "
-            "reporting it is selection bias (the reported score is inflated); use a validation benchmark (another "
-            "split, or other items) for the objective",
-            key, path,
+            "%s: %s.benchmark: %s is also one of the experiment's benchmarks: choosing %s by it and then reporting it "
+            "is selection bias (the reported score is inflated; the table marks its rows); use a validation benchmark "
+            "(another split, or other items)",
+            source, key, path, chosen,
         )  # fmt: skip
     elif name in validation:
         bench = validation[name]
     else:
         if not Path(path).is_file():
-            raise ConfigError(f"{key}.benchmark: {path}: file not found")
-        bench = _load_benchmarks([path], config["benchmark_overrides"], key)[name]
+            raise ConfigError(f"{source}: {key}.benchmark: {path}: file not found")
+        bench = _load_benchmarks([path], config["benchmark_overrides"], f"{source}: {key}")[name]
         validation[name] = bench
     tasks = bench.config.task_names
     task = given.get("task") or (tasks[0] if len(tasks) == 1 else None)
     if task is None:
-        raise ConfigError(f"{key}.task: {path} has several tasks ({', '.join(tasks)}); name the one to optimize")
-    _known(task, tasks, f"runs.{run}.search.objective.task", source, f"a task of {path}")
+        raise ConfigError(
+            f"{source}: {key}.task: {path} has several tasks ({', '.join(tasks)}); name the one to choose by"
+        )
+    _known(task, tasks, f"{key}.task", source, f"a task of {path}")
     return Objective(given["metric"], given.get("direction", "maximize"), name, task, given.get("filter"))
+
+
+def _selections(config: dict, runs: dict[str, Run], benchmarks: dict, validation: dict, source: str) -> dict:
+    """Each run's ``select_checkpoint`` checked into an Objective (once per sweep or replicate group), adding its
+    validation benchmark to ``validation``."""
+    checked: dict[str, Objective] = {}
+    for name, run in runs.items():
+        given = run.checkpoint_eval.select if run.checkpoint_eval else None
+        if not isinstance(given, dict):
+            continue
+        key = run.checkpoint_eval.key.replace(".checkpoint_eval", ".select_checkpoint")
+        if key not in checked:
+            checked[key] = _benchmark_metric(given, benchmarks, validation, config, source, key, "the checkpoint")
+        runs[name] = replace(run, checkpoint_eval=replace(run.checkpoint_eval, select=checked[key]))
+    return runs
 
 
 def _check_fit(experiment: Experiment) -> None:

@@ -27,6 +27,7 @@ GPU_RULES = (
     "evaluate",
     "evaluate_model",
     "evaluate_trial",
+    "evaluate_step",
 )  # the rules with a sized GPU request (workflow/rules/*.smk)
 
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from koaml.configfiles import ConfigError
+from koaml.experiment import MODEL_FOLDERS
 from koaml.integrity import MARKER, damage, mark_complete
 from koaml.io import atomic_dir, config_hash, write_json
 from koaml.modeling import device
@@ -132,16 +133,18 @@ def benchmark_file(name: str) -> str:
 
 
 def model_location(model: str) -> str:
-    """``run:<name>`` as that run's final model folder (merged, or trained for full fine-tuning); else ``model``."""
+    """``run:<name>`` as that run's model folder (the step select_checkpoint chose, else merged, or trained for full
+    fine-tuning); else ``model``."""
     if not model.startswith("run:"):
         return model
     run = model[len("run:") :]
-    for step in ("merged", "trained"):
+    for step in MODEL_FOLDERS:
         folder = Path("results/runs") / run / step
         if (folder / "config.json").is_file():
             return str(folder)
     raise ConfigError(
-        f"--model: {model}: no finished model in results/runs/{run}/ (merged or trained); run the workflow first"
+        f"--model: {model}: no finished model in results/runs/{run}/ ({', '.join(MODEL_FOLDERS)}); run the workflow "
+        "first"
     )
 
 

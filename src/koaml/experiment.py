@@ -16,9 +16,20 @@ def evaluation_dir(model: str, bench: str) -> str:
     return f"results/eval/{model}/{bench}"
 
 
+def step_eval_dir(run: str, step: str, bench: str) -> str:
+    """Where the evaluation of a run's step (a number, or ``final``) on a benchmark is written."""
+    return f"results/checkpoint_eval/{run}/{step}/{bench}"
+
+
 def final_model_dir(run: str, method: str) -> str:
-    """The folder evaluated for a run: the merged model (LoRA/QLoRA) or the trained model (full)."""
+    """A run's model at its last step: the merged model (LoRA/QLoRA) or the trained model (full)."""
     return f"results/runs/{run}/{'trained' if method == 'full' else 'merged'}"
+
+
+SELECTED = "selected"  # results/runs/<run>/selected: the step select_checkpoint chose (its model files)
+# A run's model folders, in the order they stand for the run: the chosen step, else the last step's.
+MODEL_FOLDERS = (SELECTED, "merged", "trained")
+FINAL_STEP = "final"  # the last step's name among a run's evaluated steps (its number is known once trained)
 
 
 MODEL_SOURCES = ("model_name", "build", "gguf")
@@ -60,6 +71,35 @@ ADAPTER_SUFFIX = "_adapter"
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What a search optimizes or select_checkpoint chooses by: ``eval_loss`` (from training; searches only) or a
+    metric of a validation benchmark's task."""
+
+    metric: str
+    direction: str
+    benchmark: str | None = None  # the validation benchmark's name (its file's stem)
+    task: str | None = None
+    filter: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.benchmark is None:
+            return self.metric
+        task = "" if self.task == self.benchmark else f"{self.task}/"
+        return f"{self.benchmark}/{task}{self.metric}"
+
+
+@dataclass(frozen=True)
+class CheckpointEval:
+    """``runs.<name>.checkpoint_eval`` (and ``select_checkpoint``) of a run."""
+
+    steps: list[int]  # the kept steps, before the last
+    benchmarks: list[str] | None  # names of the experiment's benchmarks; None: all of them
+    key: str  # runs.<name>.checkpoint_eval, for messages
+    select: Objective | dict | None = None  # select_checkpoint: the given dict until checked into an Objective
+
+
+@dataclass(frozen=True)
 class Run:
     name: str
     base: str  # a base model's name, or "run:<name>" to start from another run (multi-stage)
@@ -68,12 +108,22 @@ class Run:
     sweep: dict | None = field(default=None, hash=False)  # {"group": run name, "point": {dotted key: value}}
     replicate: dict | None = field(default=None, hash=False)  # {"group": run name, "index": 0.., "seed": int}
     search: str | None = None  # the search this run is a trial of (runs.<search>.search)
-    checkpoint_eval: dict | None = field(default=None, hash=False)  # {"steps": [...], "benchmarks": [...]}
+    checkpoint_eval: CheckpointEval | None = field(default=None, hash=False)
 
     @property
     def method(self) -> str:
         """'full', 'lora' or 'qlora'."""
         return self.recipe.method
+
+    @property
+    def selection(self) -> Objective | None:
+        """What select_checkpoint chooses the run's model by, if it does."""
+        return self.checkpoint_eval.select if self.checkpoint_eval else None
+
+    @property
+    def model_dir(self) -> str:
+        """The folder that stands for the run: its chosen step (select_checkpoint), else its last step's model."""
+        return f"results/runs/{self.name}/{SELECTED}" if self.selection else final_model_dir(self.name, self.method)
 
     @property
     def parent_run(self) -> str | None:
@@ -100,7 +150,8 @@ class Experiment:
     statistics: dict = field(default_factory=dict)  # the comparison's correction, alpha and power
     group_by_model: bool = False  # one evaluation job per model, for all its benchmarks (evaluation.group_by_model)
     searches: dict = field(default_factory=dict)  # runs.<name>.search by name (koaml.search.Search); trials are runs
-    validation_benchmarks: dict[str, Benchmark] = field(default_factory=dict)  # searches' objectives, not reported
+    # what searches and select_checkpoint choose by, when not one of the reported benchmarks
+    validation_benchmarks: dict[str, Benchmark] = field(default_factory=dict)
 
     @property
     def replicate_groups(self) -> dict[str, list[str]]:
@@ -142,8 +193,22 @@ class Experiment:
 
     def checkpoint_benchmarks(self, run: str) -> list[str]:
         """The benchmarks a run's kept steps are evaluated on (checkpoint_eval.benchmarks, default: all)."""
-        return self.runs[run].checkpoint_eval.get("benchmarks") or list(self.benchmarks)
+        return self.runs[run].checkpoint_eval.benchmarks or list(self.benchmarks)
+
+    def step_evaluations(self, run: str) -> list[tuple[str, str]]:
+        """(step, benchmark) of each evaluation of a run's steps: its kept steps on its checkpoint benchmarks; with
+        select_checkpoint, on the validation benchmark too, and the last step (``final``) as well, since the run's
+        own evaluations are then the chosen step's."""
+        spec = self.runs[run].checkpoint_eval
+        if spec is None:
+            return []
+        benches = self.checkpoint_benchmarks(run)
+        steps = [str(step) for step in spec.steps]
+        if spec.select:
+            benches = benches + [spec.select.benchmark] * (spec.select.benchmark not in benches)
+            steps.append(FINAL_STEP)
+        return [(step, bench) for step in steps for bench in benches]
 
     def benchmark(self, name: str) -> Benchmark:
-        """A benchmark suite by name: one of the experiment's or a search's validation benchmark."""
+        """A benchmark suite by name: one of the experiment's or a validation benchmark."""
         return self.benchmarks.get(name) or self.validation_benchmarks[name]

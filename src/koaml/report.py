@@ -15,6 +15,7 @@ import pandas as pd
 from koaml import leaderboard
 from koaml.compare import note, partial_banner
 from koaml.io import write_text_atomic
+from koaml.selection import SELECTION_FILE
 
 PACKAGES = ("koaml", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "snakemake")
 
@@ -214,7 +215,8 @@ def plot_search(name: str, search: dict, trials: pd.DataFrame, importances: dict
 
 def plot_curves(curves: pd.DataFrame, histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     """For each run and benchmark/task/metric of checkpoint_eval: the score at each step with its interval (the
-    base at step 0), and the run's training and eval losses on the same step axis."""
+    base at step 0, the step select_checkpoint chose marked), and the run's training and eval losses on the same
+    step axis."""
     plt = _pyplot()
     paths = []
     done = curves[curves.status == "ok"]
@@ -229,6 +231,9 @@ def plot_curves(curves: pd.DataFrame, histories: dict[str, list[dict]], out_dir:
         )
         base = sub[sub.point == "base"]
         ax.plot(base.step, 100 * base.score, "s", color="gray", label="start (step 0)")
+        chosen = sub[sub.selected.astype(str) == "True"]
+        if len(chosen):
+            ax.axvline(chosen.step.iloc[0], color="C2", linestyle=":", label="chosen step (select_checkpoint)")
         ax.set_xlabel("step")
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{run}: {bench}")
@@ -383,7 +388,8 @@ def write_report(
     searches: dict[str, dict] | None = None,
     curves_csv: str | Path | None = None,
 ) -> None:
-    """Render the HTML report; ``runs`` maps run -> {trained, config, data, sweep} paths/info; ``statistics``
+    """Render the HTML report; ``runs`` maps run -> {trained, config, sweep, selected (select_checkpoint's folder)}
+    paths/info; ``statistics``
     the experiment's correction, alpha and power; ``protocols`` each benchmark's evaluation folder whose
     ``protocol.json`` says which settings produced the numbers; ``scores_csv`` every model's own scores (the
     leaderboard); ``searches`` each search's folder and settings; ``curves_csv`` the scores over training
@@ -401,6 +407,11 @@ def write_report(
         trained = Path(info["trained"])
         summaries[run] = json.loads((trained / "train_summary.json").read_text())
         histories[run] = json.loads((trained / "log_history.json").read_text())
+    selections = {  # select_checkpoint: the step chosen for each run that chooses one, and why
+        run: json.loads((Path(info["selected"]) / SELECTION_FILE).read_text())
+        for run, info in runs.items()
+        if info.get("selected") and (Path(info["selected"]) / SELECTION_FILE).is_file()
+    }
     sweeps: dict[str, dict] = {}
     for run, info in runs.items():
         if info.get("sweep"):
@@ -439,6 +450,7 @@ def write_report(
                 "trainer": s.get("trainer_type", "sft"),
                 "method": s["method"],
                 "steps": s["global_step"],
+                "chosen step": selections[run]["step"] if run in selections else "",
                 "train loss": f"{s['train_loss']:.4f}",
                 "eval loss": "" if s.get("final_eval_loss") is None else f"{s['final_eval_loss']:.4f}",
                 "config hash": s.get("config_hash", ""),
@@ -451,6 +463,8 @@ def write_report(
             for run, s in summaries.items()
         ]
     )
+    if not selections:
+        training_rows = training_rows.drop(columns="chosen step", errors="ignore")
     configs = "".join(
         f"<details><summary>{html.escape(run)}: resolved recipe</summary><pre>{html.escape(Path(info['config']).read_text())}</pre></details>"
         for run, info in runs.items()
@@ -483,6 +497,7 @@ def write_report(
 {protocol_html}
 <h2>Training</h2>
 {_table_html(training_rows) if runs else "<p>No model is trained in this experiment.</p>"}
+{"".join(f"<p>{html.escape(run)}: chosen by select_checkpoint: {html.escape(r['why'])}.</p>" for run, r in selections.items())}
 {configs}
 <h2>Provenance</h2><p>{html.escape(packages)}</p>
 </body></html>

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from koaml.configfiles import ConfigError, set_dotted
-from koaml.experiment import final_model_dir
+from koaml.experiment import Objective, final_model_dir
 
 log = logging.getLogger("koaml")
 
@@ -34,24 +34,6 @@ _KEYS = {  # the keys each distribution type takes besides `type`
     "int": {"low", "high", "step", "log"},
     "categorical": {"choices"},
 }
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What a search optimizes: ``eval_loss`` (from training) or a metric of a validation benchmark's task."""
-
-    metric: str
-    direction: str
-    benchmark: str | None = None  # the validation benchmark's name (its file's stem)
-    task: str | None = None
-    filter: str | None = None
-
-    @property
-    def label(self) -> str:
-        if self.benchmark is None:
-            return self.metric
-        task = "" if self.task == self.benchmark else f"{self.task}/"
-        return f"{self.benchmark}/{task}{self.metric}"
 
 
 @dataclass(frozen=True)
@@ -347,9 +329,9 @@ def benchmark_score(objective: Objective, eval_dir: str) -> float:
         found = [r for r in found if r["filter"] == objective.filter]
     if len(found) != 1:
         there = ", ".join(sorted({f"{r['metric']} (filter {r['filter']})" for r in rows})) or "none"
-        what = "several filters; give objective.filter" if len(found) > 1 else "not found"
+        what = "several filters; give its filter" if len(found) > 1 else "not found"
         raise SystemExit(
-            f"search objective: metric '{objective.metric}' of task '{objective.task}' in {path}: {what}; "
+            f"choosing by {objective.label}: metric '{objective.metric}' of task '{objective.task}' in {path}: {what}; "
             f"the task has: {there}"
         )
     return found[0]["score"]

@@ -17,7 +17,7 @@ from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
-from koaml.experiment import Experiment, evaluation_dir
+from koaml.experiment import Experiment, evaluation_dir, step_eval_dir
 from koaml.integrity import damage
 from koaml.search import search_dir, trial_eval_dir
 
@@ -83,13 +83,12 @@ def checkpoint_steps(exp: Experiment) -> list[Step]:
     """The evaluations of each run's kept steps (checkpoint_eval)."""
     steps = []
     for name, run in exp.runs.items():
-        for step in (run.checkpoint_eval or {}).get("steps", []):
-            for bench in exp.checkpoint_benchmarks(name):
-                out, log = (
-                    f"results/checkpoint_eval/{name}/{step}/{bench}",
-                    f"logs/evaluate/{name}/step{step}/{bench}.log",
-                )
-                steps.append(Step(name, f"step {step} {bench}", "evaluate_step", (name, str(step), bench), out, log))
+        for step, bench in exp.step_evaluations(name):
+            out, log = step_eval_dir(name, step, bench), f"logs/evaluate/{name}/step{step}/{bench}.log"
+            steps.append(Step(name, f"step {step} {bench}", "evaluate_step", (name, step, bench), out, log))
+        if run.selection:
+            log = f"logs/select_checkpoint/{name}.log"
+            steps.append(Step(name, "select", "select_checkpoint", (name,), run.model_dir, log))
     return steps
 
 

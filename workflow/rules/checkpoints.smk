@@ -1,5 +1,6 @@
 # Benchmark curves over training (runs.<name>.checkpoint_eval): the kept steps of a run (<trained>/steps/<step>,
-# koaml.snapshots), merged when LoRA, each evaluated on each of its benchmarks like any model.
+# koaml.snapshots), merged when LoRA, each evaluated on each of its benchmarks like any model; with
+# select_checkpoint, the step whose validation score is best becomes the run's model (koaml.selection).
 
 
 rule merge_step:
@@ -12,6 +13,8 @@ rule merge_step:
         temp(directory("results/runs/{run}/steps/{step}/merged")),
     log:
         "logs/merge/{run}/step{step}.log",
+    wildcard_constraints:
+        step=r"\d+",
     resources:
         mem_mb=run_mem_mb,
     params:
@@ -41,10 +44,35 @@ rule evaluate_step:
         "koaml evaluate --config {input.config} --model {params.model} --out {output} --threads {threads} > {log} 2>&1"
 
 
+rule select_checkpoint:
+    """The run's model: the step (kept or last) with the best score on select_checkpoint's validation benchmark, in
+    results/runs/{run}/selected (linked, or a kept LoRA step merged again) with selection.json (the scores, why)."""
+    input:
+        config="results/runs/{run}/config.yaml",
+        trained="results/runs/{run}/trained",
+        evaluations=lambda w: [c["evaluation"] for c in selection_candidates(w.run)],
+        final=lambda w: final_model_dir(w.run),
+        model=lambda w: start_model_input(w.run),
+    output:
+        directory("results/runs/{run}/selected"),
+    log:
+        "logs/select_checkpoint/{run}.log",
+    resources:
+        mem_mb=run_mem_mb,
+    params:
+        objective=lambda w: EXP.runs[w.run].selection,
+        candidates=lambda w: selection_candidates(w.run),
+        reported=lambda w: EXP.runs[w.run].selection.benchmark in EXP.benchmarks,
+        base=lambda w: start_model_path(w.run),
+    script:
+        "../scripts/select_checkpoint.py"
+
+
 rule curves:
     """Each run's scores over its steps, base as step 0: results/compare/curves.csv."""
     input:
         [point["folder"] for point in curve_points()],
+        {EXP.runs[point["run"]].model_dir for point in curve_points() if point["selection"]},
     output:
         update("results/compare/curves.csv"),
     log:

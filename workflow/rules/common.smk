@@ -8,12 +8,13 @@ import sys
 
 from koaml.config import NAME_PATTERN, load_experiment
 from koaml.configfiles import ConfigError, load_yaml
-from koaml.experiment import evaluation_dir
+from koaml.experiment import FINAL_STEP, evaluation_dir, step_eval_dir
 from koaml.experiment import final_model_dir as run_model_dir
 from koaml.fetch import requirements as fetch_requirements
 from koaml.integrity import check_finished_outputs
 from koaml.resources import evaluation_gres, gguf_conversion_mem_mb, model_job_mem_mb, training_gres
 from koaml.lifecycle import CONTROLLER_PID_VARIABLE
+from koaml.selection import SELECTION_FILE
 from koaml.snapshots import STEPS_DIR
 from koaml.search import TRIAL_FILE, round_file, search_dir, trial_eval_dir, trial_name, warn_if_study_changed
 
@@ -54,7 +55,7 @@ wildcard_constraints:
     bench=_alternation([*EXP.benchmarks, *EXP.validation_benchmarks]),
     search=_alternation(EXP.searches),
     round=r"\d+",
-    step=r"\d+",
+    step=rf"\d+|{FINAL_STEP}",
 
 
 def base_model_path(base):
@@ -68,17 +69,18 @@ def base_model_input(base):
 
 
 def start_model_path(run):
-    """What a run trains from: its base model, or the final model of the run it continues (multi-stage)."""
+    """What a run trains from: its base model, or the model of the run it continues (multi-stage)."""
     parent = EXP.runs[run].parent_run
-    return final_model_dir(parent) if parent else base_model_path(EXP.runs[run].base)
+    return EXP.runs[parent].model_dir if parent else base_model_path(EXP.runs[run].base)
 
 
 def start_model_input(run):
     parent = EXP.runs[run].parent_run
-    return [final_model_dir(parent)] if parent else base_model_input(EXP.runs[run].base)
+    return [EXP.runs[parent].model_dir] if parent else base_model_input(EXP.runs[run].base)
 
 
 def final_model_dir(run):
+    """A run's model at its last step (the run's model unless select_checkpoint chooses another step)."""
     return run_model_dir(run, EXP.runs[run].method)
 
 
@@ -89,7 +91,7 @@ def model_path(model):
         return start_model_path(EXP.adapter_models[model])
     if model in EXP.searches:
         return f'"$(cat {best_model_file(model)})"'
-    return final_model_dir(model) if model in EXP.runs else base_model_path(model)
+    return EXP.runs[model].model_dir if model in EXP.runs else base_model_path(model)
 
 
 def model_input(model):
@@ -98,26 +100,48 @@ def model_input(model):
         return [f"results/runs/{run}/trained", *start_model_input(run)]
     if model in EXP.searches:
         return [best_model_file(model), *start_model_input(trial_name(model, 1))]
-    return [final_model_dir(model)] if model in EXP.runs else base_model_input(model)
+    return [EXP.runs[model].model_dir] if model in EXP.runs else base_model_input(model)
 
 
 def step_model_path(run, step):
-    """A kept step's model: merged (LoRA/QLoRA, deleted once evaluated) or the kept full model itself."""
+    """A step's model: the last step's (``final``), a kept step merged (LoRA/QLoRA, deleted once evaluated) or the
+    kept full model itself."""
+    if step == FINAL_STEP:
+        return final_model_dir(run)
     if EXP.runs[run].method == "full":
         return f"results/runs/{run}/trained/{STEPS_DIR}/{step}"
     return f"results/runs/{run}/steps/{step}/merged"
 
 
 def step_model_input(run, step):
-    if EXP.runs[run].method == "full":
+    if EXP.runs[run].method == "full" and step != FINAL_STEP:
         return [f"results/runs/{run}/trained"]
     return [step_model_path(run, step)]
+
+
+def selection_candidates(run):
+    """The steps select_checkpoint chooses among (the kept ones and the last): each step's evaluation on the
+    validation benchmark, its model folder (None for a kept LoRA/QLoRA step) and, for LoRA/QLoRA, its adapter."""
+    spec = EXP.runs[run]
+    trained = f"results/runs/{run}/trained"
+    return [
+        {
+            "step": step,
+            "evaluation": step_eval_dir(run, step, spec.selection.benchmark),
+            # a merged kept step is deleted once evaluated: the rule merges the chosen one again
+            "model": None if spec.method != "full" and step != FINAL_STEP else step_model_path(run, step),
+            "adapter": (
+                None if spec.method == "full" else trained if step == FINAL_STEP else f"{trained}/{STEPS_DIR}/{step}"
+            ),
+        }
+        for step in [*map(str, spec.checkpoint_eval.steps), FINAL_STEP]
+    ]
 
 
 def step_evaluate_gres(wildcards, input):
     """The GPUs of a kept step's evaluation: the run's final model's (the same architecture)."""
     model = start_model_path(wildcards.run)
-    bench = EXP.benchmarks[wildcards.bench]
+    bench = EXP.benchmark(wildcards.bench)
     return evaluation_gres([bench.config], model, built_by_workflow=model in input, strict=on_cluster())
 
 
@@ -128,30 +152,28 @@ def curves_table():
 
 def curve_points():
     """Every point of the curves: per run with checkpoint_eval and benchmark, the model it starts from (step 0, if
-    evaluated), each kept step and the finished run (its last step)."""
+    evaluated), each kept step and its last step (``step`` None: read from the run's training summary), with the
+    run's selection.json when select_checkpoint chooses one of them."""
     points = []
     for name, run in EXP.runs.items():
         if not run.checkpoint_eval:
             continue
         start = run.parent_run or run.base
-        last = run.recipe.training.max_steps
-        for bench in EXP.checkpoint_benchmarks(name):
-            if start in EXP.evaluated_models:
-                points.append(
-                    {
-                        "run": name,
-                        "step": 0,
-                        "point": "base",
-                        "benchmark": bench,
-                        "folder": evaluation_dir(start, bench),
-                    }
-                )
-            for step in run.checkpoint_eval["steps"]:
-                folder = f"results/checkpoint_eval/{name}/{step}/{bench}"
-                points.append({"run": name, "step": step, "point": "checkpoint", "benchmark": bench, "folder": folder})
-            points.append(
-                {"run": name, "step": last, "point": "final", "benchmark": bench, "folder": evaluation_dir(name, bench)}
-            )
+        folders = {(step, bench): step_eval_dir(name, step, bench) for step, bench in EXP.step_evaluations(name)}
+        if not run.selection:  # the last step is the run's own evaluation
+            folders |= {(FINAL_STEP, bench): evaluation_dir(name, bench) for bench in EXP.checkpoint_benchmarks(name)}
+        benches = dict.fromkeys(bench for _, bench in folders)
+        if start in EXP.evaluated_models:  # step 0
+            folders = {("0", b): evaluation_dir(start, b) for b in benches if b in EXP.benchmarks} | folders
+        common = {
+            "run": name,
+            "summary": f"results/runs/{name}/trained/train_summary.json",
+            "selection": f"{run.model_dir}/{SELECTION_FILE}" if run.selection else None,
+        }
+        for (step, bench), folder in folders.items():
+            point = "base" if step == "0" else "final" if step == FINAL_STEP else "checkpoint"
+            number = None if step == FINAL_STEP else int(step)
+            points.append({**common, "step": number, "point": point, "benchmark": bench, "folder": folder})
     return points
 
 
@@ -226,10 +248,19 @@ def comparison_pairs():
             "train_summary": train_summary(model),
             "replicate_of": replicate_group(model),
             "base_group": replicate_group(reference) or reference,
+            "chosen_on": chosen_on(model, bench),
         }
         for reference, model in EXP.comparisons
         for bench in EXP.benchmarks
     ]
+
+
+def chosen_on(model, bench):
+    """The task of ``bench`` a model was chosen by (a search's objective, a run's select_checkpoint), or None."""
+    objective = (
+        EXP.searches[model].objective if model in EXP.searches else getattr(EXP.runs.get(model), "selection", None)
+    )
+    return objective.task if objective and objective.benchmark == bench else None
 
 
 def train_summary(model):
@@ -262,6 +293,7 @@ def report_runs(finished_only=False):
             "trained": f"results/runs/{name}/trained",
             "config": f"results/runs/{name}/config.yaml",
             "sweep": run.sweep,
+            "selected": run.model_dir if run.selection else None,
         }
         for name, run in EXP.runs.items()
         if run.search is None

@@ -41,6 +41,7 @@ rule report:
         scores="results/compare/scores.csv",
         trained=[f"results/runs/{run}/trained" for run in EXP.reported_runs],
         configs=[f"results/runs/{run}/config.yaml" for run in EXP.reported_runs],
+        selected=[EXP.runs[run].model_dir for run in EXP.reported_runs if EXP.runs[run].selection],
         searches=[f"results/search/{search}/trials.csv" for search in EXP.searches],
         curves=curves_table(),
     output:
