@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast coverage lint venv browser slurm clean
+.PHONY: demo test test-fast coverage lint venv browser slurm clean gpu-carry
 
 venv: $(STAMP)
 
@@ -61,6 +61,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/python tests/lint_workflow.py
+
+# What bench/gpu_check.sh needs on a lent GPU machine (wheels the machine lacks, SmolLM2's tokenizer): bench/carry/,
+# checked to stay under what a device call carries. Then the device tool runs `bash bench/gpu_check.sh` with
+# carry: ["bench/carry"].
+gpu-carry: $(STAMP)
+	$(BIN)/python bench/gpu_carry.py
 
 # Headless Chromium renders the HTML report in a test; installed with apt-get where we may.
 browser:

@@ -144,3 +144,28 @@ def test_suite_time_times_the_fast_tier_and_lists_the_slowest_tests(tmp_path):
     assert result["passed"] and result["kind"] == "fast" and result["budget_s"] == 180
     assert "passed" in result["pytest_summary"] and 0 < result["pytest_s"] < result["seconds"]
     assert result["slowest"] and all(row["test"].startswith("tests/test_stats.py::") for row in result["slowest"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_every_step_of_the_gpu_path_on_the_cpu(tmp_path, tiny_model):
+    env = dict(os.environ, KOAML_BENCH_OUT=str(tmp_path), KOAML_TINY_MODEL=str(tiny_model), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--dry"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["dry"] and result["failed_steps"] == [] and result["environment"]["device"] == "cpu"
+    assert {r["run"] for r in result["training"]} == {
+        f"{method}-64-{packing}" for method in ("lora", "qlora", "full") for packing in ("packed", "unpacked")
+    }
+    for run in result["training"]:
+        assert run["steps"] == result["steps_per_run"] and run["tokens_per_s"] > 0 and run["estimate_mb"] > 0
+    assert all(0 <= result["lm_eval"][model]["acc"] <= 1 for model in ("base", "lora"))
+    assert result["attention_weight"]["device"] == "cpu" and result["attention_weight"]["samples"] > 0
+
+
+def test_gpu_carry_takes_what_the_device_lacks():
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_carry import DEVICE_PACKAGES, closure
+
+    carried = closure()
+    assert {"trl", "lm-eval", "bitsandbytes", "datasets"} <= set(carried) and "torch" in DEVICE_PACKAGES
+    assert not set(carried) & DEVICE_PACKAGES
