@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast coverage lint venv browser slurm clean gpu-carry
+.PHONY: demo test test-fast coverage lint venv browser slurm clean gpu-carry docs-figures
 
 venv: $(STAMP)
 
@@ -61,6 +61,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/python tests/lint_workflow.py
+
+# The README's tables that the code produces, from the demo's results (run here) and, with SMOLLM2=<folder>, the
+# SmolLM2 example's (docs/make_figures.py).
+docs-figures: demo
+	$(BIN)/python docs/make_figures.py --demo results $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
 
 # What bench/gpu_check.sh needs on a lent GPU machine (wheels the machine lacks, SmolLM2's tokenizer): bench/carry/,
 # checked to stay under what a device call carries. Then the device tool runs `bash bench/gpu_check.sh` with

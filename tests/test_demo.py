@@ -2,10 +2,11 @@
 real; reruns are minimal; a killed workflow resumes its training."""
 
 import json
+import sys
 
 import pandas as pd
 import pytest
-from conftest import ONE_THREAD_JOBS, copy_results, dry_run, planned_jobs, secret_leaks, snakemake
+from conftest import ONE_THREAD_JOBS, REPO, copy_results, dry_run, planned_jobs, secret_leaks, snakemake
 
 pytestmark = pytest.mark.slow
 BENCHES = ("demo_arith_mc", "demo_arith_gen")
@@ -26,6 +27,16 @@ def test_summary_shows_fine_tuning_helped(demo_workflow):
     assert (table.delta == table.score - table.base_score).all()
     assert full_mc.significant and full_mc.test == "mcnemar" and full_mc.ci_low > 0 and (table.status == "ok").all()
     assert "| tiny-full | tiny | demo_arith_mc |" in (demo_workflow / "results/compare/summary.md").read_text()
+
+
+def test_the_readme_shows_the_table_the_demo_produces(demo_workflow):
+    """The demo is deterministic (seeded data order, initialisation and dropout; greedy evaluation): the README's
+    table (docs/make_figures.py, from `make demo`) is what the suite's run of it gives, whatever its thread count."""
+    sys.path.insert(0, str(REPO / "docs"))
+    from make_figures import comparison_table, section
+
+    produced = comparison_table(demo_workflow / "results/compare/summary.csv")
+    assert section((REPO / "README.md").read_text(), "demo") == produced, f"make docs-figures gives:\n{produced}"
 
 
 def test_leaderboard_ranks_every_model_with_its_own_interval(demo_workflow):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -137,3 +138,19 @@ def test_a_slurm_job_shows_its_id_and_state(local_slurm, demo):
         assert "running" in line and job in line
     finally:
         subprocess.run(["scancel", job], env=env, timeout=60)
+
+
+@pytest.mark.parametrize(("text", "found"), [("", "nothing (an empty file)"), ("- a\n- b\n", "a list")])
+def test_an_experiment_file_that_is_no_mapping_is_named(tmp_path, text, found):
+    from koaml.cli import _experiment
+    from koaml.configfiles import ConfigError
+
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"{path}: the top level must be a mapping of keys (experiment:, runs:, benchmarks:, ...); found {found}"
+        ),
+    ):
+        _experiment([str(path)])

@@ -122,12 +122,18 @@ def _search_summary(a):
 def _experiment(configfiles: list[str] | None):
     """The experiment of these files, merged as Snakemake does (the demo's config/config.yaml when none)."""
     from koaml.config import load_experiment
-    from koaml.configfiles import deep_merge, load_yaml
+    from koaml.configfiles import ConfigError, deep_merge, load_yaml
 
     files = configfiles or ["config/config.yaml"]
     config: dict = {}
     for path in files:
-        config = deep_merge(config, load_yaml(path) or {})
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            found = "nothing (an empty file)" if loaded is None else f"a {type(loaded).__name__}"
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of keys (experiment:, runs:, benchmarks:, ...); found {found}"
+            )
+        config = deep_merge(config, loaded)
     return load_experiment(config, source=", ".join(files))
 
 

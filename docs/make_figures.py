@@ -1,0 +1,77 @@
+"""The README's tables that the code produces, regenerated from the results that produced them, between marked
+lines (``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->``), so that no figure is copied by hand.
+
+- ``demo``: the demo experiment's comparison (``make demo``'s results/compare/summary.csv); deterministic, and
+  tests/test_demo.py checks that the README's table is what the suite's demo run produces.
+- ``smollm2``: config/examples/smollm2.yaml's comparison (17 minutes on 2 cores; regenerated when its results
+  folder is given).
+
+    make docs-figures                                   # runs the demo, then this script on its results
+    .venv/bin/python docs/make_figures.py --demo results [--smollm2 <folder of the example's results>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def comparison_table(summary_csv: str | Path) -> str:
+    """A sentence on what is significant, and the table of every row: scores, delta, its interval, adjusted p."""
+    table = pd.read_csv(summary_csv)
+    table = table[table.replicate_of.isna()] if "replicate_of" in table else table
+    rows = [
+        f"| {r.run} | {r.benchmark} | {r.metric} | {_pct(r.base_score)} | {_pct(r.score)} | {100 * r.delta:+.1f} | "
+        f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] | {r.p_adjusted:.2g} | {'yes' if r.significant else 'no'} |"
+        for r in table.sort_values(["benchmark", "run"]).itertuples()
+    ]
+    significant = int(table.significant.sum())
+    not_significant = [f"{r.run} on {r.benchmark}" for r in table[~table.significant.astype(bool)].itertuples()]
+    underpowered = [f"{r.run} on {r.benchmark}" for r in table[table.underpowered.astype(bool)].itertuples()]
+    sentence = f"{significant} of {len(table)} gains are significant after the correction"
+    if not_significant:
+        sentence += f"; not: {', '.join(not_significant)}"
+    if underpowered:
+        sentence += f" (underpowered: {', '.join(underpowered)}: more items could tell)"
+    header = "| run | benchmark | metric | base | score | delta | 95% CI | p adj. | sig. |\n|---|---|---|---|---|---|---|---|---|"
+    return f"{sentence}.\n\n{header}\n" + "\n".join(rows)
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between the ``name`` markers replaced by ``body``."""
+    pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- generated: {name} --> ... <!-- end: {name} --> section")
+    return pattern.sub(lambda m: m[1] + body + m[2], text)
+
+
+def section(text: str, name: str) -> str:
+    """The body between the ``name`` markers."""
+    match = re.search(rf"<!-- generated: {name} -->\n(.*?)\n<!-- end: {name} -->", text, re.DOTALL)
+    return match[1] if match else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="results", help="the demo's results folder")
+    parser.add_argument("--smollm2", help="config/examples/smollm2.yaml's results folder (else left as it is)")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    text = replace_section(text, "demo", comparison_table(Path(args.demo) / "compare/summary.csv"))
+    if args.smollm2:
+        text = replace_section(text, "smollm2", comparison_table(Path(args.smollm2) / "compare/summary.csv"))
+    README.write_text(text)
+    print(f"README.md: regenerated the demo table{' and the SmolLM2 table' if args.smollm2 else ''}")
+
+
+if __name__ == "__main__":
+    main()
