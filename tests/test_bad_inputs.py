@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, copy_workflow, dry_run, dry_runs, planned_jobs, snakemake
+from conftest import REPO, SMOLLM2_GGUF, copy_workflow, dry_run, dry_runs, planned_jobs, snakemake
 
 from koaml.configfiles import ConfigError, deep_merge, load_yaml
 from koaml.data import prepare
@@ -32,6 +32,9 @@ PROMPTS = "resources/demo/data/arith_prompts_train.jsonl"
 VALIDATION = "config/benchmarks/demo_arith_mc_val.yaml"
 LR_SPACE = {"training.learning_rate": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}}
 PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"}\n'
+DATA_LOOKALIKE = "resources/demo/data-arith_train.jsonl"  # the same run-name slug as DATA
+DPO = "config/recipes/demo_dpo_lora.yaml"
+PREFERENCE = "resources/demo/data/arith_preference_train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,20 @@ def grpo(recipe: dict, **files) -> dict:
     """Changes that add a GRPO run (config/recipes/demo_grpo_lora.yaml) to the demo and change its recipe."""
     add = lambda c: c["runs"].update({"tiny-grpo": {"base": "tiny", "recipe": GRPO}})  # noqa: E731
     return {CONFIG: add, GRPO: recipe, **files}
+
+
+def dpo(files: dict) -> dict:
+    """Changes that add a DPO run (config/recipes/demo_dpo_lora.yaml, from the built base) and change ``files``."""
+    return {CONFIG: lambda c: c["runs"].update({"tiny-dpo": {"base": "tiny", "recipe": DPO}}), **files}
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    import pyarrow
+    import pyarrow.parquet
+
+    sink = pyarrow.BufferOutputStream()
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def rewards(*specs: dict) -> dict:
@@ -702,7 +719,7 @@ CASES = [
     Bad(
         "unknown-columns",
         {DATA: '{"question": "2 plus 2?", "answer": "4"}\n'},
-        f"{DATA}:1: no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column (data.target_column); found: question, answer",
+        f"{DATA}:1: no 'messages', 'prompt'/'completion', 'instruction'/'output' or 'text' column (data.target_column) for SFT, 'prompt'/'chosen'/'rejected' for DPO, or 'prompt' for GRPO; found: question, answer",
     ),
     Bad(
         "missing-column",
@@ -880,6 +897,144 @@ CASES = [
         },
         f"{CONFIG}: runs.next.base: run:lr is a search; start from its best trial's recipe (results/search/lr/best.yaml) or from one trial (run:lr_t1)",
     ),
+    # caught when the workflow is parsed since issues #30 and #31
+    Bad(
+        "sweep-values-make-one-name",
+        {
+            CONFIG: lambda c: c["runs"]["tiny-lora"].update(
+                sweep={"data.train_dataset.dataset_name": [DATA, DATA_LOOKALIKE]}
+            )
+        },
+        f"{CONFIG}: runs.tiny-lora.sweep.data.train_dataset.dataset_name: the values '{DATA}' and '{DATA_LOOKALIKE}' "
+        "make the same run name, tiny-lora_dataset_nameresources-demo-data-arith_train.jsonl; sweep them as separate "
+        "runs, each with its own name and overrides",
+    ),
+    Bad(
+        "run-names-differ-in-case",
+        {CONFIG: lambda c: c["runs"].update({"Tiny-LoRA": c["runs"]["tiny-lora"]})},
+        f"{CONFIG}: runs: the names 'tiny-lora' (runs) and 'Tiny-LoRA' (runs) differ only in case; their result "
+        "folders would be one folder on a case-insensitive filesystem (macOS, Windows); rename one",
+    ),
+    Bad(
+        "replicate-error-names-the-run",
+        {CONFIG: runs(lora={"base": "tinny", "recipe": LORA, "replicates": 2})},
+        f"{CONFIG}: runs.lora.base: unknown base model 'tinny'; did you mean 'tiny'? (or run:<name>)",
+    ),
+    Bad(
+        "lora-target-not-in-built-model",
+        {LORA: {"peft": {"lora_target_modules": ["q_proj", "query_key_value"]}}},
+        f"{LORA} (run tiny-lora): peft.lora_target_modules: 'query_key_value': no such linear module in "
+        "resources/demo/tiny_model.yaml (it has: down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, "
+        "up_proj, v_proj; or use all-linear)",
+    ),
+    Bad(
+        "max-length-beyond-built-model",
+        {LORA: {"model": {"model_max_length": 4096}}},
+        f"{LORA} (run tiny-lora): model.model_max_length: 4096 is beyond resources/demo/tiny_model.yaml's position "
+        "limit (max_position_embeddings: 256); set model_max_length to 256 or less",
+    ),
+    Bad(
+        "use-vllm-not-installed",
+        grpo({"training": {"use_vllm": True}}),
+        f"{GRPO}: training.use_vllm: vLLM is not installed in this environment, where the jobs run; on KOA install "
+        "the gpu extra (pip install -e '.[gpu]'; vLLM needs CUDA GPUs, which the jobs get from the profile); or set "
+        "use_vllm: false to generate with transformers",
+    ),
+    Bad(
+        "benchmark-vllm-not-installed",
+        {MC: {"model": {"backend": "vllm"}}},
+        f"{MC}: model.backend: vllm: vLLM is not installed in this environment, where the jobs run; on KOA install "
+        "the gpu extra (pip install -e '.[gpu]'; vLLM needs CUDA GPUs, which the jobs get from the profile); or set "
+        "backend: hf",
+    ),
+    Bad(
+        "reward-import-not-installed",
+        grpo(
+            rewards({"function": "my_rewards.py:score"}),
+            **{
+                "my_rewards.py": "import math\nimport sympyy\n\n\ndef score(completions, **kwargs):\n    return [0.0 for _ in completions]\n"
+            },
+        ),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py:2: imports 'sympyy', which is not installed in this "
+        "environment, where the training job runs; pip install it, or put sympyy.py next to my_rewards.py",
+    ),
+    Bad(
+        "custom-task-yaml-syntax-error",
+        {GEN_TASK: sed(GEN_TASK, "output_type: generate_until", "output_type: [generate_until")},
+        f"{GEN}: tasks.0.task: unknown lm-eval task 'demo_arith_gen'; lm-eval skipped task files of include_path that "
+        f"are not valid YAML: {GEN_TASK}:8: expected ',' or ']', but got ':'",
+    ),
+    Bad(
+        "preference-rows-without-prompt",
+        dpo({PREFERENCE: sed(PREFERENCE, '{"prompt": "Question: What is 104 minus 10?\\nAnswer:", ', "{")}),
+        f"{PREFERENCE}:1: preference rows (DPO) need 'prompt'/'chosen'/'rejected'; found: chosen, rejected",
+    ),
+    Bad(
+        "empty-completion",
+        {DATA: sed(DATA, '"completion": " ', '"completion": "", "x": "')},
+        f"{DATA}:1: 'completion' is empty: the row has nothing to learn from; fill or remove it",
+    ),
+    Bad(
+        "empty-rejected",
+        dpo({PREFERENCE: sed(PREFERENCE, '"rejected": " 114"', '"rejected": "  "')}),
+        f"{PREFERENCE}:1: 'rejected' is empty: the row has nothing to learn from; fill or remove it",
+    ),
+    Bad(
+        "chosen-equals-rejected-everywhere",
+        dpo(
+            {
+                "resources/demo/data/pairs.csv": "prompt,chosen,rejected\nQuestion: 1 plus 1?,2,2\nQuestion: 2 plus 2?,4,4\n",
+                DPO: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/pairs.csv"}}},
+            }
+        ),
+        f"{DPO}: data.train_dataset: in every row 'chosen' equals 'rejected' (2 rows); DPO learns from how they differ",
+    ),
+    Bad(
+        "parquet-empty-completion",
+        {
+            "resources/demo/data/train.parquet": parquet_bytes(
+                [{"prompt": "1 plus 1?", "completion": " 2"}, {"prompt": "2 plus 2?", "completion": ""}]
+            ),
+            LORA: {"data": {"train_dataset": {"dataset_name": "resources/demo/data/train.parquet"}}},
+        },
+        "resources/demo/data/train.parquet:row 2: 'completion' is empty: the row has nothing to learn from; fill or remove it",
+    ),
+]
+
+
+# Inputs that are legitimate but surprising: the dry run plans the jobs, with a warning.
+WARNINGS = [
+    Bad(
+        "sweep-value-repeated",
+        {CONFIG: lambda c: c["runs"]["tiny-lora"].update(sweep={"training.learning_rate": [0.001, 1.0e-3, 0.002]})},
+        f"{CONFIG}: runs.tiny-lora.sweep.training.learning_rate: 0.001 is given twice (or written two ways); it is "
+        "swept once",
+    ),
+    Bad(
+        "split-of-a-local-file",
+        {LORA: {"data": {"train_dataset": {"split": "test"}}}},
+        f"{LORA}: data.train_dataset.split: 'test' ignored; a local file is one split, all of whose rows are read "
+        "(hold rows out with data.eval_fraction or data.eval_dataset, use fewer with data.max_samples)",
+    ),
+    Bad(
+        "stage-model-name-ignored",
+        {
+            CONFIG: runs(
+                sft={"base": "tiny", "recipe": LORA},
+                dpo={"base": "run:sft", "recipe": DPO},
+            ),
+            LORA: {"model": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
+            DPO: {"model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct"}},
+        },
+        f"{DPO}: model.model_name: meta-llama/Llama-3.1-8B-Instruct ignored by runs.dpo, which continues run:sft "
+        "(a HuggingFaceTB/SmolLM2-135M-Instruct model); a recipe's model_name is used only by runs without a base",
+    ),
+    Bad(
+        "chosen-equals-rejected-in-some-rows",
+        dpo({PREFERENCE: sed(PREFERENCE, '"rejected": " 114"', '"rejected": " 94"')}),
+        f"{DPO}: data.train_dataset: in 1 of 3000 rows 'chosen' equals 'rejected' (the first: {PREFERENCE}:1); their "
+        "loss has no margin to learn from",
+    ),
 ]
 
 
@@ -904,11 +1059,8 @@ def apply(workdir, changes: dict) -> None:
 def bad_input_dry_runs(request, tmp_path_factory) -> dict:
     """``{case id: (workflow folder, exit status, output)}`` of `snakemake -n` for each selected case, all at once
     (conftest's dry_runs)."""
-    cases = [
-        item.callspec.params["case"]
-        for item in request.session.items
-        if item.originalname == "test_bad_input_stops_before_any_job"
-    ]
+    tests = ("test_bad_input_stops_before_any_job", "test_surprising_input_is_warned_about")
+    cases = [item.callspec.params["case"] for item in request.session.items if item.originalname in tests]
     folders = {}
     for case in cases:
         folders[case.id] = tmp_path_factory.mktemp(case.id) / "workflow"
@@ -926,6 +1078,14 @@ def test_bad_input_stops_before_any_job(case, bad_input_dry_runs):
     assert planned_jobs(output) == []
     assert not (workdir / "results").exists()
     assert not any((workdir / ".snakemake/metadata").glob("*"))
+
+
+@pytest.mark.parametrize("case", WARNINGS, ids=lambda c: c.id)
+def test_surprising_input_is_warned_about(case, bad_input_dry_runs):
+    _, status, output = bad_input_dry_runs[case.id]
+    assert status == 0, output[-3000:]
+    assert f"koa-ml: warning: {case.message}" in output, output[-3000:]
+    assert planned_jobs(output)
 
 
 def test_the_snakemake_command_prints_the_same(workflow_dir):
@@ -974,7 +1134,9 @@ PLACEHOLDERS = {
     VALIDATION: "<benchmark>",
     GEN: "<benchmark>",
     GRPO: "<recipe>",
+    DPO: "<recipe>",
     DATA: "<data>",
+    PREFERENCE: "<data>",
     PROMPTS: "<data>",
     "{path}": "<data>",
 }
@@ -987,7 +1149,7 @@ def test_every_case_is_documented():
         for line in (REPO / "docs/errors.md").read_text().splitlines()
         if line.startswith("| `")
     }
-    for case in CASES + PREPARE_CASES:
+    for case in CASES + PREPARE_CASES + WARNINGS:
         message = re.sub("|".join(map(re.escape, PLACEHOLDERS)), lambda m: PLACEHOLDERS[m[0]], case.message)
         assert case.id in rows, f"docs/errors.md has no row for {case.id}"
         assert message.replace("|", "\\|") in rows[case.id], (
@@ -1044,10 +1206,43 @@ def test_recipe_checked_against_a_local_model_when_parsed(overrides, message, tm
     assert f"{LORA} (run tiny-lora): {message.format(model=tiny_model)}" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"peft": {"lora_target_modules": ["c_attn"]}},
+            f"peft.lora_target_modules: 'c_attn': no such linear module in {SMOLLM2_GGUF} (it has: down_proj, embed_tokens, "
+            "gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj; or use all-linear)",
+        ),
+        (
+            {"model": {"model_max_length": 100000}},
+            f"model.model_max_length: 100000 is beyond {SMOLLM2_GGUF}'s position limit (max_position_embeddings: 8192); "
+            "set model_max_length to 8192 or less",
+        ),
+    ],
+    ids=["lora-target", "beyond-positions"],
+)
+def test_a_later_stage_is_checked_against_the_gguf_its_chain_starts_from(overrides, message, monkeypatch):
+    """A GGUF the workflow converts is known from the config transformers reads in it (koaml.shapes.planned_facts),
+    and a second stage (base: run:...) is checked against its chain's base model."""
+    from koaml.config import load_experiment
+
+    monkeypatch.chdir(REPO)
+    config = load_yaml(REPO / CONFIG)
+    config["base_models"] = {"smollm2": {"gguf": SMOLLM2_GGUF}}
+    config["runs"] = {
+        "first": {"base": "smollm2", "recipe": LORA},
+        "second": {"base": "run:first", "recipe": LORA, "overrides": overrides},
+    }
+    with pytest.raises(ConfigError) as error:
+        load_experiment(config, CONFIG)
+    assert f"{LORA} (run second): {message}" in str(error.value)
+
+
 @pytest.mark.parametrize(("overrides", "message"), MODEL_MISMATCHES, ids=["lora-target-typo", "beyond-positions"])
 def test_recipe_checked_by_prepare_data_against_a_model_built_by_the_workflow(overrides, message, tmp_path, tiny_model):
-    """A model the workflow builds (tiny, GGUF) is not there when the workflow is parsed: the prepare_data job,
-    on a CPU, checks the recipe against it before any GPU job."""
+    """The prepare_data job, on a CPU, checks the recipe again against the model the workflow built, before any
+    GPU job (the dry run checked it against the build file or GGUF header)."""
     from koaml.io import write_yaml
 
     config = tmp_path / "config.yaml"

@@ -69,20 +69,6 @@ def test_killed_evaluation_leaves_no_result(tmp_path, tiny_model, bench_config):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_vllm_is_a_clear_error(tmp_path, tiny_model, bench_config, monkeypatch):
-    import importlib.util
-
-    from koaml.configfiles import ConfigError
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
-    )
-    path = bench_config(model={"backend": "vllm"})
-    with pytest.raises(ConfigError, match=r"model.backend: vllm needs the vllm package"):
-        evaluate(path, str(tiny_model), str(tmp_path / "out"), threads=1)
-
-
 @pytest.mark.slow
 def test_local_tasks_skip_indexing_lm_evals_own_tasks(bench_config, monkeypatch):
     import lm_eval.tasks

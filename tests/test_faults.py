@@ -1,6 +1,5 @@
 """Faults: a second workflow on the same folder, a failed rerun, a failed job among many, partial results."""
 
-import csv
 import json
 import os
 import subprocess
@@ -45,40 +44,29 @@ def test_a_second_workflow_is_refused_and_a_failed_rerun_keeps_the_earlier_resul
     assert json.loads(result.read_text()) == before
 
 
-def write_csv(path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["prompt", "completion"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def test_after_one_job_fails_a_rerun_redoes_only_that_job(workflow_dir):
-    """tiny-full's prepare_data fails on a row that only the job reads (a CSV's rows are not checked when the
-    workflow is parsed); the other runs' jobs finish. Once the row is fixed, only the failed job runs again."""
+    """tiny-full's prepare_data fails on what only the job can find (prompts that fill the model's context, which
+    needs the tokenizer the workflow builds); the other runs' jobs finish. Once the data is fixed, only the failed
+    job runs again."""
     targets = [f"results/data/{run}" for run in ("tiny-lora", "tiny-qlora", "tiny-full")]
-    rows = [
-        json.loads(line) for line in (workflow_dir / "resources/demo/data/arith_train.jsonl").read_text().splitlines()
-    ]
-    data = workflow_dir / "full_train.csv"
-    write_csv(data, [*rows[:2000], {"prompt": "Question: What is 2 plus 2?\nAnswer:", "completion": ""}, *rows[2000:]])
+    data = workflow_dir / "full_train.jsonl"
+    overlong = {"prompt": "Question: " + "very long " * 40, "completion": " x"}
+    data.write_text("".join(json.dumps(overlong) + "\n" for _ in range(3)))
     config = workflow_dir / "config/config.yaml"
     config.write_text(config.read_text().replace(
         "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml}",
         "tiny-full:  {base: tiny, recipe: config/recipes/demo_full.yaml, "
-        "overrides: {data: {train_dataset: {dataset_name: full_train.csv}}}}",
+        "overrides: {data: {train_dataset: {dataset_name: full_train.jsonl}}}}",
     ))  # fmt: skip
     failed = snakemake(workflow_dir, "--keep-going", *targets, check=False)
     assert failed.returncode != 0 and "Error in rule prepare_data" in failed.stdout
-    assert (
-        "full_train.csv:row 2001: missing 'completion'"
-        in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
-    )
+    assert "every row was truncated away" in (workflow_dir / "logs/prepare_data/tiny-full.log").read_text()
     assert not (workflow_dir / "results/data/tiny-full").exists()
     done = {
         run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in ("tiny-lora", "tiny-qlora")
     }
 
-    write_csv(data, rows)
+    data.write_text((workflow_dir / "resources/demo/data/arith_train.jsonl").read_text())
     assert planned_jobs(dry_run(workflow_dir, *targets).stdout) == [("prepare_data", "run=tiny-full")]
     snakemake(workflow_dir, *targets)
     assert {run: (workflow_dir / f"results/data/{run}/stats.json").stat().st_mtime for run in done} == done

@@ -60,6 +60,29 @@ def test_user_reward_is_loaded_and_named(tmp_path):
     assert same_twice[0](completions=["ab", "c"], answer=["x", "y"], prompts=None) == [-2, -1]
 
 
+def test_async_rewards_and_their_helper_modules(tmp_path):
+    """An ``async def`` reward is awaited; a module next to the reward file imports by name, a missing one is
+    named when the workflow is parsed, one imported in ``try`` is taken as optional."""
+    (tmp_path / "helpers.py").write_text("def length(text):\n    return len(text)\n")
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "import asyncio\nimport helpers\ntry:\n    import not_installed_xyz\nexcept ImportError:\n    pass\n\n\n"
+        "async def brevity(completions, **kwargs):\n    await asyncio.sleep(0)\n"
+        "    return [-helpers.length(c) for c in completions]\n"
+    )
+    spec = {"function": f"{path}:brevity"}
+    assert rewards.problems([spec]) == []
+    (function,) = rewards.reward_functions([spec])
+    assert function(completions=["ab", "c"], prompts=None) == [-2, -1]
+    path.write_text(path.read_text().replace("import helpers", "from . import helpers\nimport helperz"))
+    assert rewards.problems([spec]) == [
+        f"training.rewards[0].function: {path}:2: a relative import; the file is loaded on its own: import its "
+        "neighbours by name",
+        f"training.rewards[0].function: {path}:3: imports 'helperz', which is not installed in this environment, "
+        "where the training job runs; pip install it, or put helperz.py next to mine.py",
+    ]
+
+
 def test_user_reward_signature_is_checked_without_running_it(tmp_path):
     path = tmp_path / "mine.py"
     path.write_text("raise SystemExit('ran')\ndef score(completions, /, **kwargs):\n    return []\n")

@@ -437,13 +437,14 @@ def test_qwen3_recipes_fit_a_koa_gpu(size):
 
 def test_benchmark_context_beyond_the_model_position_limit(tiny_model):
     from koaml.configfiles import ConfigError
-    from koaml.shapes import check_benchmark_fits_model
+    from koaml.shapes import check_benchmark_fits_model, folder_facts
 
-    limit = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    facts = folder_facts(tiny_model)
+    limit = facts[0]["max_position_embeddings"]
     bench = load_benchmark(RECIPES.parent / "benchmarks/demo_arith_gen.yaml")
-    check_benchmark_fits_model(bench, str(tiny_model), "b.yaml (evaluating tiny)")
+    check_benchmark_fits_model(bench, facts, str(tiny_model), "b.yaml (evaluating tiny)")
     longer = bench.replace(model={**bench["model"], "model_max_length": limit + 1})
     with pytest.raises(
         ConfigError, match=rf"b.yaml \(evaluating tiny\): model.model_max_length: {limit + 1} is beyond"
     ):
-        check_benchmark_fits_model(longer, str(tiny_model), "b.yaml (evaluating tiny)")
+        check_benchmark_fits_model(longer, facts, str(tiny_model), "b.yaml (evaluating tiny)")

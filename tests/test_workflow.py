@@ -116,6 +116,8 @@ def test_code_executing_benchmark_needs_opt_in(workflow_dir):
     config.write_text(
         config.read_text().replace("  - config/benchmarks/demo_arith_gen.yaml", "  - config/benchmarks/humaneval.yaml")
     )
+    model = workflow_dir / "resources/demo/tiny_model.yaml"  # room for humaneval's 4,096 positions
+    model.write_text(model.read_text().replace("max_position_embeddings: 256", "max_position_embeddings: 4096"))
     proc = dry_run(workflow_dir, check=False)
     assert proc.returncode != 0 and "'humaneval' executes code written by the model" in proc.stdout
     bench = workflow_dir / "config/benchmarks/humaneval.yaml"

@@ -27,10 +27,11 @@ def _convert_gguf(a):
 def _prepare_data(a):
     from koaml.data import prepare
     from koaml.recipe import read_recipe
-    from koaml.shapes import check_recipe_fits_model
+    from koaml.shapes import check_recipe_fits_model, folder_facts, readable_model_folder
 
     recipe = read_recipe(a.config)
-    check_recipe_fits_model(recipe, a.tokenizer, a.config)  # a model the workflow built only now
+    if folder := readable_model_folder(a.tokenizer):  # the model, here now however it came
+        check_recipe_fits_model(recipe, folder_facts(folder), a.tokenizer, a.config)
     stats = prepare(recipe, a.tokenizer, a.out)
     logging.info("prepared %s", stats)
 

@@ -25,6 +25,7 @@ from koaml.configfiles import (
     slug,
     typed,
     validate,
+    warn,
 )
 from koaml.datafiles import check_local_data, warn_unused_target_column
 from koaml.experiment import (
@@ -36,6 +37,7 @@ from koaml.experiment import (
     Experiment,
     Objective,
     Run,
+    given_name,
     is_local_path,
 )
 from koaml.fetch import check_cached
@@ -52,20 +54,23 @@ from koaml.search import (
     trial_name,
     with_point,
 )
-from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model
+from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model, model_facts
 from koaml.tasks import check_benchmark
 
 log = logging.getLogger("koaml")
 
 
-def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
+def expand_sweep(name: str, spec: dict, source: str = "config") -> dict[str, dict]:
     """Run specs of a sweep, one per point of the grid, with readable deterministic names.
 
-    ``{peft.lora_r: [4, 8]}`` on run ``rank`` gives ``rank_lora_r4`` and ``rank_lora_r8``.
+    ``{peft.lora_r: [4, 8]}`` on run ``rank`` gives ``rank_lora_r4`` and ``rank_lora_r8``. A value repeated in a
+    list (``0.001`` and ``1.0e-3``) is swept once, with a warning; two values whose names would be the same
+    (``x/a/b.jsonl`` and ``x/a-b.jsonl``) are an error: each asked-for point is a run.
     """
     sweep = spec.get("sweep")
     if not sweep:
         return {name: spec}
+    sweep = {key: _distinct_values(values, f"{source}: runs.{name}.sweep.{key}") for key, values in sweep.items()}
     runs = {}
     for values in itertools.product(*sweep.values()):
         point = dict(spec, overrides=copy.deepcopy(spec.get("overrides", {})))
@@ -75,8 +80,27 @@ def expand_sweep(name: str, spec: dict) -> dict[str, dict]:
         for key, value in zip(sweep, values, strict=True):
             point["overrides"] = set_dotted(point["overrides"], key, value)
             suffix.append(f"{key.rsplit('.', 1)[-1]}{slug(str(value))}")
-        runs[f"{name}_{'_'.join(suffix)}"] = point
+        run_name = f"{name}_{'_'.join(suffix)}"
+        if run_name in runs:
+            given, earlier = point["_sweep"]["point"], runs[run_name]["_sweep"]["point"]
+            key = next(k for k in sweep if given[k] != earlier[k] or type(given[k]) is not type(earlier[k]))
+            raise ConfigError(
+                f"{source}: runs.{name}.sweep.{key}: the values {earlier[key]!r} and {given[key]!r} make the same run "
+                f"name, {run_name}; sweep them as separate runs, each with its own name and overrides"
+            )
+        runs[run_name] = point
     return runs
+
+
+def _distinct_values(values: list, key: str) -> list:
+    """A sweep list's values without repeats (``0.001`` and ``1.0e-3`` are one value), warning about each repeat."""
+    distinct = []
+    for value in values:
+        if any(value == seen and type(value) is type(seen) for seen in distinct):
+            warn(f"{key}: {value!r} is given twice (or written two ways); it is swept once")
+        else:
+            distinct.append(value)
+    return distinct
 
 
 def expand_search(name: str, spec: dict) -> dict[str, dict]:
@@ -186,6 +210,20 @@ def _check_name(name: str, key: str, source: str) -> None:
         )
 
 
+def _check_case_collisions(names: dict[str, str], source: str) -> None:
+    """Names (mapped to the section that gives them) become folder names: two that differ only in case are one
+    folder on a case-insensitive filesystem (macOS, Windows), where results are often copied to."""
+    seen: dict[str, str] = {}
+    for name, section in names.items():
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise ConfigError(
+                f"{source}: {section}: the names '{other}' ({names[other]}) and '{name}' ({section}) differ only in "
+                "case; their result folders would be one folder on a case-insensitive filesystem (macOS, Windows); "
+                "rename one"
+            )
+
+
 def _check_grid_size(runs: dict, max_runs: int, replicates: int, n_benchmarks: int, source: str) -> None:
     """Refuse sweeps (times replicates) that make more than ``max_runs`` runs in all, before expanding them."""
     factors = {
@@ -275,7 +313,9 @@ def _check_chains(runs: dict[str, Run], source: str) -> None:
             if parent not in runs:
                 hint = difflib.get_close_matches(parent, list(runs), n=1)
                 suggestion = f"; did you mean 'run:{hint[0]}'?" if hint else ""
-                raise ConfigError(f"{source}: runs.{seen[-1]}.base: no run named '{parent}'{suggestion}")
+                raise ConfigError(
+                    f"{source}: runs.{runs[seen[-1]].given_name}.base: no run named '{parent}'{suggestion}"
+                )
             if parent in seen:
                 raise ConfigError(f"{source}: runs.{run.name}.base: multi-stage cycle: {' -> '.join([*seen, parent])}")
             seen.append(parent)
@@ -351,6 +391,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     clash = sorted(set(bases) & set(runs))
     if clash:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
+    _check_case_collisions({**dict.fromkeys(bases, "base_models"), **dict.fromkeys(runs, "runs")}, source)
     benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
     searches, validation = _searches(config, runs, benchmarks, source)
     runs = _selections(config, runs, benchmarks, validation, source)
@@ -405,7 +446,9 @@ def _expand_runs(config: dict, source: str) -> dict[str, dict]:
     for name, spec in config["runs"].items():
         if "search" in spec:
             _check_search(name, spec, config["replicates"], source)
-        for point_name, point in (expand_search(name, spec) if "search" in spec else expand_sweep(name, spec)).items():
+        for point_name, point in (
+            expand_search(name, spec) if "search" in spec else expand_sweep(name, spec, source)
+        ).items():
             for run_name, run_spec in expand_replicates(point_name, point, config["replicates"]).items():
                 generated = next((key for key in _GENERATED if key in run_spec), None)
                 what, verb, kind = _GENERATED.get(generated, ("replicates", "make", ""))
@@ -443,14 +486,37 @@ def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str,
         if "data.target_column" in recipe.given:
             warn_unused_target_column(formats, spec["recipe"])
     searches = {run.search for run in runs.values()} - {None}
-    for name, run in runs.items():
+    for run in runs.values():
         if run.parent_run in searches:
             raise ConfigError(
-                f"{source}: runs.{name}.base: run:{run.parent_run} is a search; start from its best trial's recipe "
+                f"{source}: runs.{run.given_name}.base: run:{run.parent_run} is a search; start from its best trial's recipe "
                 f"(results/search/{run.parent_run}/best.yaml) or from one trial (run:{trial_name(run.parent_run, 1)})"
             )
     _check_chains(runs, source)
+    _warn_ignored_model_names(runs, bases)
     return runs
+
+
+def _warn_ignored_model_names(runs: dict[str, Run], bases: dict[str, BaseModel]) -> None:
+    """A run with a ``base`` trains from that model, a later stage from the run it continues: warn where the
+    recipe's ``model.model_name`` names another model, which is then not used. The model is known by the hub ID
+    or folder of the chain's base model, or (built or GGUF) by the model_name of the earlier stages' recipes."""
+    for run in runs.values():
+        given, earlier, root = run.recipe.model.model_name, [], run
+        while root.parent_run:
+            root = runs[root.parent_run]
+            earlier.append(root.recipe.model.model_name)
+        used = bases[root.base].model_name or next(filter(None, earlier), None)
+        if given and used and given != used:
+            start = (
+                f"continues run:{runs[run.parent_run].given_name} (a {used} model)"
+                if earlier
+                else f"starts from {used}"
+            )
+            warn(
+                f"{run.recipe_path}: model.model_name: {given} ignored by runs.{run.given_name}, which {start}; "
+                "a recipe's model_name is used only by runs without a base"
+            )
 
 
 def _run_recipe(
@@ -466,7 +532,7 @@ def _run_recipe(
             raise
         raise ConfigError(f"{source}: runs.{search}.search.space: the trials' recipe is invalid: {error}") from None
     checkpoint_eval = None
-    group = spec.get("_sweep", {}).get("group", spec.get("_replicate", {}).get("group", name))
+    group = _given_name(name, spec)
     if "select_checkpoint" in spec and "checkpoint_eval" not in spec:
         raise ConfigError(
             f"{source}: runs.{group}.select_checkpoint chooses among the steps checkpoint_eval keeps; add "
@@ -487,10 +553,16 @@ def _run_recipe(
     return recipe, checkpoint_eval, replicate
 
 
+def _given_name(name: str, spec: dict) -> str:
+    """The name the experiment file gives run spec ``name`` (a sweep's, replicates' or search's)."""
+    return given_name(name, spec.get("_sweep"), spec.get("_replicate"), spec.get("_search"))
+
+
 def _resolve_base(name: str, spec: dict, recipe: Recipe, groups: dict, bases: dict[str, BaseModel], source: str) -> str:
     """The base a run trains from: its ``base`` (a base model or ``run:<name>``), a replicate group's, or the base
     model its recipe's ``model.model_name`` names (added to ``bases`` when new)."""
     base = _replicate_base(spec, groups, name, source)
+    name = _given_name(name, spec)
     if base is None:
         model_name = recipe.model.model_name
         if not model_name:
@@ -517,6 +589,7 @@ def _load_benchmarks(paths: list[str], overrides: dict, source: str) -> dict[str
         if not re.match(_NAME["pattern"], name):
             raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {_NAME['description']}")
         _check_name(name, f"benchmarks: {path}", source)
+        _check_case_collisions({**dict.fromkeys(benchmarks, "benchmarks"), name: "benchmarks"}, source)
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, overrides))
         check_benchmark(path, benchmarks[name].config)
     return benchmarks
@@ -629,14 +702,24 @@ def _selections(config: dict, runs: dict[str, Run], benchmarks: dict, validation
 
 
 def _check_fit(experiment: Experiment) -> None:
-    """Each recipe and benchmark fits the models it is used with (LoRA targets, position limit), where the
-    model's files are here already; for models the workflow builds, the prepare_data job checks."""
+    """Each recipe and benchmark fits the models it is used with (LoRA targets, position limit): every base
+    model's facts are known before any job runs (koaml.shapes.model_facts), but an uncached hub model's."""
     bases = experiment.base_models
+    facts = {name: model_facts(base) for name, base in bases.items()}
     for name, run in experiment.runs.items():
-        base = bases[experiment.root_base(name)]
-        if not base.built_by_workflow or Path(base.location).is_dir():
-            check_recipe_fits_model(run.recipe, base.location, f"{run.recipe_path} (run {name})")
+        root = experiment.root_base(name)
+        if facts[root] is not None:
+            check_recipe_fits_model(
+                run.recipe, facts[root], _model_label(bases[root]), f"{run.recipe_path} (run {name})"
+            )
     for name, base in bases.items():  # every evaluated model has one of these architectures
-        if not base.built_by_workflow or Path(base.location).is_dir():
+        if facts[name] is not None:
             for bench in experiment.benchmarks.values():
-                check_benchmark_fits_model(bench.config, base.location, f"{bench.path} (evaluating {name})")
+                check_benchmark_fits_model(
+                    bench.config, facts[name], _model_label(base), f"{bench.path} (evaluating {name})"
+                )
+
+
+def _model_label(base: BaseModel) -> str:
+    """How messages name a base model: its hub ID or folder, or the file the workflow builds or converts it from."""
+    return base.model_name or base.build or base.gguf

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from koaml.configfiles import ConfigError
 from koaml.datafiles import read_rows, warn_unused_target_column
-from koaml.formats import check_format_fits_trainer, check_reward_columns, detect_format, to_training_row
+from koaml.formats import check_rows, to_training_row
 from koaml.io import write_json, write_text_atomic
 from koaml.recipe import Recipe
 from koaml.sections import DataSettings, default
@@ -69,12 +69,10 @@ def prepare(recipe: Recipe, tokenizer_path: str, out_dir: str | Path) -> dict:
     """Write ``train.jsonl``, ``eval.jsonl`` and ``stats.json`` for a recipe's data section; return the stats."""
     from transformers import AutoTokenizer
 
-    data, trainer_type = recipe.data, recipe.trainer_type
+    data = recipe.data
     name = data.train_dataset.dataset_name
     rows = read_rows(data.train_dataset)
-    fmt = detect_format(rows, data.target_column)
-    check_format_fits_trainer(fmt, trainer_type, f"{name}: data.train_dataset")
-    check_reward_columns(rows, recipe.rewards)
+    fmt = check_rows(rows, recipe, f"{name}: data.train_dataset")
     formats = [fmt]
     train = [to_training_row(r, fmt, data.template, data.target_column) for r in rows]
     if data.max_samples:
@@ -83,9 +81,7 @@ def prepare(recipe: Recipe, tokenizer_path: str, out_dir: str | Path) -> dict:
 
     if data.eval_dataset:
         eval_rows = read_rows(data.eval_dataset, "data.eval_dataset")
-        eval_fmt = detect_format(eval_rows, data.target_column)
-        check_format_fits_trainer(eval_fmt, trainer_type, f"{name}: data.eval_dataset")
-        check_reward_columns(eval_rows, recipe.rewards)
+        eval_fmt = check_rows(eval_rows, recipe, f"{data.eval_dataset.dataset_name}: data.eval_dataset")
         formats.append(eval_fmt)
         evals = [to_training_row(r, eval_fmt, data.template, data.target_column) for r in eval_rows]
     elif data.eval_fraction > 0:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from koaml.configfiles import ConfigError, warn
-from koaml.formats import check_format_fits_trainer, check_reward_columns, detect_format, to_training_row
+from koaml.formats import check_rows, to_training_row
 from koaml.recipe import LOCAL_SUFFIXES, Recipe, is_local_dataset
 from koaml.rewards import required_columns
 from koaml.sections import DatasetSpec
@@ -98,27 +98,55 @@ def read_rows(spec: DatasetSpec, key: str = "data.train_dataset") -> list[dict]:
     """Rows of the dataset spec at recipe key ``key`` (``dataset_name``, ``split``, ``subset``), each with its ``_source``."""
     name = spec.dataset_name
     if is_local_dataset(name):
-        path = _local_file(spec, key)
-        if _is_jsonl(path):
-            return _nonempty(_read_jsonl(path), name, key)
-        if path.suffix != ".parquet":
-            check_utf8(path)
-        import datasets
-
-        table = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
-        return _nonempty([dict(row, _source=f"{path}:row {i + 1}") for i, row in enumerate(table)], name, key)
+        return _nonempty(_local_rows(_local_file(spec, key)), name, key)
     import datasets
 
     table = datasets.load_dataset(name, spec.subset, split=spec.split)
     return _nonempty([dict(row, _source=f"{name}[{spec.split}] row {i}") for i, row in enumerate(table)], name, key)
 
 
-def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+def _local_rows(path: Path, limit: int | None = None) -> list[dict]:
+    """The rows of a local data file (its first ``limit``), each with its ``_source``: ``file:line`` for JSON lines,
+    ``file:row N`` for JSON arrays, CSV (N counts the rows under the header) and Parquet."""
     try:
-        return _parse_jsonl(path, limit)
+        if _is_jsonl(path):
+            return _parse_jsonl(path, limit)
+        rows = _read_table(path, limit)
     except UnicodeDecodeError:
         check_utf8(path)  # raises, naming the line
         raise
+    return [dict(row, _source=f"{path}:row {i + 1}") for i, row in enumerate(rows[:limit])]
+
+
+def _read_table(path: Path, limit: int | None) -> list[dict]:
+    """The rows of a Parquet, CSV or JSON-array file, as datasets reads them (Python values, None for nulls)."""
+    if path.suffix == ".json":
+        return _read_json_array(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        parquet = pyarrow.parquet.ParquetFile(path)
+        table = next(parquet.iter_batches(batch_size=limit), None) if limit else parquet.read()
+        return table.to_pylist() if table is not None else []
+    import pandas
+
+    try:
+        frame = pandas.read_csv(path, nrows=limit)
+    except pandas.errors.EmptyDataError:
+        return []
+    except pandas.errors.ParserError as exc:
+        raise ConfigError(f"{path}: not readable as CSV ({str(exc).strip()})") from None
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _read_json_array(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ConfigError(f"{path}: expected a JSON array of objects (or one JSON object per line)")
+    return rows
 
 
 def _parse_jsonl(path: Path, limit: int | None) -> list[dict]:
@@ -142,31 +170,51 @@ def _parse_jsonl(path: Path, limit: int | None) -> list[dict]:
 
 def check_local_data(recipe: Recipe, source: str) -> list[str | None]:
     """Cheap checks of a recipe's local datasets, run when the workflow is parsed: the file exists, has a known
-    type and matching content, is UTF-8 text; its JSONL rows (all of them up to PARSE_CHECK_BYTES, else the
-    first PEEK_ROWS) parse, share a known format, fit the template and the trainer, and hold what GRPO's
-    ``rewards`` read.
-    Returns the format of each dataset, None for those not read here (hub, CSV, Parquet, JSON arrays)."""
-    data, trainer_type, rewards, formats = recipe.data, recipe.trainer_type, recipe.rewards, []
+    type and matching content, is UTF-8 text; its rows (all of them up to PARSE_CHECK_BYTES, else the first
+    PEEK_ROWS; JSON arrays only up to that size) parse, share a known format, fit the template and the trainer,
+    have something to learn from, and hold what GRPO's ``rewards`` read.
+    Returns the format of each dataset, None for those not read here (hub datasets, large JSON arrays)."""
+    data, formats = recipe.data, []
     for key, spec in recipe.datasets.items():
-        path = _local_file(spec, f"{source}: data.{key}") if is_local_dataset(spec.dataset_name) else None
-        if path is None or not _is_jsonl(path):
-            if path is not None and path.suffix != ".parquet":
-                check_utf8(path, limit=PARSE_CHECK_BYTES if path.suffix == ".json" else 2**20)
+        where = f"{source}: data.{key}"
+        if not is_local_dataset(spec.dataset_name):
             formats.append(None)
             continue
-        columns = str(required_columns(rewards))
-        checked = (path.resolve(), path.stat().st_mtime_ns, data.target_column, data.template, trainer_type, columns)
+        path = _local_file(spec, where)
+        _warn_hub_only_keys(spec, where)
+        small = path.stat().st_size <= PARSE_CHECK_BYTES
+        if path.suffix == ".json" and not small and not _is_jsonl(path):
+            formats.append(None)
+            continue
+        columns = str(required_columns(recipe.rewards))
+        checked = (
+            path.resolve(),
+            path.stat().st_mtime_ns,
+            data.target_column,
+            data.template,
+            recipe.trainer_type,
+            columns,
+        )
         if checked not in _CHECKED:
-            limit = None if path.stat().st_size <= PARSE_CHECK_BYTES else PEEK_ROWS
-            rows = _nonempty(_read_jsonl(path, limit=limit), spec.dataset_name, f"{source}: data.{key}")
-            fmt = detect_format(rows, data.target_column)
+            rows = _nonempty(_local_rows(path, limit=None if small else PEEK_ROWS), spec.dataset_name, where)
+            fmt = check_rows(rows, recipe, where)
             for row in rows:
                 to_training_row(row, fmt, data.template, data.target_column)
-            check_format_fits_trainer(fmt, trainer_type, f"{source}: data.{key}")
-            check_reward_columns(rows, rewards)
             _CHECKED[checked] = fmt
         formats.append(_CHECKED[checked])
     return formats
+
+
+def _warn_hub_only_keys(spec: DatasetSpec, key: str) -> None:
+    """A local file is one split of one configuration: warn that ``split`` (other than train) and ``subset``
+    are not used."""
+    if spec.split != "train":
+        warn(
+            f"{key}.split: '{spec.split}' ignored; a local file is one split, all of whose rows are read (hold rows "
+            "out with data.eval_fraction or data.eval_dataset, use fewer with data.max_samples)"
+        )
+    if spec.subset is not None:
+        warn(f"{key}.subset: '{spec.subset}' ignored; a local file has no subsets (configurations)")
 
 
 # The format of each dataset that passed check_local_data, by (file, mtime, column, template, trainer, reward columns).

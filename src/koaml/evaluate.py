@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -77,10 +76,6 @@ def load_lm(bench: dict, model_path: str, adapter: str | None = None):
     """The lm-eval model for a benchmark's backend; ``adapter`` evaluates a LoRA adapter unmerged."""
     model, generation = bench["model"], bench["generation"]
     if model["backend"] == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError(
-                "model.backend: vllm needs the vllm package and a GPU: pip install -e '.[gpu]' on a GPU node"
-            )
         from lm_eval.models.vllm_causallms import VLLM
 
         kwargs = {"lora_local_path": adapter} if adapter else {}

@@ -99,6 +99,11 @@ class CheckpointEval:
     select: Objective | dict | None = None  # select_checkpoint: the given dict until checked into an Objective
 
 
+def given_name(name: str, sweep: dict | None, replicate: dict | None, search: str | None) -> str:
+    """The name in the experiment file of run ``name``, made by a sweep, replicates or a search (their records)."""
+    return (sweep or {}).get("group") or (replicate or {}).get("group") or search or name
+
+
 @dataclass(frozen=True)
 class Run:
     name: str
@@ -114,6 +119,11 @@ class Run:
     def method(self) -> str:
         """'full', 'lora' or 'qlora'."""
         return self.recipe.method
+
+    @property
+    def given_name(self) -> str:
+        """The name the experiment file gives the run: a sweep's, replicates' or search's for the runs they make."""
+        return given_name(self.name, self.sweep, self.replicate, self.search)
 
     @property
     def selection(self) -> Objective | None:

@@ -8,9 +8,14 @@ Rows come in one of six formats, detected from their keys: ``messages`` (chat),
 
 from __future__ import annotations
 
-from koaml.configfiles import ConfigError
+from typing import TYPE_CHECKING
+
+from koaml.configfiles import ConfigError, warn
 from koaml.rewards import numeric_columns, reference_number, required_columns
 from koaml.trainers import PREFERENCE_KEYS, TRAINERS
+
+if TYPE_CHECKING:
+    from koaml.recipe import Recipe
 
 # Prompt formats for template names other than 'none' and 'model' (the tokenizer's own chat template).
 # Each maps a list of chat messages to (prompt, completion_suffix): the prompt ends where the reply starts.
@@ -39,6 +44,9 @@ TEMPLATES = {
 _ALPACA_TITLES = {"system": "Context", "user": "Instruction", "assistant": "Response"}
 
 
+_PREFERENCE = "/".join(f"'{key}'" for key in PREFERENCE_KEYS)
+
+
 def detect_format(rows: list[dict], target_column: str) -> str:
     """'preference', 'messages', 'prompt_completion', 'alpaca', 'prompt' or 'text', from the first row; every
     row must agree and hold text (``messages``: a list of ``{role, content}`` objects; preference and prompt
@@ -58,9 +66,11 @@ def detect_format(rows: list[dict], target_column: str) -> str:
         fmt, keys = "text", (target_column,)
     else:
         found = ", ".join(k for k in first if k != "_source")
+        if "chosen" in first or "rejected" in first:
+            raise ConfigError(f"{first['_source']}: preference rows (DPO) need {_PREFERENCE}; found: {found}")
         raise ConfigError(
             f"{first['_source']}: no 'messages', 'prompt'/'completion', 'instruction'/'output' or '{target_column}' column "
-            f"(data.target_column); found: {found}"
+            f"(data.target_column) for SFT, {_PREFERENCE} for DPO, or 'prompt' for GRPO; found: {found}"
         )
     for row in rows:
         for key in keys:
@@ -128,6 +138,55 @@ def check_format_fits_trainer(fmt: str, trainer_type: str, source: str) -> None:
     raise ConfigError(
         f"{source}: training.trainer_type {trainer.name} needs {trainer.needs}{rename}; the data is in {fmt} format"
     )
+
+
+def check_rows(rows: list[dict], recipe: Recipe, where: str) -> str:
+    """The format of a dataset's rows (``where`` names it), after the checks the dry run and prepare_data share:
+    every row in that format, a format the trainer reads, the columns the rewards read, something to learn."""
+    fmt = detect_format(rows, recipe.data.target_column)
+    check_format_fits_trainer(fmt, recipe.trainer_type, where)
+    check_reward_columns(rows, recipe.rewards)
+    check_learnable(rows, fmt, recipe.data.target_column, where)
+    return fmt
+
+
+def check_learnable(rows: list[dict], fmt: str, target_column: str, where: str) -> None:
+    """A row whose target (completion, output, reply, text, chosen or rejected) is empty teaches nothing: an error
+    naming it. DPO pairs whose chosen equals rejected have a zero margin: an error when all rows are such, a
+    warning with their count when some are."""
+    targets = {
+        "prompt_completion": ("completion",),
+        "alpaca": ("output",),
+        "text": (target_column,),
+        "preference": ("chosen", "rejected"),
+        "messages": ("messages",),
+    }.get(fmt, ())
+    for row in rows:
+        for key in targets:
+            value = row[key][-1:] if key == "messages" else row[key]  # a chat's target: its last message
+            if not _as_text(value).strip():
+                what = "the last message's content" if key == "messages" else f"'{key}'"
+                raise ConfigError(
+                    f"{row['_source']}: {what} is empty: the row has nothing to learn from; fill or remove it"
+                )
+    if fmt == "preference":
+        same = [row["_source"] for row in rows if _as_text(row["chosen"]) == _as_text(row["rejected"])]
+        if len(same) == len(rows):
+            raise ConfigError(
+                f"{where}: in every row 'chosen' equals 'rejected' ({len(rows)} rows); DPO learns from how they differ"
+            )
+        if same:
+            warn(
+                f"{where}: in {len(same)} of {len(rows)} rows 'chosen' equals 'rejected' (the first: {same[0]}); "
+                "their loss has no margin to learn from"
+            )
+
+
+def _as_text(value) -> str:
+    """A target's text: a string or number as it is written, chat messages' contents joined."""
+    if isinstance(value, list):
+        return "".join(str(m.get("content", "")) for m in value)
+    return str(value)
 
 
 def check_reward_columns(rows: list[dict], rewards: list[dict]) -> None:

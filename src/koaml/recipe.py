@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import importlib.util
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -187,12 +188,21 @@ def _fill_trainer_settings(given: dict, training: dict) -> list[str]:
     return problems
 
 
+# Why vLLM (GRPO's use_vllm, a benchmark's backend: vllm) cannot run here; checked when the workflow is parsed.
+VLLM_MISSING = (
+    "vLLM is not installed in this environment, where the jobs run; on KOA install the gpu extra "
+    "(pip install -e '.[gpu]'; vLLM needs CUDA GPUs, which the jobs get from the profile)"
+)
+
+
 def _grpo_problems(given: dict, training: dict) -> list[str]:
     problems = [
         f"training.{key}: only used with training.use_vllm: true"
         for key in ("vllm_mode", "vllm_gpu_memory_utilization")
         if key in given and not training["use_vllm"]
     ]
+    if training["use_vllm"] and importlib.util.find_spec("vllm") is None:
+        problems.append(f"training.use_vllm: {VLLM_MISSING}; or set use_vllm: false to generate with transformers")
     if not training.get("rewards"):
         return [
             *problems,
@@ -346,13 +356,14 @@ def read_recipe(path: str | Path) -> Recipe:
 def load_benchmark(path: str | Path, overrides: dict | None = None) -> BenchmarkSuite:
     """The benchmark file ``path`` with overrides applied, validated, defaults filled in."""
     _, _, bench, source = _load(path, overrides, "benchmark", "model / generation / tasks", "overrides")
-    generation = bench["generation"]
+    generation, needing = bench["generation"], []
     if not generation["apply_chat_template"]:  # options of the chat template, ignored without it
         needing = ["fewshot_as_multiturn"] if generation["fewshot_as_multiturn"] else []
         needing += ["enable_thinking"] if "enable_thinking" in generation else []
-        raise_if_problems(
-            "benchmark", source, [f"generation.{key}: needs generation.apply_chat_template: true" for key in needing]
-        )
+    problems = [f"generation.{key}: needs generation.apply_chat_template: true" for key in needing]
+    if bench["model"]["backend"] == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append(f"model.backend: vllm: {VLLM_MISSING}; or set backend: hf")
+    raise_if_problems("benchmark", source, problems)
     task_schema = schema("benchmark")["properties"]["tasks"]["items"]
     bench["tasks"] = [fill_defaults(t, task_schema) for t in bench["tasks"]]
     return BenchmarkSuite(canonical(bench), source)

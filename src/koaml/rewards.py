@@ -12,11 +12,13 @@ None) per completion. Cheap to import (no torch).
 from __future__ import annotations
 
 import ast
+import asyncio
 import difflib
 import importlib.util
 import inspect
 import math
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,15 +105,57 @@ def _user_problems(spec: dict, at: str) -> list[str]:
     except (SyntaxError, UnicodeDecodeError, ValueError) as exc:
         where = f"{path}:{exc.lineno}" if isinstance(exc, SyntaxError) else str(path)
         return [f"{at}.function: {where}: cannot be read as Python ({exc})"]
-    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    node = _function(tree, name)
     if node is None:
-        defined = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        defined = [n.name for n in tree.body if isinstance(n, _FUNCTIONS)]
         hint = difflib.get_close_matches(name, defined, n=1)
         return [
             f"{at}.function: {path} defines no top-level function '{name}'"
             + (f"; did you mean '{hint[0]}'?" if hint else f" (it defines: {', '.join(defined) or 'none'})")
         ]
-    return [f"{at}.function: {path}:{node.lineno}: {name}{why}" for why in _signature_problems(node.args)]
+    return [f"{at}.function: {path}:{node.lineno}: {name}{why}" for why in _signature_problems(node.args)] + [
+        f"{at}.function: {path}:{line}: {why}" for line, why in _import_problems(tree.body, path)
+    ]
+
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)  # async rewards are awaited (load_user_function)
+
+
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    return next((n for n in tree.body if isinstance(n, _FUNCTIONS) and n.name == name), None)
+
+
+def _import_problems(body: list[ast.stmt], path: Path) -> list[tuple[int, str]]:
+    """Imports in ``body`` (in functions and ifs too, not in ``try``: those are optional) that would fail in the
+    training job: relative ones, and modules neither installed nor next to the reward file."""
+    found = []
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append(
+                (node.lineno, "a relative import; the file is loaded on its own: import its neighbours by name")
+            )
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+            found += [(node.lineno, _not_installed(m, path)) for m in modules if not _importable(m, path)]
+        elif not isinstance(node, ast.Try):
+            found += _import_problems([*getattr(node, "body", []), *getattr(node, "orelse", [])], path)
+    return found
+
+
+def _importable(module: str, path: Path) -> bool:
+    """Whether ``module``'s top-level package is installed or sits next to ``path`` (load_user_function puts the
+    file's folder on the path)."""
+    top = module.split(".")[0]
+    beside = (path.parent / f"{top}.py").is_file() or (path.parent / top / "__init__.py").is_file()
+    return beside or importlib.util.find_spec(top) is not None
+
+
+def _not_installed(module: str, path: Path) -> str:
+    top = module.split(".")[0]
+    return (
+        f"imports '{module}', which is not installed in this environment, where the training job runs; "
+        f"pip install it, or put {top}.py next to {path.name}"
+    )
 
 
 def _signature_problems(args: ast.arguments) -> list[str]:
@@ -151,7 +195,7 @@ def _user_parameters(function: str) -> list[str]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return []
-    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    node = _function(tree, name)
     if node is None:
         return []
     a = node.args
@@ -256,6 +300,7 @@ def _bind(builtin: Callable, params: dict) -> Callable:
 def load_user_function(function: str) -> Callable:
     """Import ``path/to/file.py:function`` and check its signature (as the dry run did, now on the real object)."""
     path, name = split_reference(function)
+    sys.path.insert(0, str(path.parent.resolve()))  # the file's own helper modules import by name
     spec = importlib.util.spec_from_file_location(f"koaml_reward_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -267,7 +312,8 @@ def load_user_function(function: str) -> Callable:
         raise ValueError(f"{function}: must accept **kwargs (TRL passes its keywords and every data column)")
 
     def reward(**kwargs):
-        return found(**kwargs)
+        scores = found(**kwargs)
+        return asyncio.run(scores) if inspect.iscoroutine(scores) else scores
 
     reward.__name__ = name
     return reward

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from koaml.configfiles import ConfigError
 
 if TYPE_CHECKING:
+    from koaml.experiment import BaseModel
     from koaml.recipe import Recipe
 
 
@@ -119,23 +120,77 @@ def matrix_module_names(folder: Path) -> frozenset[str] | None:
     )
 
 
-def check_recipe_fits_model(recipe: Recipe, model: str, where: str) -> None:
-    """Raise ConfigError when ``recipe`` asks what ``model`` cannot do: LoRA target modules it does not have,
-    or ``model.model_max_length`` beyond its position limit. Checked where the model's files can be read (a
-    local folder, the hub cache); ``where`` names the recipe in messages."""
-    folder = readable_model_folder(model)
-    if folder is None:
-        return
+# What the fit checks know of a model: its config (as config.json holds it) and the names of its modules with a 2-D
+# weight (None when its weights are not all here).
+ModelFacts = tuple[dict, frozenset[str] | None]
+
+
+def folder_facts(folder: Path) -> ModelFacts:
+    """The facts of a model folder with a config.json: its config, and its modules from the safetensors headers."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    modules = matrix_module_names(folder)
+    if modules is not None and config.get("tie_word_embeddings"):
+        modules |= {"lm_head"}  # tied to the input embeddings: not stored, but a module all the same
+    return config, modules
+
+
+def model_facts(base: BaseModel) -> ModelFacts | None:
+    """A base model's facts, read without downloading or building it: from its folder or the hub cache, or, for
+    a model the workflow has yet to build or convert, from its build file or GGUF file (:func:`planned_facts`);
+    None for a hub model that is not in the cache."""
+    if base.built_by_workflow and not (Path(base.location) / "config.json").is_file():
+        return planned_facts(base)
+    folder = readable_model_folder(base.location)
+    return folder_facts(folder) if folder is not None else None
+
+
+def planned_facts(base: BaseModel) -> ModelFacts:
+    """The facts of the model a build file or GGUF file makes, from the config transformers reads there and the
+    model it makes on the meta device (no weights); cached, by the file's content or size and time, because the
+    Snakefile asks on every parse."""
+    import importlib.metadata
+
+    from koaml.io import config_hash, write_json
+    from koaml.tasks import cache_dir
+
+    source = Path(base.build or base.gguf_file)
+    stamp = source.read_text(encoding="utf-8") if base.build else [str(source.resolve()), source.stat().st_mtime_ns]
+    key = config_hash([stamp, importlib.metadata.version("transformers")])
+    path = cache_dir() / f"model-facts-{key}.json"
+    if not path.is_file():
+        config, modules = _meta_model_facts(base)
+        write_json(path, {"config": config, "modules": sorted(modules)})
+    facts = json.loads(path.read_text())
+    return facts["config"], frozenset(facts["modules"])
+
+
+def _meta_model_facts(base: BaseModel) -> tuple[dict, set[str]]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if base.build:
+        from koaml.configfiles import load_yaml
+        from koaml.tinymodel import tiny_config
+
+        config = tiny_config(load_yaml(base.build))
+    else:
+        gguf = Path(base.gguf_file)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    weights = {name: getattr(module, "weight", None) for name, module in model.named_modules()}
+    return config.to_dict(), {name for name, weight in weights.items() if weight is not None and weight.dim() == 2}
+
+
+def check_recipe_fits_model(recipe: Recipe, facts: ModelFacts, model: str, where: str) -> None:
+    """Raise ConfigError when ``recipe`` asks what ``model`` (known by its ``facts``) cannot do: LoRA target
+    modules it does not have, or ``model.model_max_length`` beyond its position limit; ``where`` names the
+    recipe in messages."""
+    config, modules = facts
     check_length_fits_model(recipe.model.model_max_length, config, model, where)
     targets = recipe.peft.lora_target_modules
-    if recipe.method == "full" or not isinstance(targets, list):
+    if recipe.method == "full" or not isinstance(targets, list) or modules is None:
         return
-    modules = matrix_module_names(folder)
-    if modules is None:
-        return
-    if config.get("tie_word_embeddings"):
-        modules |= {"lm_head"}  # tied to the input embeddings: not stored, but a module all the same
     missing = [t for t in targets if not any(m == t or m.endswith(f".{t}") for m in modules)]
     if missing:
         leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
@@ -158,13 +213,10 @@ def check_length_fits_model(length: int, config: dict, model: str, where: str) -
         )
 
 
-def check_benchmark_fits_model(bench, model: str, where: str) -> None:
+def check_benchmark_fits_model(bench, facts: ModelFacts, model: str, where: str) -> None:
     """Raise ConfigError when a benchmark's ``model.model_max_length`` (prompt plus generation) is beyond the
-    position limit of ``model``, where its config.json can be read."""
-    folder = readable_model_folder(model)
-    if folder is not None:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        check_length_fits_model(bench["model"]["model_max_length"], config, model, where)
+    position limit of ``model`` (known by its ``facts``)."""
+    check_length_fits_model(bench["model"]["model_max_length"], facts[0], model, where)
 
 
 def _hub_config(model: str) -> Path:

@@ -106,6 +106,20 @@ def executes_code(entry: dict) -> bool:
     return any("unsafe_code: true" in p.read_text(errors="ignore") for p in folder.rglob("*yaml*"))
 
 
+def _unreadable_yaml(folder: str) -> list[str]:
+    """``file:line: problem`` for each YAML file under ``folder`` that does not parse (lm-eval skips them)."""
+    found = []
+    for yaml_path in sorted(Path(folder).rglob("*.yaml")):
+        try:
+            yaml.load(yaml_path.read_text(encoding="utf-8"), Loader=_TaskLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            found.append(f"{yaml_path}:{mark.line + 1}: {exc.problem or exc.context}")
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            found.append(f"{yaml_path}: {exc}")
+    return found
+
+
 def suggest(name: str, known: list[str], n: int = 3) -> list[str]:
     """Close task names, from ``name``'s own family first (the names that start with its first ``_`` part:
     ``medqa`` -> ``medqa_4options``, ``mmlu_computer_science`` -> ``mmlu_college_computer_science``, not ``kmmlu``)."""
@@ -131,8 +145,13 @@ def check_benchmark(path: str, config: dict) -> None:
     for i, task in enumerate(config["tasks"]):
         name = task["task"]
         if name not in index:
+            broken = _unreadable_yaml(config["include_path"]) if config.get("include_path") else []
             hint = suggest(name, list(index))
             suggestion = f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+            if broken:
+                suggestion = (
+                    f"; lm-eval skipped task files of include_path that are not valid YAML: {'; '.join(broken)}"
+                )
             raise ConfigError(f"{path}: tasks.{i}.task: unknown lm-eval task '{name}'{suggestion}")
         if config.get("include_path") and (missing := missing_data_files(index[name])):
             raise ConfigError(

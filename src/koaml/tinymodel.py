@@ -48,6 +48,13 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
+def tiny_config(spec: dict, **tokens):
+    """The LlamaConfig of a tiny-model spec (its ``architecture``), with the tokenizer's ``tokens`` when known."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**tokens, **spec["architecture"])
+
+
 def build_tiny_model(spec: dict, out_dir: str | Path) -> None:
     """Write a tokenizer and a randomly initialised LlamaForCausalLM described by ``spec``.
 
@@ -55,7 +62,7 @@ def build_tiny_model(spec: dict, out_dir: str | Path) -> None:
     ``architecture`` (LlamaConfig keyword arguments).
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     corpus = []
     for path in spec["tokenizer"]["corpus"]:
@@ -63,12 +70,12 @@ def build_tiny_model(spec: dict, out_dir: str | Path) -> None:
     tokenizer = train_tokenizer(corpus, spec["tokenizer"]["vocab_size"])
 
     torch.manual_seed(spec["seed"])
-    config = LlamaConfig(
+    config = tiny_config(
+        spec,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **spec["architecture"],
     )
     model = LlamaForCausalLM(config)
     out_dir = Path(out_dir)

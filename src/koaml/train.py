@@ -189,7 +189,7 @@ def require_vllm() -> None:
 
     if importlib.util.find_spec("vllm") is None or device() != "cuda":
         raise SystemExit(
-            "training.use_vllm: needs the vllm package and a GPU (pip install -e '.[koa]' on KOA); "
+            "training.use_vllm: needs the vllm package and a GPU (pip install -e '.[gpu]' on KOA); "
             "set use_vllm: false to generate with transformers"
         )
 
