@@ -81,11 +81,12 @@ def main() -> None:
         "saved_per_extra_suite_s": round(saved_per_suite, 2),
         "same_scores": same,
     }
-    path = write_result("eval_grouping", result)
-    print(
-        f"{len(names)} suites, {result['model']}: separate {result['separate_s']:.1f} s, grouped "
-        f"{result['grouped_s']:.1f} s (ratio {result['grouped_over_separate']:.2f}; {saved_per_suite:.1f} s saved per "
-        f"suite after the first); same scores: {same} -> {path}"
+    write_result(
+        "eval_grouping",
+        result,
+        f"{len(names)} suites, {result['model']}: grouped {result['grouped_s']:.1f} s vs separate "
+        f"{result['separate_s']:.1f} s, ratio {result['grouped_over_separate']:.2f} ({saved_per_suite:.1f} s saved "
+        f"per suite after the first); same scores: {'yes' if same else 'no'}",
     )
     if not same:
         raise SystemExit("grouped and separate evaluations gave different scores")

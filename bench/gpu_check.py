@@ -237,8 +237,14 @@ def main() -> None:
         print(f"{r['run']:22} {r['tokens_per_s']:10.0f} {fmt(r['peak_gpu_memory_mb'], '9.0f'):>9} "
               f"{r['estimate_mb']:12.0f} {fmt(r['estimate_over_measured'], '9.2f'):>9} {fmt(r['mfu'], '6.1%'):>6}")  # fmt: skip
     print(f"lm_eval: {result['lm_eval']}\nattention weight: {result['attention_weight']}")
-    print(f"failed steps: {result['failed_steps'] or 'none'}")
-    write_result("gpu_check", result)
+    ratios = [r["estimate_over_measured"] for r in runs if r.get("estimate_over_measured")]
+    write_result(
+        "gpu_check",
+        result,
+        f"{len(runs) - len([r for r in runs if 'error' in r])} training runs on {result['model']}; memory estimate "
+        f"over measured {min(ratios, default=0):.2f} to {max(ratios, default=0):.2f}; failed steps: "
+        f"{', '.join(result['failed_steps']) or 'none'}",
+    )
 
 
 if __name__ == "__main__":

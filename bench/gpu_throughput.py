@@ -53,8 +53,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         reason = "no CUDA GPU available (torch.cuda.is_available() is False)"
-        print(f"gpu_throughput: skipped: {reason}")
-        write_result("gpu_throughput", {"skipped": reason})
+        write_result("gpu_throughput", {"skipped": reason}, f"skipped: {reason}")
         return
     from packing_throughput import SMOKE_ARCH, measure
 
@@ -89,12 +88,13 @@ def main() -> None:
         liger_note="not used: recipes have no use_liger_kernel setting",
     )
     mfu = lambda v: f"{result[v]['mfu']:.1%}" if result[v]["mfu"] is not None else "n/a (unknown GPU peak)"  # noqa: E731
-    print(
+    write_result(
+        "gpu_throughput",
+        result,
         f"{name}, {attn}, bf16: packed {result['packed']['tokens_per_s']:.0f} tokens/s (MFU {mfu('packed')}), "
         f"unpacked {result['unpacked']['tokens_per_s']:.0f} tokens/s (MFU {mfu('unpacked')}), "
-        f"speedup {result['speedup']:.2f}x"
+        f"speedup {result['speedup']:.2f}x",
     )
-    write_result("gpu_throughput", result)
 
 
 if __name__ == "__main__":

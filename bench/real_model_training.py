@@ -106,7 +106,16 @@ def main() -> None:
         print(
             f"  {method:6} {m['tokens_per_s']:9.0f} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {est}"
         )
-    write_result("real_model_training", result)
+    names = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
+    estimates = " / ".join(f"{m['estimate']['total_mb']:,.0f}" if m["estimate"] else "n/a" for m in methods.values())
+    write_result(
+        "real_model_training",
+        result,
+        ", ".join(f"{names.get(k, k)} {m['tokens_per_s']:.0f}" for k, m in methods.items())
+        + f" useful tokens/s; training RSS above the {baseline_mb:,.0f} MB import baseline "
+        + " / ".join(f"{m['above_baseline_mb']:,.0f}" for m in methods.values())
+        + f" MB (float32 on the CPU) vs GPU estimates of {estimates} MB",
+    )
 
 
 if __name__ == "__main__":

@@ -173,10 +173,16 @@ def main() -> None:
         "tpe_trials_to_reach_grid_best": reached,
         "distinct_trainings": len(trainer.losses),
     }
-    path = write_result("search_vs_grid", result)
+    ahead = sum(v < grid_best for v in tpe_final)
+    path = write_result(
+        "search_vs_grid",
+        result,
+        f"best eval loss after {budget} trials: grid {grid_best:.3f}; TPE median {median(tpe_final):.3f} "
+        f"({', '.join(f'{v:.3f}' for v in tpe_final)}): TPE ahead with {ahead} seed{'s' * (ahead != 1)} of "
+        f"{len(tpe_final)}",
+    )
     plot(curves, path.with_suffix(".png"))
-    print(f"best eval loss after {budget} trials: grid {grid_best:.4f}; TPE median {median(tpe_final):.4f} "
-          f"(seeds: {', '.join(f'{v:.4f}' for v in tpe_final)}); TPE trials to reach the grid's best: {reached}")  # fmt: skip
+    print(f"TPE trials to reach the grid's best: {reached}")
     if not all(math.isfinite(v) for v in [*tpe_final, grid_best]):
         raise SystemExit("a trial's eval loss is not finite")
 

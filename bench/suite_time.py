@@ -62,13 +62,14 @@ def main() -> None:
         "pytest_s": float(tests[-1][1]) if tests else None,
         "slowest": slowest(output)[:25],
     }
-    print(
-        f"{result['command']}: {result['minutes']} min ({'within' if result['within_budget'] else 'over'} the "
-        f"{BUDGET_S[kind] // 60}-minute budget); pytest: {result['pytest_summary']}"
-    )
     for row in result["slowest"][:10]:
         print(f"  {row['seconds']:7.1f} s  {row['phase']:8s} {row['test']}")
-    write_result("suite_time" if kind == "full" else "suite_time_fast", result)
+    write_result(
+        "suite_time" if kind == "full" else "suite_time_fast",
+        result,
+        f"{result['command']}: {result['minutes']} min ({'within' if result['within_budget'] else 'over'} the "
+        f"{BUDGET_S[kind] // 60}-minute budget); pytest: {result['pytest_summary']}",
+    )
     if code != 0:
         raise SystemExit(output[-5000:])
 

@@ -192,10 +192,21 @@ def main() -> None:
         print(
             f"  {method:6} {m['peak_rss_mb']:8.0f}M {m['training_rss_mb']:8.0f}M {m['above_baseline_mb']:10.0f}M {cols}"
         )
-    print(
-        f"  order {' < '.join(order)} (expected qlora < lora < full: {'yes' if result['expected_order_met'] else 'no'})"
+    peaks = " < ".join(
+        f"{'QLoRA' if m == 'qlora' else 'LoRA' if m == 'lora' else m} {methods[m]['training_rss_mb']:.0f} MB"
+        for m in order
     )
-    write_result("train_memory", result)
+    above = " / ".join(f"{methods[m]['above_baseline_mb']:.0f}" for m in METHODS)
+    estimated = " / ".join(
+        f"{methods[m]['estimate']['without_cuda_context_mb']:.0f}" if methods[m]["estimate"] else "n/a" for m in METHODS
+    )
+    write_result(
+        "train_memory",
+        result,
+        f"{peaks} (expected qlora < lora < full: {'yes' if result['expected_order_met'] else 'no'}); above the "
+        f"{baseline_mb:.0f} MB import baseline {above} MB vs estimated {estimated} MB ({', '.join(METHODS)}; without "
+        "the CUDA context)",
+    )
 
 
 if __name__ == "__main__":

@@ -5,14 +5,17 @@ lines (``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->``), so that no figu
   tests/test_demo.py checks that the README's table is what the suite's demo run produces.
 - ``smollm2``: config/examples/smollm2.yaml's comparison (17 minutes on 2 cores; regenerated when its results
   folder is given).
+- ``bench``: the result column of the benchmark table, each script's one-line summary from its JSON in
+  bench/results/ (a script not run there, or run with --smoke, keeps its row as it is).
 
     make docs-figures                                   # runs the demo, then this script on its results
-    .venv/bin/python docs/make_figures.py --demo results [--smollm2 <folder of the example's results>]
+    .venv/bin/python docs/make_figures.py --demo results [--smollm2 <folder of the example's results>] [--bench DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -46,6 +49,25 @@ def comparison_table(summary_csv: str | Path) -> str:
     return f"{sentence}.\n\n{header}\n" + "\n".join(rows)
 
 
+BENCH_ROW = re.compile(r"^\| `bench/(?P<script>\w+)\.(?P<ext>py|sh)` \| (?P<what>.*?) \| (?P<result>.*) \|$")
+
+
+def bench_table(table: str, results: Path) -> tuple[str, list[str]]:
+    """The README's bench table with the result of each script that has a measured JSON (not --smoke) in
+    ``results`` replaced by its summary; with the scripts so updated."""
+    lines, updated = [], []
+    for line in table.splitlines():
+        row = BENCH_ROW.match(line)
+        path = results / f"{row['script']}.json" if row else None
+        if path is not None and path.is_file():
+            measured = json.loads(path.read_text())
+            if not measured.get("smoke") and measured.get("summary"):
+                line = f"| `bench/{row['script']}.{row['ext']}` | {row['what']} | {measured['summary']} |"
+                updated.append(row["script"])
+        lines.append(line)
+    return "\n".join(lines), updated
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     """``text`` with the lines between the ``name`` markers replaced by ``body``."""
     pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL)
@@ -64,13 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="results", help="the demo's results folder")
     parser.add_argument("--smollm2", help="config/examples/smollm2.yaml's results folder (else left as it is)")
+    parser.add_argument("--bench", default="bench/results", help="the bench scripts' JSON results")
     args = parser.parse_args(argv)
     text = README.read_text()
     text = replace_section(text, "demo", comparison_table(Path(args.demo) / "compare/summary.csv"))
     if args.smollm2:
         text = replace_section(text, "smollm2", comparison_table(Path(args.smollm2) / "compare/summary.csv"))
+    table, updated = bench_table(section(text, "bench"), Path(args.bench))
+    text = replace_section(text, "bench", table)
     README.write_text(text)
-    print(f"README.md: regenerated the demo table{' and the SmolLM2 table' if args.smollm2 else ''}")
+    print(
+        f"README.md: regenerated the demo table{', the SmolLM2 table' if args.smollm2 else ''} and the results of "
+        f"{len(updated)} bench scripts ({', '.join(updated) or 'none measured in ' + args.bench})"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ def bench(script: str, tmp_path, *args: str, name: str | None = None) -> dict:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert proc.stdout.strip(), "a bench script prints its figure"
     result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert result["summary"] and result["summary"] in proc.stdout, "a bench script prints its figure, the README's"
     assert result["smoke"] is True and result["machine"]["cpus"] >= 1 and "shared" in result["machine"]["note"]
     return result
 
@@ -169,3 +169,19 @@ def test_gpu_carry_takes_what_the_device_lacks():
     carried = closure()
     assert {"trl", "lm-eval", "bitsandbytes", "datasets"} <= set(carried) and "torch" in DEVICE_PACKAGES
     assert not set(carried) & DEVICE_PACKAGES
+
+
+def test_the_readme_bench_table_shows_each_measured_scripts_summary(tmp_path, monkeypatch):
+    """docs/make_figures.py fills the README's bench table from bench/results/*.json: a measured run's summary
+    replaces its row's result; a smoke run, or a script without a result, leaves the row as it is."""
+    monkeypatch.syspath_prepend(str(REPO / "docs"))
+    from make_figures import bench_table, section
+
+    table = section((REPO / "README.md").read_text(), "bench")
+    (tmp_path / "status_speed.json").write_text(json.dumps({"summary": "0.50 s with nothing done", "smoke": False}))
+    (tmp_path / "plan_dag.json").write_text(json.dumps({"summary": "smoke figures", "smoke": True}))
+    regenerated, updated = bench_table(table, tmp_path)
+    assert updated == ["status_speed"]
+    changed = [(a, b) for a, b in zip(table.splitlines(), regenerated.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][1].startswith("| `bench/status_speed.py` | `koaml status` on the 40 runs")
+    assert changed[0][1].endswith("| 0.50 s with nothing done |")
