@@ -1,7 +1,7 @@
 """Helpers shared by the bench scripts: smoke mode, the environment, alternating timings, JSON results.
 
 Every script prints its figure and writes ``bench/results/<name>.json`` (``$KOAML_BENCH_OUT/<name>.json`` when
-that is set, as the smoke tests do). ``--smoke`` (or ``KOAML_BENCH_SMOKE=1``) cuts sizes and repeats so that a
+that is set, as the smoke tests do). ``--smoke`` (or ``KOAML_BENCH_SMOKE=1``) cuts sizes, repeats and variants so that a
 script runs in seconds: its figures then mean nothing, only the shape of its JSON does.
 """
 

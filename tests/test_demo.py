@@ -29,14 +29,31 @@ def test_summary_shows_fine_tuning_helped(demo_workflow):
     assert "| tiny-full | tiny | demo_arith_mc |" in (demo_workflow / "results/compare/summary.md").read_text()
 
 
+# How far a score of the demo may be from the README's, in points: the demo is deterministic on one machine (seeded
+# data order, initialisation and dropout; greedy evaluation; any thread count), but processors of other generations
+# round matrix products differently, and 10 epochs of training turn that into scores a few points apart (QLoRA's
+# multiple-choice accuracy moved 5.5 points between two machines).
+SCORE_TOLERANCE = 8.0
+
+
+def scores_of(table: str) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(run, benchmark, metric) -> (base score, score) of a comparison table in the README's form."""
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| tiny-")]
+    return {(r[0].lstrip("| "), r[1], r[2]): (float(r[3]), float(r[4])) for r in rows}
+
+
 def test_the_readme_shows_the_table_the_demo_produces(demo_workflow):
-    """The demo is deterministic (seeded data order, initialisation and dropout; greedy evaluation): the README's
-    table (docs/make_figures.py, from `make demo`) is what the suite's run of it gives, whatever its thread count."""
+    """The README's demo table (docs/make_figures.py, from `make demo`) is what the suite's run of it gives: the
+    same rows and base scores, each fine-tuned score within SCORE_TOLERANCE points."""
     sys.path.insert(0, str(REPO / "docs"))
     from make_figures import comparison_table, section
 
-    produced = comparison_table(demo_workflow / "results/compare/summary.csv")
-    assert section((REPO / "README.md").read_text(), "demo") == produced, f"make docs-figures gives:\n{produced}"
+    produced = scores_of(comparison_table(demo_workflow / "results/compare/summary.csv"))
+    readme = scores_of(section((REPO / "README.md").read_text(), "demo"))
+    assert produced.keys() == readme.keys() and len(readme) == 6
+    for row, (base, score) in readme.items():
+        assert produced[row][0] == base, row
+        assert abs(produced[row][1] - score) <= SCORE_TOLERANCE, (row, produced[row][1], score)
 
 
 def test_leaderboard_ranks_every_model_with_its_own_interval(demo_workflow):
