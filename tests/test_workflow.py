@@ -166,6 +166,7 @@ def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
                 "experiment": "eval-only",
                 "base_models": models,
                 "compare": "all-pairs",
+                "evaluation": {"group_by_model": True},  # one job per model for both benchmarks
                 "benchmarks": ["config/benchmarks/demo_arith_mc.yaml", "config/benchmarks/demo_arith_gen.yaml"],
             }
         )
