@@ -89,14 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bench", default="bench/results", help="the bench scripts' JSON results")
     args = parser.parse_args(argv)
     text = README.read_text()
-    text = replace_section(text, "demo", comparison_table(Path(args.demo) / "compare/summary.csv"))
-    if args.smollm2:
-        text = replace_section(text, "smollm2", comparison_table(Path(args.smollm2) / "compare/summary.csv"))
+    tables = {"demo": args.demo, "smollm2": args.smollm2}
+    done = [name for name, folder in tables.items() if folder and (Path(folder) / "compare/summary.csv").is_file()]
+    for name in done:
+        text = replace_section(text, name, comparison_table(Path(tables[name]) / "compare/summary.csv"))
     table, updated = bench_table(section(text, "bench"), Path(args.bench))
     text = replace_section(text, "bench", table)
     README.write_text(text)
     print(
-        f"README.md: regenerated the demo table{', the SmolLM2 table' if args.smollm2 else ''} and the results of "
+        f"README.md: regenerated the tables {', '.join(done) or '(none: no compare/summary.csv)'} and the results of "
         f"{len(updated)} bench scripts ({', '.join(updated) or 'none measured in ' + args.bench})"
     )
 
