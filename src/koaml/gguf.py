@@ -110,9 +110,9 @@ def architecture(path: Path, key: str = "gguf") -> str:
 
 def supported_architectures() -> list[str]:
     """GGUF architectures the installed transformers can load (cached per transformers version)."""
-    from koaml.tasks import cache_dir
+    from koaml.tasks import cache_dir, installed_version
 
-    version = importlib.metadata.version("transformers")
+    version = installed_version("transformers")
     return _supported(cache_dir() / f"gguf-architectures-transformers-{version}.json")
 
 

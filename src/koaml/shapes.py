@@ -148,14 +148,12 @@ def planned_facts(base: BaseModel) -> ModelFacts:
     """The facts of the model a build file or GGUF file makes, from the config transformers reads there and the
     model it makes on the meta device (no weights); cached, by the file's content or size and time, because the
     Snakefile asks on every parse."""
-    import importlib.metadata
-
     from koaml.io import config_hash, write_json
-    from koaml.tasks import cache_dir
+    from koaml.tasks import cache_dir, installed_version
 
     source = Path(base.build or base.gguf_file)
     stamp = source.read_text(encoding="utf-8") if base.build else [str(source.resolve()), source.stat().st_mtime_ns]
-    key = config_hash([stamp, importlib.metadata.version("transformers")])
+    key = config_hash([stamp, installed_version("transformers")])
     path = cache_dir() / f"model-facts-{key}.json"
     if not path.is_file():
         config, modules = _meta_model_facts(base)

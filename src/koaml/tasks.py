@@ -7,6 +7,7 @@ files' modification times. A cache hit imports nothing from lm-eval. No network 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib.metadata
@@ -49,9 +50,15 @@ def _build_index(include_path: str | None) -> dict[str, dict]:
     }
 
 
+@cache
+def installed_version(package: str) -> str:
+    """The installed version of ``package``, read once per process (the Snakefile asks for every benchmark)."""
+    return importlib.metadata.version(package)
+
+
 def task_index(include_path: str | None = None) -> dict[str, dict]:
     """lm-eval's task index: the built-in tasks, or (with ``include_path``) the tasks of a custom folder."""
-    version = f"{importlib.metadata.version('lm_eval')}-{INDEX_FORMAT}"
+    version = f"{installed_version('lm_eval')}-{INDEX_FORMAT}"
     if include_path is None:
         key = f"lm_eval-{version}"
     else:
@@ -78,12 +85,23 @@ class _TaskLoader(yaml.SafeLoader):
 _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
+def _task_yaml(path: Path) -> dict:
+    """A task file's YAML (``!function`` tags as None), parsed once per process and version of the file: every
+    benchmark of an experiment may run the same tasks."""
+    return copy.deepcopy(_parsed_task_yaml(path, path.stat().st_mtime_ns))
+
+
+@cache
+def _parsed_task_yaml(path: Path, _mtime_ns: int) -> dict:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+
+
 def missing_data_files(entry: dict) -> list[str]:
     """The local data files a custom task reads (``dataset_kwargs.data_files``) that do not exist."""
     if entry["kind"] != "task" or not entry["yaml_path"]:
         return []
     try:
-        task = yaml.load(Path(entry["yaml_path"]).read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+        task = _task_yaml(Path(entry["yaml_path"]))
     except (OSError, yaml.YAMLError):
         return []  # lm-eval reports what it cannot read
     files = (task.get("dataset_kwargs") or {}).get("data_files") or []
@@ -176,7 +194,7 @@ def task_config(yaml_path: str | Path, _seen: frozenset = frozenset()) -> dict:
     path = Path(yaml_path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: include cycle")
-    config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+    config = _task_yaml(path)
     includes = config.pop("include", None)
     if not includes:
         return config
