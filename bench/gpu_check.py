@@ -225,6 +225,7 @@ def main() -> None:
         step(result, "lm_eval", lambda: lm_eval_runs(model, adapter, root))
         step(result, "attention_weight", lambda: attention_weight(model, root, cuda))
     result["model"] = "tiny demo model (--dry)" if DRY else "SmolLM2-135M-Instruct architecture"
+    result["dry"] = DRY
     result["failed_steps"] = [r.get("run", "?") for r in runs if "error" in r] + [
         name for name in ("environment", "lm_eval", "attention_weight") if "error" in result[name]
     ]

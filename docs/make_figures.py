@@ -53,15 +53,15 @@ BENCH_ROW = re.compile(r"^\| `bench/(?P<script>\w+)\.(?P<ext>py|sh)` \| (?P<what
 
 
 def bench_table(table: str, results: Path) -> tuple[str, list[str]]:
-    """The README's bench table with the result of each script that has a measured JSON (not --smoke) in
-    ``results`` replaced by its summary; with the scripts so updated."""
+    """The README's bench table with the result of each script that has a measured JSON in ``results`` (not a
+    --smoke or --dry run, nor one skipped for want of a GPU) replaced by its summary; with the scripts so updated."""
     lines, updated = [], []
     for line in table.splitlines():
         row = BENCH_ROW.match(line)
         path = results / f"{row['script']}.json" if row else None
         if path is not None and path.is_file():
             measured = json.loads(path.read_text())
-            if not measured.get("smoke") and measured.get("summary"):
+            if measured.get("summary") and not any(measured.get(k) for k in ("smoke", "dry", "skipped")):
                 line = f"| `bench/{row['script']}.{row['ext']}` | {row['what']} | {measured['summary']} |"
                 updated.append(row["script"])
         lines.append(line)

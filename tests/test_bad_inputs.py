@@ -912,7 +912,7 @@ CASES = [
     Bad(
         "run-names-differ-in-case",
         {CONFIG: lambda c: c["runs"].update({"Tiny-LoRA": c["runs"]["tiny-lora"]})},
-        f"{CONFIG}: runs: the names 'tiny-lora' (runs) and 'Tiny-LoRA' (runs) differ only in case; their result "
+        f"{CONFIG}: the names 'tiny-lora' (runs.tiny-lora) and 'Tiny-LoRA' (runs.Tiny-LoRA) differ only in case; their result "
         "folders would be one folder on a case-insensitive filesystem (macOS, Windows); rename one",
     ),
     Bad(
@@ -962,7 +962,8 @@ CASES = [
         "custom-task-yaml-syntax-error",
         {GEN_TASK: sed(GEN_TASK, "output_type: generate_until", "output_type: [generate_until")},
         f"{GEN}: tasks.0.task: unknown lm-eval task 'demo_arith_gen'; lm-eval skipped task files of include_path that "
-        f"are not valid YAML: {GEN_TASK}:8: expected ',' or ']', but got ':'",
+        f"are not valid YAML: {GEN_TASK}:8: expected ',' or ']', but got ':'; or did you mean 'demo_arith_mc', "
+        "'demo_arith_mc_val'?",
     ),
     Bad(
         "preference-rows-without-prompt",
@@ -1027,7 +1028,7 @@ WARNINGS = [
             DPO: {"model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct"}},
         },
         f"{DPO}: model.model_name: meta-llama/Llama-3.1-8B-Instruct ignored by runs.dpo, which continues run:sft "
-        "(a HuggingFaceTB/SmolLM2-135M-Instruct model); a recipe's model_name is used only by runs without a base",
+        "(whose recipe names HuggingFaceTB/SmolLM2-135M-Instruct); a recipe's model_name is used only by runs without a base",
     ),
     Bad(
         "chosen-equals-rejected-in-some-rows",

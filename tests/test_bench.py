@@ -130,7 +130,8 @@ def test_packing_real_model(tmp_path, smollm2, monkeypatch):
 def test_real_model_training(tmp_path, smollm2, monkeypatch):
     monkeypatch.setenv("KOAML_SMOLLM2", str(smollm2))
     result = bench("real_model_training", tmp_path)
-    assert set(result["methods"]) == {"full"}  # --smoke trains full fine-tuning (LoRA and QLoRA: tests/test_real_model.py)
+    # --smoke trains full fine-tuning only (LoRA and QLoRA: tests/test_real_model.py)
+    assert set(result["methods"]) == {"full"}
     for method in result["methods"].values():
         assert method["tokens_per_s"] > 0 and method["training_rss_mb"] > result["baseline_rss_mb"] > 0
         assert method["estimate"]["total_mb"] > 0 and all(

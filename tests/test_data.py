@@ -135,3 +135,22 @@ def test_enable_thinking_reaches_the_chat_template(tmp_path, tiny_model):
     assert "<think>\n\n</think>" in apply_chat_template(row, tokenizer)["prompt"]  # what TRL trains on
     del row["chat_template_kwargs"]
     assert "<think>" not in apply_chat_template(row, tokenizer)["prompt"]
+
+
+def test_hub_rows_with_nothing_to_learn_are_dropped_with_a_warning(caplog):
+    """A local file's empty target is an error naming its row (the catalog's empty-completion); a hub dataset,
+    which the user cannot edit, loses such rows with a warning, unless none is left."""
+    from koaml.configfiles import ConfigError
+    from koaml.formats import learnable_rows
+
+    rows = [
+        {"prompt": "1 plus 1?", "completion": " 2", "_source": "hub[train] row 0"},
+        {"prompt": "2 plus 2?", "completion": "  ", "_source": "hub[train] row 1"},
+    ]
+    kept = learnable_rows(rows, "prompt_completion", "text", "hub: data.train_dataset", whole=True, editable=False)
+    assert kept == rows[:1]
+    assert "hub: data.train_dataset: 1 rows with an empty target dropped (the first: hub[train] row 1)" in caplog.text
+    with pytest.raises(ConfigError, match="every row's target is empty"):
+        learnable_rows(rows[1:], "prompt_completion", "text", "hub", whole=True, editable=False)
+    with pytest.raises(ConfigError, match=r"hub\[train\] row 1: 'completion' is empty"):
+        learnable_rows(rows, "prompt_completion", "text", "hub", whole=True, editable=True)

@@ -61,8 +61,8 @@ def test_user_reward_is_loaded_and_named(tmp_path):
 
 
 def test_async_rewards_and_their_helper_modules(tmp_path):
-    """An ``async def`` reward is awaited; a module next to the reward file imports by name, a missing one is
-    named when the workflow is parsed, one imported in ``try`` is taken as optional."""
+    """An ``async def`` reward is awaited; a module next to the reward file imports by name (and is an input of
+    training), a missing one is named when the workflow is parsed, one imported in ``try`` is taken as optional."""
     (tmp_path / "helpers.py").write_text("def length(text):\n    return len(text)\n")
     path = tmp_path / "mine.py"
     path.write_text(
@@ -72,8 +72,10 @@ def test_async_rewards_and_their_helper_modules(tmp_path):
     )
     spec = {"function": f"{path}:brevity"}
     assert rewards.problems([spec]) == []
+    assert rewards.user_files([spec]) == sorted([str(path), str(tmp_path / "helpers.py")])  # both train inputs
     (function,) = rewards.reward_functions([spec])
     assert function(completions=["ab", "c"], prompts=None) == [-2, -1]
+    assert function(completions=["abc"], prompts=None) == [-3]  # batch after batch, on the same event loop
     path.write_text(path.read_text().replace("import helpers", "from . import helpers\nimport helperz"))
     assert rewards.problems([spec]) == [
         f"training.rewards[0].function: {path}:2: a relative import; the file is loaded on its own: import its "

@@ -211,16 +211,15 @@ def _check_name(name: str, key: str, source: str) -> None:
 
 
 def _check_case_collisions(names: dict[str, str], source: str) -> None:
-    """Names (mapped to the section that gives them) become folder names: two that differ only in case are one
-    folder on a case-insensitive filesystem (macOS, Windows), where results are often copied to."""
+    """Names (mapped to the key that makes them) become folder names: two that differ only in case are one folder
+    on a case-insensitive filesystem (macOS, Windows), where results are often copied to."""
     seen: dict[str, str] = {}
-    for name, section in names.items():
+    for name, key in names.items():
         other = seen.setdefault(name.casefold(), name)
         if other != name:
             raise ConfigError(
-                f"{source}: {section}: the names '{other}' ({names[other]}) and '{name}' ({section}) differ only in "
-                "case; their result folders would be one folder on a case-insensitive filesystem (macOS, Windows); "
-                "rename one"
+                f"{source}: the names '{other}' ({names[other]}) and '{name}' ({key}) differ only in case; their "
+                "result folders would be one folder on a case-insensitive filesystem (macOS, Windows); rename one"
             )
 
 
@@ -391,7 +390,13 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
     clash = sorted(set(bases) & set(runs))
     if clash:
         raise ConfigError(f"{source}: names used for both a base model and a run: {', '.join(clash)}")
-    _check_case_collisions({**dict.fromkeys(bases, "base_models"), **dict.fromkeys(runs, "runs")}, source)
+    _check_case_collisions(
+        {
+            **{name: base.where.removeprefix(f"{source}: ") for name, base in bases.items()},
+            **{name: f"runs.{run.given_name}" for name, run in runs.items()},
+        },
+        source,
+    )
     benchmarks = _load_benchmarks(config["benchmarks"], config["benchmark_overrides"], source)
     searches, validation = _searches(config, runs, benchmarks, source)
     runs = _selections(config, runs, benchmarks, validation, source)
@@ -506,17 +511,24 @@ def _warn_ignored_model_names(runs: dict[str, Run], bases: dict[str, BaseModel])
         while root.parent_run:
             root = runs[root.parent_run]
             earlier.append(root.recipe.model.model_name)
-        used = bases[root.base].model_name or next(filter(None, earlier), None)
-        if given and used and given != used:
-            start = (
-                f"continues run:{runs[run.parent_run].given_name} (a {used} model)"
-                if earlier
-                else f"starts from {used}"
-            )
+        base = bases[root.base].model_name
+        used = base or next(filter(None, earlier), None)
+        if given and used and not _same_model(given, used):
+            if not earlier:
+                start = f"starts from {used}"
+            else:
+                by = "trained from" if base else "whose recipe names"
+                start = f"continues run:{runs[run.parent_run].given_name} ({by} {used})"
             warn(
                 f"{run.recipe_path}: model.model_name: {given} ignored by runs.{run.given_name}, which {start}; "
                 "a recipe's model_name is used only by runs without a base"
             )
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names are one model: the same hub ID, or paths to the same local folder."""
+    folders = [Path(name).expanduser() for name in (a, b)]
+    return a == b or (all(f.exists() for f in folders) and folders[0].resolve() == folders[1].resolve())
 
 
 def _run_recipe(
@@ -589,7 +601,9 @@ def _load_benchmarks(paths: list[str], overrides: dict, source: str) -> dict[str
         if not re.match(_NAME["pattern"], name):
             raise ConfigError(f"{source}: benchmarks: file name '{name}': expected {_NAME['description']}")
         _check_name(name, f"benchmarks: {path}", source)
-        _check_case_collisions({**dict.fromkeys(benchmarks, "benchmarks"), name: "benchmarks"}, source)
+        _check_case_collisions(
+            {**{b.name: f"benchmarks: {b.path}" for b in benchmarks.values()}, name: f"benchmarks: {path}"}, source
+        )
         benchmarks[name] = Benchmark(name, path, load_benchmark(path, overrides))
         check_benchmark(path, benchmarks[name].config)
     return benchmarks

@@ -11,7 +11,7 @@ from koaml.configfiles import ConfigError
 from koaml.datafiles import read_rows, warn_unused_target_column
 from koaml.formats import check_rows, to_training_row
 from koaml.io import write_json, write_text_atomic
-from koaml.recipe import Recipe
+from koaml.recipe import Recipe, is_local_dataset
 from koaml.sections import DataSettings, default
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def prepare(recipe: Recipe, tokenizer_path: str, out_dir: str | Path) -> dict:
 
     data = recipe.data
     name = data.train_dataset.dataset_name
-    rows = read_rows(data.train_dataset)
-    fmt = check_rows(rows, recipe, f"{name}: data.train_dataset")
+    where = f"{name}: data.train_dataset"
+    fmt, rows = check_rows(read_rows(data.train_dataset), recipe, where, editable=is_local_dataset(name))
     formats = [fmt]
     train = [to_training_row(r, fmt, data.template, data.target_column) for r in rows]
     if data.max_samples:
@@ -80,8 +80,13 @@ def prepare(recipe: Recipe, tokenizer_path: str, out_dir: str | Path) -> dict:
     dropped = len(rows) - len(train)
 
     if data.eval_dataset:
-        eval_rows = read_rows(data.eval_dataset, "data.eval_dataset")
-        eval_fmt = check_rows(eval_rows, recipe, f"{data.eval_dataset.dataset_name}: data.eval_dataset")
+        eval_name = data.eval_dataset.dataset_name
+        eval_fmt, eval_rows = check_rows(
+            read_rows(data.eval_dataset, "data.eval_dataset"),
+            recipe,
+            f"{eval_name}: data.eval_dataset",
+            editable=is_local_dataset(eval_name),
+        )
         formats.append(eval_fmt)
         evals = [to_training_row(r, eval_fmt, data.template, data.target_column) for r in eval_rows]
     elif data.eval_fraction > 0:

@@ -123,10 +123,14 @@ def _read_table(path: Path, limit: int | None) -> list[dict]:
     if path.suffix == ".json":
         return _read_json_array(path)
     if path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet
 
-        parquet = pyarrow.parquet.ParquetFile(path)
-        table = next(parquet.iter_batches(batch_size=limit), None) if limit else parquet.read()
+        try:
+            parquet = pyarrow.parquet.ParquetFile(path)
+            table = next(parquet.iter_batches(batch_size=limit), None) if limit else parquet.read()
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise ConfigError(f"{path}: not readable as Parquet ({exc}); is the file complete?") from None
         return table.to_pylist() if table is not None else []
     import pandas
 
@@ -197,7 +201,7 @@ def check_local_data(recipe: Recipe, source: str) -> list[str | None]:
         )
         if checked not in _CHECKED:
             rows = _nonempty(_local_rows(path, limit=None if small else PEEK_ROWS), spec.dataset_name, where)
-            fmt = check_rows(rows, recipe, where)
+            fmt, _ = check_rows(rows, recipe, where, whole=small)
             for row in rows:
                 to_training_row(row, fmt, data.template, data.target_column)
             _CHECKED[checked] = fmt

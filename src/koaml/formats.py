@@ -140,20 +140,21 @@ def check_format_fits_trainer(fmt: str, trainer_type: str, source: str) -> None:
     )
 
 
-def check_rows(rows: list[dict], recipe: Recipe, where: str) -> str:
-    """The format of a dataset's rows (``where`` names it), after the checks the dry run and prepare_data share:
-    every row in that format, a format the trainer reads, the columns the rewards read, something to learn."""
+def check_rows(rows: list[dict], recipe: Recipe, where: str, *, whole: bool = True, editable: bool = True):
+    """The format of a dataset's rows (``where`` names it) and the rows to train on, after the checks the dry run and
+    prepare_data share: every row in that format, a format the trainer reads, the columns the rewards read,
+    something to learn (:func:`learnable_rows`; ``whole``: these are all the rows, ``editable``: a local file)."""
     fmt = detect_format(rows, recipe.data.target_column)
     check_format_fits_trainer(fmt, recipe.trainer_type, where)
     check_reward_columns(rows, recipe.rewards)
-    check_learnable(rows, fmt, recipe.data.target_column, where)
-    return fmt
+    return fmt, learnable_rows(rows, fmt, recipe.data.target_column, where, whole=whole, editable=editable)
 
 
-def check_learnable(rows: list[dict], fmt: str, target_column: str, where: str) -> None:
-    """A row whose target (completion, output, reply, text, chosen or rejected) is empty teaches nothing: an error
-    naming it. DPO pairs whose chosen equals rejected have a zero margin: an error when all rows are such, a
-    warning with their count when some are."""
+def learnable_rows(rows: list[dict], fmt: str, target_column: str, where: str, *, whole: bool, editable: bool):
+    """The rows with something to learn from. A row whose target (completion, output, reply, text, chosen or
+    rejected) is empty is an error naming it in a file the user can fix (``editable``), else (a hub dataset) it is
+    dropped with a warning. DPO pairs whose chosen equals rejected have no margin: an error when all the rows
+    (``whole``) are such, a warning with their count when some are."""
     targets = {
         "prompt_completion": ("completion",),
         "alpaca": ("output",),
@@ -161,25 +162,34 @@ def check_learnable(rows: list[dict], fmt: str, target_column: str, where: str) 
         "preference": ("chosen", "rejected"),
         "messages": ("messages",),
     }.get(fmt, ())
+    kept, empty = [], []
     for row in rows:
-        for key in targets:
-            value = row[key][-1:] if key == "messages" else row[key]  # a chat's target: its last message
-            if not _as_text(value).strip():
-                what = "the last message's content" if key == "messages" else f"'{key}'"
-                raise ConfigError(
-                    f"{row['_source']}: {what} is empty: the row has nothing to learn from; fill or remove it"
-                )
-    if fmt == "preference":
-        same = [row["_source"] for row in rows if _as_text(row["chosen"]) == _as_text(row["rejected"])]
-        if len(same) == len(rows):
+        key = next((k for k in targets if not _as_text(row[k][-1:] if k == "messages" else row[k]).strip()), None)
+        if key is None:
+            kept.append(row)
+            continue
+        what = "the last message's content" if key == "messages" else f"'{key}'"
+        if editable:
             raise ConfigError(
-                f"{where}: in every row 'chosen' equals 'rejected' ({len(rows)} rows); DPO learns from how they differ"
+                f"{row['_source']}: {what} is empty: the row has nothing to learn from; fill or remove it"
+            )
+        empty.append(row["_source"])
+    if empty:
+        if not kept:
+            raise ConfigError(f"{where}: every row's target is empty ({len(rows)} rows): nothing to learn from")
+        warn(f"{where}: {len(empty)} rows with an empty target dropped (the first: {empty[0]})")
+    if fmt == "preference":
+        same = [row["_source"] for row in kept if _as_text(row["chosen"]) == _as_text(row["rejected"])]
+        if whole and len(same) == len(kept):
+            raise ConfigError(
+                f"{where}: in every row 'chosen' equals 'rejected' ({len(kept)} rows); DPO learns from how they differ"
             )
         if same:
             warn(
-                f"{where}: in {len(same)} of {len(rows)} rows 'chosen' equals 'rejected' (the first: {same[0]}); "
+                f"{where}: in {len(same)} of {len(kept)} rows 'chosen' equals 'rejected' (the first: {same[0]}); "
                 "their loss has no margin to learn from"
             )
+    return kept
 
 
 def _as_text(value) -> str:

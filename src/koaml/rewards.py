@@ -48,8 +48,20 @@ def split_reference(function: str) -> tuple[Path, str]:
 
 
 def user_files(rewards: list[dict]) -> list[str]:
-    """The Python files of the user's own reward functions (editing one reruns the training)."""
-    return sorted({str(split_reference(r["function"])[0]) for r in rewards if not is_builtin(r)})
+    """The Python files of the user's own reward functions and the modules next to them they import (editing one
+    reruns the training)."""
+    files = {split_reference(r["function"])[0] for r in rewards if not is_builtin(r)}
+    return sorted({str(f) for f in files} | {str(helper) for f in files for helper in _helper_modules(f)})
+
+
+def _helper_modules(path: Path) -> set[Path]:
+    """The modules next to reward file ``path`` that it imports by name."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return set()
+    names = {module.split(".")[0] for _, module in _imports(tree.body)}
+    return {path.parent / f"{name}.py" for name in names if (path.parent / f"{name}.py").is_file()}
 
 
 def problems(rewards: list[dict], key: str = "training.rewards") -> list[str]:
@@ -125,21 +137,30 @@ def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctio
     return next((n for n in tree.body if isinstance(n, _FUNCTIONS) and n.name == name), None)
 
 
-def _import_problems(body: list[ast.stmt], path: Path) -> list[tuple[int, str]]:
-    """Imports in ``body`` (in functions and ifs too, not in ``try``: those are optional) that would fail in the
-    training job: relative ones, and modules neither installed nor next to the reward file."""
+def _imports(body: list[ast.stmt]) -> list[tuple[int, str | None]]:
+    """(line, module) of the imports that run whenever the file is loaded or a function called: at the top level
+    and in function and class bodies; not under ``if``, ``try`` or ``with`` (conditional or optional). A relative
+    import's module is None."""
     found = []
     for node in body:
-        if isinstance(node, ast.ImportFrom) and node.level:
-            found.append(
-                (node.lineno, "a relative import; the file is loaded on its own: import its neighbours by name")
-            )
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
-            found += [(node.lineno, _not_installed(m, path)) for m in modules if not _importable(m, path)]
-        elif not isinstance(node, ast.Try):
-            found += _import_problems([*getattr(node, "body", []), *getattr(node, "orelse", [])], path)
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, None if node.level else node.module))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found += _imports(node.body)
     return found
+
+
+def _import_problems(body: list[ast.stmt], path: Path) -> list[tuple[int, str]]:
+    """Imports that would fail in the training job: relative ones, and modules neither installed nor next to the
+    reward file."""
+    return [
+        (line, _not_installed(module, path) if module else "a relative import; the file is loaded on its own: "
+         "import its neighbours by name")
+        for line, module in _imports(body)
+        if module is None or not _importable(module, path)
+    ]  # fmt: skip
 
 
 def _importable(module: str, path: Path) -> bool:
@@ -300,7 +321,8 @@ def _bind(builtin: Callable, params: dict) -> Callable:
 def load_user_function(function: str) -> Callable:
     """Import ``path/to/file.py:function`` and check its signature (as the dry run did, now on the real object)."""
     path, name = split_reference(function)
-    sys.path.insert(0, str(path.parent.resolve()))  # the file's own helper modules import by name
+    if str(path.parent.resolve()) not in sys.path:
+        sys.path.append(str(path.parent.resolve()))  # the file's own helper modules import by name
     spec = importlib.util.spec_from_file_location(f"koaml_reward_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -311,9 +333,11 @@ def load_user_function(function: str) -> Callable:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         raise ValueError(f"{function}: must accept **kwargs (TRL passes its keywords and every data column)")
 
+    loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(found) else None  # one loop for every call
+
     def reward(**kwargs):
         scores = found(**kwargs)
-        return asyncio.run(scores) if inspect.iscoroutine(scores) else scores
+        return loop.run_until_complete(scores) if loop else scores
 
     reward.__name__ = name
     return reward

@@ -156,7 +156,12 @@ def planned_facts(base: BaseModel) -> ModelFacts:
     key = config_hash([stamp, installed_version("transformers")])
     path = cache_dir() / f"model-facts-{key}.json"
     if not path.is_file():
-        config, modules = _meta_model_facts(base)
+        try:
+            config, modules = _meta_model_facts(base)
+        except (KeyError, TypeError, ValueError, ImportError, OSError) as exc:
+            raise ConfigError(
+                f"{base.where}: transformers cannot make a model of {source} ({type(exc).__name__}: {exc})"
+            ) from None
         write_json(path, {"config": config, "modules": sorted(modules)})
     facts = json.loads(path.read_text())
     return facts["config"], frozenset(facts["modules"])

@@ -165,10 +165,11 @@ def check_benchmark(path: str, config: dict) -> None:
         if name not in index:
             broken = _unreadable_yaml(config["include_path"]) if config.get("include_path") else []
             hint = suggest(name, list(index))
-            suggestion = f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-            if broken:
+            suggestion = f"; {'or ' if broken else ''}did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+            if broken:  # the likelier cause first
                 suggestion = (
                     f"; lm-eval skipped task files of include_path that are not valid YAML: {'; '.join(broken)}"
+                    + suggestion
                 )
             raise ConfigError(f"{path}: tasks.{i}.task: unknown lm-eval task '{name}'{suggestion}")
         if config.get("include_path") and (missing := missing_data_files(index[name])):
