@@ -257,7 +257,12 @@ def copy_results(workdir: Path, dest: Path) -> Path:
 
 
 # Two one-thread jobs at once use two cores better than one two-thread job: the models of the tests are small.
-ONE_THREAD_JOBS = ("--set-threads", "train=1", "evaluate=1")
+# Training and evaluation jobs on one thread each, so that two share the two cores (tiny models gain little from a
+# second thread): every rule that trains or evaluates (a rule the experiment lacks is ignored).
+ONE_THREAD_JOBS = (
+    "--set-threads",
+    *(f"{rule}=1" for rule in ("train", "evaluate", "evaluate_model", "evaluate_step", "evaluate_trial")),
+)
 
 
 @pytest.fixture(scope="session")

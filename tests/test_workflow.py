@@ -3,7 +3,7 @@
 from collections import Counter
 
 import pytest
-from conftest import cache_hub_dataset, cache_hub_model, dry_run, planned_jobs, snakemake
+from conftest import ONE_THREAD_JOBS, cache_hub_dataset, cache_hub_model, dry_run, planned_jobs, snakemake
 
 
 def test_demo_dag_evaluates_the_base_once(workflow_dir):
@@ -176,7 +176,7 @@ def test_evaluation_only_experiment_compares_models_side_by_side(workflow_dir):
         (workflow_dir / f"{name}.yaml").write_text(
             yaml.safe_dump({**spec, "seed": spec["seed"] + len(name), "architecture": spec["architecture"] | change})
         )
-    snakemake(workflow_dir, "--configfile", "exp.yaml", "--config", "benchmark_overrides={limit: 40}")
+    snakemake(workflow_dir, *ONE_THREAD_JOBS, "--configfile", "exp.yaml", "--config", "benchmark_overrides={limit: 40}")
     table = pd.read_csv(workflow_dir / "results/compare/summary.csv")
     pairs = [("deep", "small"), ("deep", "wide"), ("small", "wide")]  # safe_dump sorted the base models
     assert list(dict.fromkeys(zip(table.base_model, table.run, strict=True))) == pairs
