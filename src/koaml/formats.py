@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from koaml.configfiles import ConfigError, warn
-from koaml.rewards import numeric_columns, reference_number, required_columns
+from koaml.rewards import as_text, numeric_columns, reference_number, required_columns
 from koaml.trainers import PREFERENCE_KEYS, TRAINERS
 
 if TYPE_CHECKING:
@@ -194,9 +194,7 @@ def learnable_rows(rows: list[dict], fmt: str, target_column: str, where: str, *
 
 def _as_text(value) -> str:
     """A target's text: a string or number as it is written, chat messages' contents joined."""
-    if isinstance(value, list):
-        return "".join(str(m.get("content", "")) for m in value)
-    return str(value)
+    return as_text(value if isinstance(value, list) else str(value))
 
 
 def check_reward_columns(rows: list[dict], rewards: list[dict]) -> None:

@@ -60,8 +60,9 @@ def _helper_modules(path: Path) -> set[Path]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return set()
-    names = {module.split(".")[0] for _, module in _imports(tree.body)}
-    return {path.parent / f"{name}.py" for name in names if (path.parent / f"{name}.py").is_file()}
+    return {(path.parent / f"{module.split('.')[0]}.py") for _, module in _imports(tree.body) if module} & set(
+        path.parent.glob("*.py")
+    )
 
 
 def problems(rewards: list[dict], key: str = "training.rewards") -> list[str]:
