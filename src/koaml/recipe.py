@@ -92,7 +92,7 @@ class Recipe(_Settings):
 
     def __init__(self, settings: dict, source: str | Path, given: frozenset[str] = frozenset()):
         super().__init__(settings, source)
-        self.given = given  # "section.key" of each key the recipe file or its overrides set (empty when resolved)
+        self.given = given  # "section.key" of each key the recipe file or its overrides set to other than its default
         for key, section in SECTIONS.items():
             super().__setattr__(key, section.from_dict(copy.deepcopy(settings.get(key) or {})))
 
@@ -195,11 +195,25 @@ VLLM_MISSING = (
 )
 
 
+def _trainer_default(key: str, trainer: str):
+    """The default the resolver writes for training ``key`` with ``trainer`` (None where it writes none)."""
+    return _default("training", key, trainer)
+
+
+def _default(section: str, key: str, trainer: str):
+    """The default the resolver writes for ``section.key`` (None where it writes none): a key at its default in a
+    recipe is no setting of the user's (a resolved recipe, such as a search's best.yaml, has every key)."""
+    prop = schema("recipe")["properties"].get(section, {}).get("properties", {}).get(key, {})
+    return prop.get("x-trainers", {}).get(trainer, prop).get("default")
+
+
 def _grpo_problems(given: dict, training: dict) -> list[str]:
+    # A vLLM key at its default is what the resolver writes (a resolved recipe must load again): only another
+    # value is a setting that use_vllm: false would silently ignore.
     problems = [
         f"training.{key}: only used with training.use_vllm: true"
         for key in ("vllm_mode", "vllm_gpu_memory_utilization")
-        if key in given and not training["use_vllm"]
+        if key in given and not training["use_vllm"] and given[key] != _trainer_default(key, "grpo")
     ]
     if training["use_vllm"] and importlib.util.find_spec("vllm") is None:
         problems.append(f"training.use_vllm: {VLLM_MISSING}; or set use_vllm: false to generate with transformers")
@@ -335,14 +349,21 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     problems = _fill_trainer_settings(merged.get("training", {}), recipe["training"])
     raise_if_problems("recipe", source, problems + _contradictions(raw, merged, recipe))
     trainer = recipe["training"]["trainer_type"]
-    if trainer != "sft" and "completion_only_loss" in merged.get("training", {}):
+    given_loss = merged.get("training", {}).get("completion_only_loss")
+    if trainer != "sft" and given_loss is not None and given_loss != _trainer_default("completion_only_loss", trainer):
         warn(f"{source}: training.completion_only_loss: ignored with trainer_type {trainer} (an SFT setting)")
     deepspeed = recipe["training"].get("deepspeed")
     if deepspeed and not Path(deepspeed).is_file():
         raise ConfigError(f"{source}: training.deepspeed: {deepspeed}: file not found")
     if recipe["peft"]["type"] == "none":
         recipe["peft"] = {"type": "none"}
-    given = frozenset(f"{section}.{key}" for section, keys in merged.items() if isinstance(keys, dict) for key in keys)
+    given = frozenset(
+        f"{section}.{key}"
+        for section, keys in merged.items()
+        if isinstance(keys, dict)
+        for key, value in keys.items()
+        if value != _default(section, key, trainer)
+    )
     return Recipe(canonical(recipe), source, given)
 
 

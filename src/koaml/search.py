@@ -410,7 +410,7 @@ def summarize(search: Search, trials: list[str], journal: str | Path, out_dir: s
     cost). Returns the best trial's row."""
     import optuna
 
-    from koaml.recipe import load_recipe
+    from koaml.recipe import read_recipe
 
     study = open_study(search, journal)
     tell(study, search, trials)
@@ -435,7 +435,7 @@ def summarize(search: Search, trials: list[str], journal: str | Path, out_dir: s
         f"{search.objective.label} = {best.values[0]:.6g}.\n# Its full resolved recipe: use it as a recipe file.\n"
     )
     (out_dir / "best.yaml").write_text(header + recipe)
-    method = load_recipe(f"results/runs/{best_name}/config.yaml").method
+    method = read_recipe(f"results/runs/{best_name}/config.yaml").method
     (out_dir / "best_model.txt").write_text(final_model_dir(best_name, method) + "\n")
     (out_dir / "importances.json").write_text(json.dumps(importances(study, search, complete), indent=2) + "\n")
     (out_dir / "train_summary.json").write_text(json.dumps(search_cost(trials), indent=2) + "\n")
