@@ -653,6 +653,12 @@ def _objective(
 ) -> Objective:
     """A search's objective: eval_loss (the recipe must hold out an eval split) or a validation benchmark's metric."""
     key = f"runs.{run}.search.objective"
+    if given == OBJECTIVE_EVAL_LOSS and recipe.trainer.eval_loss_meaningless:
+        raise ConfigError(
+            f"{source}: {key}: eval_loss does not measure a {recipe.trainer_type} model: "
+            f"{recipe.trainer.eval_loss_meaningless}; choose by a validation benchmark's metric instead, e.g. "
+            "objective: {benchmark: <file>, metric: exact_match}"
+        )
     if given == OBJECTIVE_EVAL_LOSS:
         if recipe.data.eval_fraction <= 0 and recipe.data.eval_dataset is None:
             raise ConfigError(

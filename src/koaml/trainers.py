@@ -26,6 +26,8 @@ class Trainer:
     packs: bool = False  # may pack several rows into one sequence
     paired: bool = False  # each row runs twice per step (DPO's chosen and rejected answer)
     generates: bool = False  # samples completions while training (GRPO): prompts leave room for them
+    # Why its eval_loss does not measure the model (None: it does); a search cannot optimize it.
+    eval_loss_meaningless: str | None = None
     # Whether training keeps a frozen reference model (for full fine-tuning, a second copy of the weights).
     uses_reference_model: Callable[[TrainingSettings], bool] = lambda training: False
     # Keyword arguments of its TRL config beyond ``passthrough``, from the training section.
@@ -70,6 +72,12 @@ TRAINERS = {
             "use_vllm",
         ),
         generates=True,
+        # TRL 1.x computes GRPO's loss on eval data too (GRPOTrainer.prediction_step), but it is the policy-gradient
+        # surrogate: on-policy its ratio is 1 and each group's advantages are centred on the group's mean reward.
+        eval_loss_meaningless=(
+            "TRL's GRPO loss on eval data is its policy-gradient surrogate, about 0 by construction (each group's "
+            "advantages are centred on its mean reward) and exactly 0 when a group's rewards are all equal"
+        ),
         uses_reference_model=lambda training: training.beta > 0,
         extra_config=lambda training: (
             {"vllm_mode": training.vllm_mode, "vllm_gpu_memory_utilization": training.vllm_gpu_memory_utilization}
