@@ -35,6 +35,7 @@ PROMPT = '{"prompt": "Question: What is 1 plus 1?\\nAnswer:", "completion": " 2"
 DATA_LOOKALIKE = "resources/demo/data-arith_train.jsonl"  # the same run-name slug as DATA
 DPO = "config/recipes/demo_dpo_lora.yaml"
 PREFERENCE = "resources/demo/data/arith_preference_train.jsonl"
+TINY = "resources/demo/tiny_model.yaml"
 
 
 @dataclass(frozen=True)
@@ -1000,11 +1001,147 @@ CASES = [
         },
         "resources/demo/data/train.parquet:row 2: 'completion' is empty: the row has nothing to learn from; fill or remove it",
     ),
+    # caught when the workflow is parsed since issue #40 (metrics, data, build specs, messages)
+    Bad(
+        "objective-metric-not-of-the-task",
+        {CONFIG: search_run(objective={"benchmark": VALIDATION, "metric": "accuracy"})},
+        f"{CONFIG}: runs.lr.search.objective.metric: 'accuracy' is not a metric of lm-eval task 'demo_arith_mc_val' "
+        f"(of {VALIDATION}); it reports: acc",
+    ),
+    Bad(
+        "selection-filter-not-of-the-task",
+        {
+            CONFIG: curves_run(
+                checkpoint_eval={"every": 10},
+                select_checkpoint={"benchmark": VALIDATION, "metric": "acc", "filter": "strict-match"},
+            )
+        },
+        f"{CONFIG}: runs.lora.select_checkpoint.filter: 'strict-match' is not a filter of lm-eval task "
+        f"'demo_arith_mc_val' (of {VALIDATION}); it has: none",
+    ),
+    Bad(
+        "direction-against-the-metric",
+        {CONFIG: search_run(objective={"benchmark": VALIDATION, "metric": "acc", "direction": "minimize"})},
+        f"{CONFIG}: runs.lr.search.objective.direction: minimize would choose the worst: lm-eval's 'acc' of task "
+        "'demo_arith_mc_val' is higher-is-better (higher_is_better: true); remove direction (it follows the metric)",
+    ),
+    Bad(
+        "search-choice-file-not-found",
+        {
+            CONFIG: search_run(
+                space={
+                    "data.train_dataset.dataset_name": {
+                        "type": "categorical",
+                        "choices": [DATA, "resources/demo/data/arith_trian.jsonl"],
+                    }
+                }
+            )
+        },
+        f"{CONFIG}: runs.lr.search.space: the point {{'data.train_dataset.dataset_name': "
+        f"'resources/demo/data/arith_trian.jsonl'}} gives an invalid recipe: {LORA}: data.train_dataset.dataset_name: "
+        "resources/demo/data/arith_trian.jsonl: file not found",
+    ),
+    Bad(
+        "search-trial-name-is-a-run",
+        {
+            CONFIG: runs(
+                lr={
+                    "base": "tiny",
+                    "recipe": LORA,
+                    "search": {"space": LR_SPACE, "objective": "eval_loss", "n_trials": 4},
+                },
+                lr_t2={"base": "tiny", "recipe": LORA},
+            )
+        },
+        f"{CONFIG}: runs.lr_t2: the name is a search trial that the search of 'lr' makes (lr_t2); rename the run",
+    ),
+    Bad(
+        "compare-names-a-sweep",
+        {
+            CONFIG: lambda c: c.update(
+                runs={"rank": {"base": "tiny", "recipe": LORA, "sweep": {"peft.lora_r": [4, 8]}}},
+                compare=[["tiny", "rank"]],
+            )
+        },
+        f"{CONFIG}: compare.0.1: 'rank' is a sweep; compare one of its runs (rank_lora_r4, rank_lora_r8), one pair each",
+    ),
+    Bad(
+        "gguf-as-model-name",
+        {CONFIG: lambda c: c["base_models"].update(tiny={"model_name": "models/SmolLM2-135M.Q4_1.gguf"})},
+        f"{CONFIG}: base_models.tiny.model_name: models/SmolLM2-135M.Q4_1.gguf: a GGUF file, which is not a model "
+        "folder or hub ID; give it as a base model's gguf (base_models: {<name>: {gguf: models/SmolLM2-135M.Q4_1.gguf}}, "
+        "converted once by the workflow; package:<package>/<file> for one inside an installed package) and start the "
+        "runs from it (base: <name>)",
+    ),
+    Bad(
+        "build-spec-unknown-key",
+        {TINY: lambda t: t["architecture"].update(hidden_sise=t["architecture"].pop("hidden_size"))},
+        f"{TINY}: architecture.hidden_sise: unknown key; did you mean 'hidden_size'?",
+    ),
+    Bad(
+        "build-spec-heads-do-not-divide",
+        {TINY: {"architecture": {"hidden_size": 130}}},
+        f"{TINY}: architecture.hidden_size: 130 is not a multiple of architecture.num_attention_heads (4); each head "
+        "takes an equal share of the width",
+    ),
+    Bad(
+        "completion-is-nan",
+        {DATA: sed(DATA, '"completion": " ', '"completion": NaN, "x": "')},
+        f"{DATA}:1: 'completion' is NaN (an empty cell?): the row has no completion; fill or remove it",
+    ),
+    Bad(
+        "chat-roles-not-recognised",
+        {DATA: '{"messages": [{"role": "human", "content": "1 plus 1?"}, {"role": "bot", "content": "2"}]}\n'},
+        f"{DATA}:1: messages[0].role: 'human' is not a chat role; expected one of: system, user, assistant, tool "
+        "(rename e.g. human -> user, bot or gpt -> assistant)",
+    ),
+    Bad(
+        "grpo-empty-prompt",
+        grpo({}, **{PROMPTS: sed(PROMPTS, '"prompt": "Question: What is 104 minus 10?\\nAnswer:"', '"prompt": ""')}),
+        f"{PROMPTS}:1: 'prompt' is empty: the row has nothing to learn from; fill or remove it",
+    ),
+    Bad(
+        "reward-column-null",
+        grpo({}, **{PROMPTS: sed(PROMPTS, '"answer": "94"', '"answer": null')}),
+        f"{PROMPTS}:1: 'answer' is null, which training.rewards[0] (exact_match) reads (an empty cell?); fill or "
+        "remove the row",
+    ),
+    Bad(
+        "rewards-all-weight-zero",
+        grpo(rewards({"function": "exact_match", "pattern": "(\\d+)", "weight": 0})),
+        f"{GRPO}: training.rewards: every reward has weight 0: the summed reward is 0 for every completion, so GRPO's "
+        "advantages and loss are 0 and nothing is learned; give a reward a non-zero weight",
+    ),
+    Bad(
+        "reward-assigned-not-defined",
+        grpo(rewards({"function": "my_rewards.py:score"}), **{"my_rewards.py": "score = make_reward()\n"}),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py:1: 'score' is assigned, not defined with def or as a "
+        "lambda, so its parameters cannot be checked before training; define it with def score(completions, **kwargs)",
+    ),
+    Bad(
+        "reward-helper-name-missing",
+        grpo(
+            rewards({"function": "my_rewards.py:score"}),
+            **{
+                "my_rewards.py": "from helpers import normalize\n\n\ndef score(completions, **kwargs):\n"
+                "    return [0.0 for _ in completions]\n",
+                "helpers.py": "def normalise(text):\n    return text.strip()\n",
+            },
+        ),
+        f"{GRPO}: training.rewards[0].function: my_rewards.py:1: imports 'normalize' from helpers.py, which does not "
+        "define it; did you mean 'normalise'?",
+    ),
 ]
 
 
 # Inputs that are legitimate but surprising: the dry run plans the jobs, with a warning.
 WARNINGS = [
+    Bad(
+        "search-key-replaces-override",
+        {CONFIG: search_run({"overrides": {"training": {"learning_rate": 0.001}}})},
+        f"{CONFIG}: runs.lr.search.space.training.learning_rate replaces runs.lr.overrides.training.learning_rate "
+        "(0.001) in every trial; remove one of them",
+    ),
     Bad(
         "sweep-value-repeated",
         {CONFIG: lambda c: c["runs"]["tiny-lora"].update(sweep={"training.learning_rate": [0.001, 1.0e-3, 0.002]})},

@@ -295,6 +295,45 @@ def test_statistics_settings_default_and_are_validated():
         load_experiment(demo_experiment(statistics={"correction": "bonferroni"}))
 
 
+def test_a_section_left_empty_takes_its_defaults(tmp_path):
+    """``statistics:`` with nothing under it (YAML's None) is the section with its defaults, in every config file
+    and at any depth (a run's ``overrides:``, a recipe's ``peft:``); a value that is no section is still an error."""
+    exp = load_experiment(demo_experiment(statistics=None, evaluation=None, recipe_overrides=None))
+    assert exp.statistics == {"correction": "bh", "alpha": 0.05, "power": 0.8}
+    runs = {"a": {"base": "tiny", "recipe": DEMO_RECIPE, "overrides": None}}
+    assert load_experiment(demo_experiment(runs=runs)).runs["a"].recipe == load_recipe(DEMO_RECIPE)
+    empty_peft = write(tmp_path, "p.yaml", {**load_yaml(DEMO_RECIPE), "peft": None})
+    assert (
+        load_recipe(empty_peft).peft
+        == load_recipe(write(tmp_path, "q.yaml", {**load_yaml(DEMO_RECIPE), "peft": {}})).peft
+    )
+    with pytest.raises(ConfigError, match=r"statistics: 'none' is not of type 'object'"):
+        load_experiment(demo_experiment(statistics="none"))
+
+
+def test_build_spec_is_checked_by_its_own_schema(tmp_path):
+    """A base model's build spec: unknown keys (a typo would build transformers' default width) and widths that
+    heads do not divide are errors naming the file, before transformers sees the spec; its architecture keys are
+    LlamaConfig's."""
+    import inspect
+
+    from transformers import LlamaConfig
+
+    from koaml.configfiles import schema
+    from koaml.tinymodel import load_spec
+
+    arch = schema("tiny_model")["properties"]["architecture"]["properties"]
+    assert set(arch) - {"vocab_size"} <= set(inspect.signature(LlamaConfig.__init__).parameters)
+    assert load_spec("resources/demo/tiny_model.yaml")["seed"] == 0
+    spec = load_yaml("resources/demo/tiny_model.yaml")
+    spec["architecture"].update(num_key_value_heads=3)
+    with pytest.raises(ConfigError, match=r"s.yaml: architecture.num_key_value_heads: 3 does not divide architecture"):
+        load_spec(write(tmp_path, "s.yaml", spec))
+    spec["architecture"].update(num_key_value_heads=2, vocab_size=400)
+    with pytest.raises(ConfigError, match=r"architecture.vocab_size: 400 is not allowed \(set by the tokenizer"):
+        load_spec(write(tmp_path, "s.yaml", spec))
+
+
 def test_replicates_train_copies_with_consecutive_seeds():
     config = demo_experiment(
         runs={

@@ -154,3 +154,25 @@ def test_hub_rows_with_nothing_to_learn_are_dropped_with_a_warning(caplog):
         learnable_rows(rows[1:], "prompt_completion", "text", "hub", whole=True, editable=False)
     with pytest.raises(ConfigError, match=r"hub\[train\] row 1: 'completion' is empty"):
         learnable_rows(rows, "prompt_completion", "text", "hub", whole=True, editable=True)
+
+
+def test_nan_and_null_text_is_refused_not_trained_as_nan(tmp_path):
+    """pandas and JSON write an empty cell as NaN (or null): in a text column it would be trained as "nan". Every
+    format's columns are checked (a CSV's empty cells read as null), the prompts of chat rows' roles too; an
+    optional empty Alpaca input is left out of the prompt."""
+    from koaml.configfiles import ConfigError
+
+    for value, word in ((float("nan"), "NaN"), (None, "null")):
+        for fmt_row in ({"prompt": "Q", "completion": value}, {"instruction": value, "output": "A"}, {"text": value}):
+            key = next(k for k, v in fmt_row.items() if v is value)
+            with pytest.raises(ConfigError, match=rf"x:1: '{key}' is {word} \(an empty cell\?\)"):
+                detect_format([dict(fmt_row, _source="x:1")], "text")
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,completion\nQ,A\nQ2,\n")
+    with pytest.raises(ConfigError, match=r"d.csv:row 2: 'completion' is null"):
+        detect_format(read_rows(DatasetSpec(str(path), None, "train")), "text")
+    row = {"instruction": "Add", "input": float("nan"), "output": "5", "_source": "x:1"}
+    assert to_training_row(row, "alpaca", "none", "text") == {"prompt": "Add", "completion": "5"}
+    chat = [{"role": "human", "content": "Q"}]
+    with pytest.raises(ConfigError, match=r"x:1: prompt\[0\].role: 'human' is not a chat role"):
+        detect_format([{"prompt": chat, "_source": "x:1"}], "text")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from koaml.config import load_experiment
-from koaml.configfiles import load_yaml
+from koaml.configfiles import ConfigError, load_yaml
 from koaml.recipe import load_recipe
 from koaml.search import Search, ask_round, journal_file, open_study, sizing_point, summarize, trial_recipe
 
@@ -85,6 +85,30 @@ def test_the_study_is_identified_by_what_decides_its_trials():
 def test_an_objective_on_a_reported_benchmark_warns_of_selection_bias(caplog):
     load_experiment(experiment({"objective": {"benchmark": "config/benchmarks/demo_arith_mc.yaml", "metric": "acc"}}))
     assert any("selection bias" in r.getMessage() for r in caplog.records if r.name == "koaml")
+
+
+def test_the_direction_follows_the_metrics_higher_is_better(tmp_path):
+    """Without ``direction``, a metric lm-eval marks lower-is-better is minimized; a task reporting a metric under
+    several filters needs ``filter``."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    task = yaml.safe_load(Path("resources/demo/tasks/demo_arith_mc_val.yaml").read_text())
+    task.update(task="brier_val", metric_list=[{"metric": "brier_score"}])
+    (tasks / "brier.yaml").write_text(yaml.safe_dump(task))
+    task.update(task="filtered_val", filter_list=[{"name": n, "filter": [{"function": "take_first"}]} for n in "ab"])
+    (tasks / "filtered.yaml").write_text(yaml.safe_dump(task))
+    bench = yaml.safe_load(Path(VALIDATION).read_text())
+    for name in ("brier_val", "filtered_val"):
+        bench.update(include_path=str(tasks), tasks=[{"task": name}])
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(bench))
+    objective = {"benchmark": str(tmp_path / "brier_val.yaml"), "metric": "brier_score"}
+    assert load_experiment(experiment({"objective": objective})).searches["lr"].objective.direction == "minimize"
+    objective = {"benchmark": str(tmp_path / "filtered_val.yaml"), "metric": "brier_score"}
+    with pytest.raises(ConfigError, match=r"objective.filter: .* reports 'brier_score' under several filters \(a, b\)"):
+        load_experiment(experiment({"objective": objective}))
+    assert (
+        load_experiment(experiment({"objective": {**objective, "filter": "b"}})).searches["lr"].objective.filter == "b"
+    )
 
 
 # --- the study, told what training jobs write ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from conftest import REPO
 
 from koaml.configfiles import ConfigError
 from koaml.recipe import load_benchmark
-from koaml.tasks import check_benchmark, task_index
+from koaml.tasks import benchmark_index, check_benchmark, task_index, task_metrics
 
 GUIDE_TASKS = {
     "mmlu": ("mmlu", 5),
@@ -152,3 +152,18 @@ def test_includes_are_merged_like_lm_eval():
     assert protocol["generation_kwargs"]["do_sample"] is True and not protocol["fewshot_source"]
     leaves = task_protocols("mmlu", task_index())
     assert len(leaves) == 57 and all(p["output_type"] == "multiple_choice" for p in leaves)
+
+
+def test_a_tasks_metrics_and_filters_are_lm_evals():
+    """What a search or select_checkpoint may choose by: the task config's metric_list (else its output type's
+    default metrics) with higher_is_better, and its filter_list (else none); unknown for groups."""
+    index = benchmark_index("demo", load_benchmark("config/benchmarks/demo_arith_gen.yaml"))
+    assert task_metrics("demo_arith_gen", index) == ({"exact_match": True}, ["first-number"])
+    assert task_metrics("gsm8k", index) == ({"exact_match": True}, ["strict-match", "flexible-extract"])
+    assert task_metrics("hellaswag", index) == ({"acc": True, "acc_norm": True}, ["none"])  # multiple_choice defaults
+    assert task_metrics("wikitext", index)[0] == {
+        "word_perplexity": False,
+        "byte_perplexity": False,
+        "bits_per_byte": False,
+    }
+    assert task_metrics("mmlu", index) is None  # a group: its metrics are known when it runs

@@ -12,10 +12,9 @@ from koaml.io import DiskSpaceError
 
 
 def _build_model(a):
-    from koaml.configfiles import load_yaml
-    from koaml.tinymodel import build_tiny_model
+    from koaml.tinymodel import build_tiny_model, load_spec
 
-    build_tiny_model(load_yaml(a.spec), a.out)
+    build_tiny_model(load_spec(a.spec), a.out)
 
 
 def _convert_gguf(a):

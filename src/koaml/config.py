@@ -18,6 +18,7 @@ from pathlib import Path
 from koaml.configfiles import (
     ConfigError,
     deep_merge,
+    empty_sections,
     fill_defaults,
     load_yaml,
     schema,
@@ -55,7 +56,8 @@ from koaml.search import (
     with_point,
 )
 from koaml.shapes import check_benchmark_fits_model, check_recipe_fits_model, model_facts
-from koaml.tasks import check_benchmark
+from koaml.tasks import benchmark_index, check_benchmark, task_metrics
+from koaml.tinymodel import load_spec
 
 log = logging.getLogger("koaml")
 
@@ -277,8 +279,17 @@ def _check_model(model: BaseModel) -> BaseModel:
     the model with its GGUF file resolved."""
     if model.gguf:
         return replace(model, gguf_file=str(check_gguf(model.gguf, f"{model.where}.gguf")))
+    if model.model_name and model.model_name.lower().endswith(".gguf"):
+        raise ConfigError(
+            f"{model.where}.model_name: {model.model_name}: a GGUF file, which is not a model folder or hub ID; give "
+            f"it as a base model's gguf (base_models: {{<name>: {{gguf: {model.model_name}}}}}, converted once by the "
+            "workflow; package:<package>/<file> for one inside an installed package) and start the runs from it "
+            "(base: <name>)"
+        )
     if model.build and not Path(model.build).is_file():
         raise ConfigError(f"{model.where}.build: {model.build}: file not found")
+    if model.build:
+        load_spec(model.build)
     if model.model_name and is_local_path(model.model_name) and not Path(model.model_name).expanduser().exists():
         raise ConfigError(
             f"{model.where}.model_name: {model.model_name}: folder not found (a local path; hub IDs look like org/name)"
@@ -310,15 +321,24 @@ def _check_chains(runs: dict[str, Run], source: str) -> None:
         parent = run.parent_run
         while parent is not None:
             if parent not in runs:
+                key = f"{source}: runs.{runs[seen[-1]].given_name}.base"
+                if points := _sweep_runs(parent, runs):
+                    raise ConfigError(
+                        f"{key}: run:{parent} is a sweep; start from one of its runs "
+                        f"({', '.join('run:' + p for p in points)})"
+                    )
                 hint = difflib.get_close_matches(parent, list(runs), n=1)
                 suggestion = f"; did you mean 'run:{hint[0]}'?" if hint else ""
-                raise ConfigError(
-                    f"{source}: runs.{runs[seen[-1]].given_name}.base: no run named '{parent}'{suggestion}"
-                )
+                raise ConfigError(f"{key}: no run named '{parent}'{suggestion}")
             if parent in seen:
                 raise ConfigError(f"{source}: runs.{run.name}.base: multi-stage cycle: {' -> '.join([*seen, parent])}")
             seen.append(parent)
             parent = runs[parent].parent_run
+
+
+def _sweep_runs(name: str, runs: dict[str, Run]) -> list[str]:
+    """The runs of sweep ``runs.<name>`` (none when ``name`` is no sweep)."""
+    return [run.name for run in runs.values() if run.sweep and run.sweep["group"] == name]
 
 
 def _known(name: str, names: list[str], key: str, source: str, what: str) -> str:
@@ -349,6 +369,11 @@ def _comparisons(
     models, groups = exp.evaluated_models, exp.replicate_groups
     for i, (ref, model) in enumerate(extra):
         for j, name in enumerate((ref, model)):
+            if name not in groups and (points := _sweep_runs(name, exp.runs)):
+                raise ConfigError(
+                    f"{source}: compare.{i}.{j}: '{name}' is a sweep; compare one of its runs ({', '.join(points)}), "
+                    "one pair each"
+                )
             if name not in groups:
                 _known(
                     name, models, f"compare.{i}.{j}", source, "an evaluated model (a base model, run or <run>_adapter)"
@@ -435,6 +460,7 @@ def _validated(config: dict, source: str) -> dict:
         key: typed(value, key) if properties.get(key, {}).get("type") in _TYPED else value
         for key, value in config.items()
     }
+    config = empty_sections(config, "experiment")
     validate(config, "experiment", source)
     return fill_defaults(config, schema("experiment"))
 
@@ -451,20 +477,53 @@ def _expand_runs(config: dict, source: str) -> dict[str, dict]:
     for name, spec in config["runs"].items():
         if "search" in spec:
             _check_search(name, spec, config["replicates"], source)
+        _warn_replaced_overrides(name, spec, source)
         for point_name, point in (
             expand_search(name, spec) if "search" in spec else expand_sweep(name, spec, source)
         ).items():
             for run_name, run_spec in expand_replicates(point_name, point, config["replicates"]).items():
                 generated = next((key for key in _GENERATED if key in run_spec), None)
-                what, verb, kind = _GENERATED.get(generated, ("replicates", "make", ""))
+                kind = _GENERATED.get(generated, ("replicates", "make", ""))[2]
                 if run_name in specs:
-                    raise ConfigError(
-                        f"{source}: runs: {what} of '{name}' {verb} a run name that exists already: {run_name}"
-                    )
+                    _name_clash(name, run_name, generated, specs[run_name], source)
                 kind = f" ({kind})" if kind else ""
                 _check_name(run_name, f"runs.{name}{kind}", source)
                 specs[run_name] = run_spec
     return specs
+
+
+def _warn_replaced_overrides(name: str, spec: dict, source: str) -> None:
+    """Warn of each key of a run's sweep or search space that its ``overrides`` set too: the sweep's values or the
+    trial's parameter replace the override's."""
+    kind = "sweep" if spec.get("sweep") else "search.space" if "search" in spec else None
+    if kind is None:
+        return
+    for key in spec["sweep"] if kind == "sweep" else spec["search"]["space"]:
+        node = spec.get("overrides") or {}
+        for part in key.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is not _UNSET:
+            warn(
+                f"{source}: runs.{name}.{kind}.{key} replaces runs.{name}.overrides.{key} ({node!r}) in every "
+                f"{'run' if kind == 'sweep' else 'trial'}; remove one of them"
+            )
+
+
+_UNSET = object()
+
+
+def _name_clash(name: str, run_name: str, generated: str | None, earlier: dict, source: str) -> None:
+    """Raise the error of ``runs.<name>`` making ``run_name``, which an earlier run spec ``earlier`` made: named
+    by what generated the name (a sweep, replicates or a search), the later run's or the earlier one's."""
+    if generated is not None:
+        what, verb, _ = _GENERATED[generated]
+        raise ConfigError(f"{source}: runs: {what} of '{name}' {verb} a run name that exists already: {run_name}")
+    maker = next((key for key in _GENERATED if key in earlier), "_replicate")
+    what, verb, kind = _GENERATED[maker]
+    raise ConfigError(
+        f"{source}: runs.{name}: the name is {kind} that the {what} of '{_given_name(run_name, earlier)}' {verb} "
+        f"({run_name}); rename the run"
+    )
 
 
 def _build_runs(specs: dict[str, dict], recipe_overrides: dict, bases: dict[str, BaseModel], source: str) -> dict:
@@ -627,7 +686,7 @@ def _searches(
         recipe = load_recipe(spec["recipe"], overrides)
         for point in space_points(given["space"]):
             try:
-                load_recipe(spec["recipe"], with_point(overrides, point))
+                check_local_data(load_recipe(spec["recipe"], with_point(overrides, point)), spec["recipe"])
             except ConfigError as error:
                 raise ConfigError(f"{key}.space: the point {point} gives an invalid recipe: {error}") from None
         objective = _objective(given["objective"], recipe, benchmarks, validation, config, source, name)
@@ -703,7 +762,49 @@ def _benchmark_metric(
             f"{source}: {key}.task: {path} has several tasks ({', '.join(tasks)}); name the one to choose by"
         )
     _known(task, tasks, f"{key}.task", source, f"a task of {path}")
-    return Objective(given["metric"], given.get("direction", "maximize"), name, task, given.get("filter"))
+    direction = _metric_direction(given, task, bench, f"{source}: {key}")
+    return Objective(given["metric"], direction, name, task, given.get("filter"))
+
+
+def _metric_direction(given: dict, task: str, bench: Benchmark, key: str) -> str:
+    """The direction to choose by: the given one, else lm-eval's ``higher_is_better`` of the metric (maximize
+    where it is not declared). The metric and filter must be ones the task reports, and a given direction must
+    agree with ``higher_is_better``: minimizing an accuracy would choose the worst."""
+    index = benchmark_index(bench.path, bench.config)
+    found = task_metrics(task, index) if index is not None else None
+    if found is None:  # a group, a Python task, metrics given as functions: known only when the task runs
+        return given.get("direction", "maximize")
+    metrics, filters = found
+    metric, kind = given["metric"], f"lm-eval task '{task}' (of {bench.path})"
+    if metric not in metrics:
+        hint = difflib.get_close_matches(metric, list(metrics), n=1)
+        raise ConfigError(
+            f"{key}.metric: '{metric}' is not a metric of {kind}; "
+            + (f"did you mean '{hint[0]}'? " if hint else "")
+            + f"it reports: {', '.join(metrics)}"
+        )
+    if "filter" in given and given["filter"] not in filters:
+        hint = difflib.get_close_matches(given["filter"], filters, n=1)
+        raise ConfigError(
+            f"{key}.filter: '{given['filter']}' is not a filter of {kind}; "
+            + (f"did you mean '{hint[0]}'? " if hint else "")
+            + f"it has: {', '.join(filters)}"
+        )
+    if "filter" not in given and len(filters) > 1:
+        raise ConfigError(
+            f"{key}.filter: {kind} reports '{metric}' under several filters ({', '.join(filters)}); name one"
+        )
+    better = metrics[metric]
+    if better is None:
+        return given.get("direction", "maximize")
+    follows = "maximize" if better else "minimize"
+    if given.get("direction", follows) != follows:
+        raise ConfigError(
+            f"{key}.direction: {given['direction']} would choose the worst: lm-eval's '{metric}' of task '{task}' is "
+            f"{'higher' if better else 'lower'}-is-better (higher_is_better: {str(better).lower()}); remove direction "
+            "(it follows the metric)"
+        )
+    return follows
 
 
 def _selections(config: dict, runs: dict[str, Run], benchmarks: dict, validation: dict, source: str) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMAS = ("experiment", "recipe", "benchmark")
+SCHEMAS = ("experiment", "recipe", "benchmark", "tiny_model")
 IGNORED = "Ignored: "  # starts the schema description of a key the guide's configs have but the workflow does not use
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,35 @@ def validate(data: Any, schema_name: str, source: str | Path) -> None:
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     problems = [line for e in errors for line in _describe(e).split("\n")]
     raise_if_problems(schema_name, source, problems + _non_finite(data))
+
+
+def empty_sections(data: Any, schema_name: str) -> Any:
+    """``data`` with each section left empty (``statistics:`` with nothing under it, which YAML reads as None)
+    as an empty mapping, so that its defaults apply: every key whose schema is a mapping, at any depth."""
+    root = schema(schema_name)
+
+    def node_of(node: Any) -> dict:
+        while isinstance(node, dict) and "$ref" in node:  # "#/$defs/run"
+            target = root
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = target
+        return node if isinstance(node, dict) else {}
+
+    def walk(value: Any, node: Any) -> Any:
+        node = node_of(node)
+        if isinstance(value, dict):
+            extra = node.get("additionalProperties")
+            out = {}
+            for key, item in value.items():
+                sub = node_of(node.get("properties", {}).get(key, extra if isinstance(extra, dict) else {}))
+                out[key] = {} if item is None and sub.get("type") == "object" else walk(item, sub)
+            return out
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            return [walk(item, node["items"]) for item in value]
+        return value
+
+    return walk(data, root)
 
 
 def _non_finite(data: Any, path: tuple = ()) -> list[str]:

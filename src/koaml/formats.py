@@ -8,6 +8,7 @@ Rows come in one of six formats, detected from their keys: ``messages`` (chat),
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from koaml.configfiles import ConfigError, warn
@@ -80,9 +81,16 @@ def detect_format(rows: list[dict], target_column: str) -> str:
 
 def _check_value(row: dict, key: str, fmt: str) -> None:
     """Raise ConfigError when ``row`` lacks ``key`` or its value is not what rows of ``fmt`` hold there."""
-    if key not in row or row[key] is None:
+    if key not in row:
         raise ConfigError(f"{row['_source']}: missing '{key}' (the first row is in {fmt} format)")
     value = row[key]
+    if _is_null(value):
+        raise ConfigError(
+            f"{row['_source']}: '{key}' is {'NaN' if value is not None else 'null'} (an empty cell?): the row has no "
+            f"{key}; fill or remove it"
+        )
+    if key == "messages" or (fmt in ("preference", "prompt") and isinstance(value, list)):
+        _check_roles(value, row["_source"], key)
     if key == "messages":
         ok, expected = _is_chat(value), "a list of {role, content} objects"
     elif fmt in ("preference", "prompt"):
@@ -93,6 +101,28 @@ def _check_value(row: dict, key: str, fmt: str) -> None:
         raise ConfigError(
             f"{row['_source']}: '{key}' must be {expected}, got {type(value).__name__}: {str(value)[:40]}"
         )
+
+
+def _is_null(value) -> bool:
+    """None, or NaN (how pandas and JSON write an empty cell), which would otherwise be trained as the text 'nan'."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# The chat roles of the Hugging Face message format (chat templates and TRL read these).
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _check_roles(messages, source: str, key: str) -> None:
+    """Chat messages use the roles chat templates know: ShareGPT's ``human``/``gpt`` or ``bot`` are not."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(role, str) and role not in ROLES:
+            raise ConfigError(
+                f"{source}: {key}[{i}].role: '{role}' is not a chat role; expected one of: {', '.join(ROLES)} "
+                "(rename e.g. human -> user, bot or gpt -> assistant)"
+            )
 
 
 def _is_text(value) -> bool:
@@ -161,6 +191,7 @@ def learnable_rows(rows: list[dict], fmt: str, target_column: str, where: str, *
         "text": (target_column,),
         "preference": ("chosen", "rejected"),
         "messages": ("messages",),
+        "prompt": ("prompt",),  # GRPO learns from what it generates for the prompt
     }.get(fmt, ())
     kept, empty = [], []
     for row in rows:
@@ -202,9 +233,14 @@ def check_reward_columns(rows: list[dict], rewards: list[dict]) -> None:
     columns, numeric = required_columns(rewards), numeric_columns(rewards)
     for row in rows:
         for column, reward in columns.items():
-            if row.get(column) is None:
+            if column not in row:
                 found = ", ".join(k for k in row if k != "_source")
                 raise ConfigError(f"{row['_source']}: no '{column}' column, which {reward} reads; found: {found}")
+            if _is_null(row[column]):
+                raise ConfigError(
+                    f"{row['_source']}: '{column}' is {'NaN' if row[column] is not None else 'null'}, which {reward} "
+                    "reads (an empty cell?); fill or remove the row"
+                )
             if column in numeric and reference_number(row[column]) is None:
                 raise ConfigError(
                     f"{row['_source']}: '{column}' must be a number for numeric_match, got {row[column]!r}"
@@ -260,7 +296,7 @@ def to_training_row(row: dict, fmt: str, template: str, target_column: str) -> d
         return {"text": str(row[target_column])}
     if fmt in ("prompt_completion", "alpaca"):
         if fmt == "alpaca":
-            prompt = "\n\n".join(str(p) for p in (row["instruction"], row.get("input")) if p)
+            prompt = "\n\n".join(str(p) for p in (row["instruction"], row.get("input")) if p and not _is_null(p))
             completion = str(row["output"])
         else:
             prompt, completion = str(row["prompt"]), str(row["completion"])

@@ -24,6 +24,7 @@ from koaml.configfiles import (
     ConfigError,
     canonical,
     deep_merge,
+    empty_sections,
     fill_defaults,
     load_yaml,
     raise_if_problems,
@@ -332,10 +333,10 @@ class BenchmarkSuite(_Settings, Mapping):
 def _load(path: str | Path, overrides: dict | None, kind: str, sections: str, overridden: str):
     """The config file ``path`` of schema ``kind`` with ``overrides`` applied and validated, ignored keys
     warned of: ``(as written, with the overrides, with defaults filled in, the source to name in messages)``."""
-    raw = load_yaml(path)
+    raw = empty_sections(load_yaml(path), kind)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with {sections} sections")
-    merged = deep_merge(raw, overrides or {})
+    merged = deep_merge(raw, empty_sections(overrides or {}, kind))
     source = f"{path} (with {overridden})" if overrides else str(path)
     validate(merged, kind, source)
     warn_ignored(raw, kind, path)

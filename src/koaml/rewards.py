@@ -68,6 +68,11 @@ def _helper_modules(path: Path) -> set[Path]:
 def problems(rewards: list[dict], key: str = "training.rewards") -> list[str]:
     """What is wrong with a recipe's rewards, each naming its key."""
     found = []
+    if rewards and all(spec.get("weight", 1.0) == 0 for spec in rewards):
+        found.append(
+            f"{key}: every reward has weight 0: the summed reward is 0 for every completion, so GRPO's advantages "
+            "and loss are 0 and nothing is learned; give a reward a non-zero weight"
+        )
     for i, spec in enumerate(rewards):
         at = f"{key}[{i}]"
         if is_builtin(spec):
@@ -120,7 +125,14 @@ def _user_problems(spec: dict, at: str) -> list[str]:
         return [f"{at}.function: {where}: cannot be read as Python ({exc})"]
     node = _function(tree, name)
     if node is None:
+        assigned = next((line for line, bound in _assignments(tree) if bound == name), None)
+        if assigned is not None:
+            return [
+                f"{at}.function: {path}:{assigned}: '{name}' is assigned, not defined with def or as a lambda, so its "
+                f"parameters cannot be checked before training; define it with def {name}(completions, **kwargs)"
+            ]
         defined = [n.name for n in tree.body if isinstance(n, _FUNCTIONS)]
+        defined += [bound for _, bound in _assignments(tree, lambdas=True)]
         hint = difflib.get_close_matches(name, defined, n=1)
         return [
             f"{at}.function: {path} defines no top-level function '{name}'"
@@ -134,8 +146,28 @@ def _user_problems(spec: dict, at: str) -> list[str]:
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)  # async rewards are awaited (load_user_function)
 
 
-def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    return next((n for n in tree.body if isinstance(n, _FUNCTIONS) and n.name == name), None)
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | None:
+    """The top-level ``def name`` of a module, or the lambda assigned to ``name`` (``name = lambda ...``): a
+    reward either way, whose ``args`` and ``lineno`` are checked."""
+    found = next((n for n in tree.body if isinstance(n, _FUNCTIONS) and n.name == name), None)
+    if found is None:
+        found = next((value for value, bound in _assignments(tree, lambdas=True, values=True) if bound == name), None)
+    return found
+
+
+def _assignments(tree: ast.Module, lambdas: bool = False, values: bool = False) -> list[tuple]:
+    """``(line, name)`` of each name assigned at the top level of a module (``values``: ``(value, name)``), only
+    those assigned a lambda or (``lambdas`` false) only the others."""
+    found = []
+    for node in tree.body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        value = getattr(node, "value", None)
+        if value is None or isinstance(value, ast.Lambda) != lambdas:
+            continue
+        found += [(value if values else node.lineno, t.id) for t in targets if isinstance(t, ast.Name)]
+    return found
 
 
 def _imports(body: list[ast.stmt]) -> list[tuple[int, str | None]]:
@@ -154,14 +186,85 @@ def _imports(body: list[ast.stmt]) -> list[tuple[int, str | None]]:
 
 
 def _import_problems(body: list[ast.stmt], path: Path) -> list[tuple[int, str]]:
-    """Imports that would fail in the training job: relative ones, and modules neither installed nor next to the
-    reward file."""
-    return [
+    """Imports that would fail in the training job: relative ones, modules neither installed nor next to the
+    reward file, and names a neighbour module does not define (``from helpers import normalize``)."""
+    found = [
         (line, _not_installed(module, path) if module else "a relative import; the file is loaded on its own: "
          "import its neighbours by name")
         for line, module in _imports(body)
         if module is None or not _importable(module, path)
     ]  # fmt: skip
+    return found + _missing_names(body, path)
+
+
+def _missing_names(body: list[ast.stmt], path: Path) -> list[tuple[int, str]]:
+    """``from <neighbour> import name`` where the neighbour module (a .py file next to ``path``) binds no
+    ``name`` at its top level (a def, class, assignment or import; one with ``*`` imports or ``__getattr__``
+    is not checked)."""
+    found = []
+    for node in _import_froms(body):
+        neighbour = path.parent / f"{node.module}.py"
+        if node.level or not node.module or "." in node.module or not neighbour.is_file():
+            continue
+        try:
+            tree = ast.parse(neighbour.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # reported when it is imported
+        bound = _top_level_names(tree)
+        if bound is None:
+            continue
+        for alias in node.names:
+            if alias.name != "*" and alias.name not in bound:
+                hint = difflib.get_close_matches(alias.name, sorted(bound), n=1)
+                found.append(
+                    (
+                        node.lineno,
+                        f"imports '{alias.name}' from {neighbour.name}, which does not define it"
+                        + (
+                            f"; did you mean '{hint[0]}'?"
+                            if hint
+                            else f" (it defines: {', '.join(sorted(bound)) or 'nothing'})"
+                        ),
+                    )
+                )
+    return found
+
+
+def _import_froms(body: list[ast.stmt]) -> list[ast.ImportFrom]:
+    """The ``from ... import`` statements :func:`_imports` reads (top level, function and class bodies)."""
+    found = []
+    for node in body:
+        if isinstance(node, ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found += _import_froms(node.body)
+    return found
+
+
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """The names a module binds at its top level (under if/try/with too); None when it cannot be known (a ``*``
+    import, a module ``__getattr__``)."""
+    names: set[str] = set()
+    blocks = [tree.body]
+    while blocks:
+        for node in blocks.pop():
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                if any(alias.name == "*" for alias in node.names):
+                    return None
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif nested := [
+                b for f in ("body", "orelse", "finalbody") if isinstance(b := getattr(node, f, None), list)
+            ]:
+                handlers = getattr(node, "handlers", [])
+                blocks += nested + [h.body for h in handlers]  # if, for, while, with, try
+                heads = [getattr(node, "target", None), *(i.optional_vars for i in getattr(node, "items", []))]
+                names.update(n.id for h in heads if h is not None for n in ast.walk(h) if isinstance(n, ast.Name))
+                names.update(h.name for h in handlers if h.name)
+            else:
+                names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return None if "__getattr__" in names else names
 
 
 def _importable(module: str, path: Path) -> bool:

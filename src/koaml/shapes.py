@@ -172,10 +172,9 @@ def _meta_model_facts(base: BaseModel) -> tuple[dict, set[str]]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if base.build:
-        from koaml.configfiles import load_yaml
-        from koaml.tinymodel import tiny_config
+        from koaml.tinymodel import load_spec, tiny_config
 
-        config = tiny_config(load_yaml(base.build))
+        config = tiny_config(load_spec(base.build))
     else:
         gguf = Path(base.gguf_file)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -149,8 +149,9 @@ def suggest(name: str, known: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, known, n=n)
 
 
-def check_benchmark(path: str, config: dict) -> None:
-    """Raise ConfigError for unknown task names and for code-executing tasks without opt-in."""
+def benchmark_index(path: str, config: dict) -> dict[str, dict] | None:
+    """lm-eval's task index as a benchmark sees it: the built-in tasks and those of its ``include_path``; None
+    where lm-eval is not installed (warned)."""
     try:
         index = dict(task_index())
         if config.get("include_path"):
@@ -159,6 +160,14 @@ def check_benchmark(path: str, config: dict) -> None:
             index.update(task_index(config["include_path"]))
     except importlib.metadata.PackageNotFoundError:
         log.warning("lm-eval is not installed here: task names in %s are not checked", path)
+        return None
+    return index
+
+
+def check_benchmark(path: str, config: dict) -> None:
+    """Raise ConfigError for unknown task names and for code-executing tasks without opt-in."""
+    index = benchmark_index(path, config)
+    if index is None:
         return
     for i, task in enumerate(config["tasks"]):
         name = task["task"]
@@ -205,6 +214,49 @@ def task_config(yaml_path: str | Path, _seen: frozenset = frozenset()) -> dict:
         included.pop("task_list", None)
         merged.update(included)
     return {**merged, **config}
+
+
+@cache
+def metric_registry() -> dict:
+    """lm-eval's built-in metric facts: the metrics of each output type when a task lists none (``defaults``) and
+    whether higher is better for each registered metric; read from lm-eval once per version, then cached."""
+    path = cache_dir() / f"lm_eval-{installed_version('lm_eval')}-metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import lm_eval.api.metrics  # noqa: F401  (registers the built-in metrics)
+    from lm_eval.api import registry
+
+    facts = {
+        "defaults": {kind: list(names) for kind, names in registry.DEFAULT_METRIC_REGISTRY.items()},
+        "higher_is_better": {name: registry.HIGHER_IS_BETTER_REGISTRY.get(name) for name in registry.METRIC_REGISTRY},
+    }
+    write_json(path, facts)
+    return facts
+
+
+def task_metrics(name: str, index: dict[str, dict]) -> tuple[dict[str, bool | None], list[str]] | None:
+    """The metrics task ``name`` reports, each with lm-eval's ``higher_is_better`` (None: not declared), and its
+    filters, as lm-eval's ConfigurableTask reads the task's YAML (``metric_list``, else its output type's default
+    metrics; ``filter_list``, else ``none``). None where they are known only when the task runs: groups and tags,
+    Python task classes, metrics given as functions or by Hugging Face evaluate, YAML that cannot be read."""
+    entry = index.get(name)
+    if entry is None or entry["kind"] != "task" or not entry["yaml_path"]:
+        return None
+    try:
+        config = task_config(entry["yaml_path"])
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    if "class" in config:
+        return None
+    registry = metric_registry()
+    listed = config.get("metric_list")
+    if listed is None:
+        listed = [{"metric": m} for m in registry["defaults"].get(config.get("output_type") or "generate_until", [])]
+    if not all(isinstance(m, dict) and isinstance(m.get("metric"), str) and not m.get("hf_evaluate") for m in listed):
+        return None
+    metrics = {m["metric"]: m.get("higher_is_better", registry["higher_is_better"].get(m["metric"])) for m in listed}
+    filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+    return metrics, filters
 
 
 def task_protocols(name: str, index: dict[str, dict], _depth: int = 0) -> list[dict]:

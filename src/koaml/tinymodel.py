@@ -48,6 +48,33 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
+def load_spec(path: str | Path) -> dict:
+    """The tiny-model spec file ``path``, checked against its schema (tiny_model.schema.json: no unknown key, a
+    typo such as ``hidden_sise`` would silently build the default width) and the architecture's divisibility,
+    before transformers sees it; defaults filled in."""
+    from koaml.configfiles import ConfigError, empty_sections, fill_defaults, load_yaml, schema, validate
+
+    spec = empty_sections(load_yaml(path), "tiny_model")
+    source = str(path)
+    validate(spec, "tiny_model", source)
+    arch = spec["architecture"]
+    heads, kv_heads = arch["num_attention_heads"], arch.get("num_key_value_heads", arch["num_attention_heads"])
+    if arch["hidden_size"] % heads:
+        raise ConfigError(
+            f"{source}: architecture.hidden_size: {arch['hidden_size']} is not a multiple of "
+            f"architecture.num_attention_heads ({heads}); each head takes an equal share of the width"
+        )
+    if heads % kv_heads:
+        raise ConfigError(
+            f"{source}: architecture.num_key_value_heads: {kv_heads} does not divide architecture.num_attention_heads "
+            f"({heads}); each key/value head serves an equal group of attention heads"
+        )
+    missing = [f for f in spec["tokenizer"]["corpus"] if not Path(f).is_file()]
+    if missing:
+        raise ConfigError(f"{source}: tokenizer.corpus: {', '.join(missing)}: file not found")
+    return fill_defaults(spec, schema("tiny_model"))
+
+
 def tiny_config(spec: dict, **tokens):
     """The LlamaConfig of a tiny-model spec (its ``architecture``), with the tokenizer's ``tokens`` when known."""
     from transformers import LlamaConfig
@@ -58,8 +85,8 @@ def tiny_config(spec: dict, **tokens):
 def build_tiny_model(spec: dict, out_dir: str | Path) -> None:
     """Write a tokenizer and a randomly initialised LlamaForCausalLM described by ``spec``.
 
-    ``spec`` is the parsed tiny-model YAML: ``seed``, ``tokenizer: {corpus: [files], vocab_size}`` and
-    ``architecture`` (LlamaConfig keyword arguments).
+    ``spec`` is a checked tiny-model spec (:func:`load_spec`): ``seed``, ``tokenizer: {corpus: [files],
+    vocab_size}`` and ``architecture`` (LlamaConfig keyword arguments).
     """
     import torch
     from transformers import LlamaForCausalLM
