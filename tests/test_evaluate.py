@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,9 +114,10 @@ def test_a_model_too_big_for_one_gpu_is_spread_over_the_jobs_gpus(gpus, backend,
     assert multi_gpu_kwargs(backend) == expected
 
 
-def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_dir, monkeypatch):
+def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_dir, monkeypatch, capsys):
     """The guide's `evaluate.py --model X --tasks Y --limit 10`: a shipped benchmark by name, defaults filled
-    in (a file as written once raised KeyError: 'allow_code_execution'), results under results/eval/<model>/."""
+    in (a file as written once raised KeyError: 'allow_code_execution'), results under results/eval/<model>/,
+    and each task's scores printed (as lm-eval prints its table); evaluate-model prints them too."""
     from koaml.cli import main
 
     monkeypatch.chdir(workflow_dir)
@@ -126,6 +128,13 @@ def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_
     results = json.loads((workflow_dir / "results/eval/run-mine/demo_arith_mc/results.json").read_text())
     assert (
         results["n-samples"]["demo_arith_mc"]["effective"] == 4 and results["model_path"] == "results/runs/mine/trained"
+    )
+    score = results["results"]["demo_arith_mc"]["acc,none"]
+    printed = capsys.readouterr().out
+    assert "run:mine on demo_arith_mc (results/eval/run-mine/demo_arith_mc):" in printed
+    assert "| task | metric | value | 95% CI | n | protocol |" in printed
+    assert re.search(
+        rf"\| demo_arith_mc \| acc \| {score:.4f} \| \[[0-9.]+, [0-9.]+\] \| 4 \| 0-shot, log-likelihood \|", printed
     )
     assert (
         main(
@@ -144,5 +153,11 @@ def test_one_off_evaluation_of_a_benchmark_file_as_written(tiny_model, workflow_
         == 0
     )
     assert (workflow_dir / "here/samples_demo_arith_gen.jsonl").read_text().count("\n") == 2
+    assert "| demo_arith_gen | exact_match (first-number) |" in capsys.readouterr().out
+    write_yaml("resolved.yaml", load_benchmark("config/benchmarks/demo_arith_gen.yaml", {"limit": 2}))
+    assert main(["evaluate-model", "--model", str(tiny_model), "--suite", "resolved.yaml", "here"]) == 0
+    printed = capsys.readouterr().out  # up to date: kept, and its scores printed
+    assert f"{tiny_model} on resolved (here):" in printed and "(kept: up to date)" in printed
+    assert "| demo_arith_gen | exact_match (first-number) |" in printed
     assert main(["evaluate", "--config", "demo_arith", "--model", str(tiny_model)]) == 2
     assert main(["evaluate", "--config", "demo_arith_mc", "--model", "run:other"]) == 2

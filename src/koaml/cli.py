@@ -76,18 +76,23 @@ def _merge(a):
 
 def _evaluate(a):
     from koaml.evaluate import benchmark_file, evaluate, model_location
+    from koaml.leaderboard import scores_text
 
     config = benchmark_file(a.config)
     model = model_location(a.model)
     out = a.out or f"results/eval/{slug(a.model)}/{Path(config).stem}"
     evaluate(config, model, out, a.threads, a.adapter, limit=a.limit)
+    print(scores_text(a.model, Path(config).stem, out), end="")
     logging.info("results in %s", out)
 
 
 def _evaluate_model(a):
     from koaml.evaluate import evaluate_model
+    from koaml.leaderboard import scores_text
 
-    evaluate_model(a.model, a.adapter, [tuple(suite) for suite in a.suite], a.threads)
+    done = evaluate_model(a.model, a.adapter, [tuple(suite) for suite in a.suite], a.threads)
+    for config, out in a.suite:
+        print(scores_text(a.model, Path(config).stem, out) + ("(kept: up to date)\n" if done[out] == "kept" else ""))
 
 
 def _compare(a):

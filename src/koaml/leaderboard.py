@@ -64,6 +64,26 @@ def model_rows(model: str, benchmark: str, folder: str | Path | None, alpha: flo
     return rows
 
 
+def scores_text(model: str, benchmark: str, folder: str | Path, alpha: float = ALPHA) -> str:
+    """One evaluation's scores as the table ``koaml evaluate`` prints when it finishes (lm-eval prints one too):
+    each task's metric and filter, its value with the (1 - alpha) interval over items, n and the protocol."""
+    rows = model_rows(model, benchmark, folder, alpha)
+    if rows[0]["status"] != "ok":
+        return f"{model} on {benchmark}: {rows[0]['status']} {rows[0].get('protocol') or ''}".rstrip() + "\n"
+    level = f"{100 * (1 - alpha):g}% CI"
+    frame = pd.DataFrame(
+        {
+            "task": [r["task"] for r in rows],
+            "metric": [r["metric"] if r["filter"] == "none" else f"{r['metric']} ({r['filter']})" for r in rows],
+            "value": [f"{r['score']:.4f}" for r in rows],
+            level: ["" if r["ci_low"] is None else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" for r in rows],
+            "n": [_number(r["n"], "{:.0f}") for r in rows],
+            "protocol": [r["protocol"] for r in rows],
+        }
+    )
+    return f"{model} on {benchmark} ({folder}):\n" + "\n".join(_markdown_table(frame)) + "\n"
+
+
 def rank(table: pd.DataFrame) -> pd.Series:
     """1 + the number of models of the same benchmark/task/metric/filter whose interval lies wholly above this
     one's (overlapping intervals share a rank); empty where there is no interval."""
