@@ -1176,6 +1176,35 @@ WARNINGS = [
 ]
 
 
+# Issue 40's real-run losses found when the workflow is parsed: a GRPO search by eval_loss (constant there), and
+# kept steps that would plan thousands of jobs. (A step past max_steps: checkpoint-eval-step-not-before-the-last.)
+EVAL_LOSS_SEARCH = {"space": LR_SPACE, "objective": "eval_loss"}
+
+
+def _too_many_steps(c):
+    curves_run(checkpoint_eval={"every": 1})(c)
+    c["max_step_evaluations"] = 40
+
+
+CASES += [
+    Bad(
+        "search-eval-loss-grpo",
+        {CONFIG: runs(lr={"base": "tiny", "recipe": GRPO, "search": {**EVAL_LOSS_SEARCH, "n_trials": 2}})},
+        f"{CONFIG}: runs.lr.search.objective: eval_loss does not measure a grpo model: TRL's GRPO loss on eval data is "
+        "its policy-gradient surrogate, about 0 by construction (each group's advantages are centred on its mean "
+        "reward) and exactly 0 when a group's rewards are all equal; choose by a validation benchmark's metric "
+        "instead, e.g. objective: {benchmark: <file>, metric: exact_match}",
+    ),
+    Bad(
+        "checkpoint-eval-too-many-steps",
+        {CONFIG: _too_many_steps},
+        f"{CONFIG}: checkpoint_eval plans 58 evaluations of kept steps (runs.lora: 29 steps = 58; each step on each "
+        "of its benchmarks, and a LoRA step merged first), more than max_step_evaluations: 40. Evaluate every more "
+        "steps, or raise max_step_evaluations in the experiment file if you mean it",
+    ),
+]
+
+
 def apply(workdir, changes: dict) -> None:
     for name, change in changes.items():
         path = workdir / name

@@ -205,7 +205,7 @@ def test_benchmark_output_paths_are_ignored_with_one_warning(tmp_path, caplog):
 
 
 def test_target_column_is_ignored_with_a_warning_when_the_data_is_not_plain_text(tmp_path, caplog):
-    path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"target_column": "text"}}))
+    path = write(tmp_path, "r.yaml", deep_merge(load_yaml(DEMO_RECIPE), {"data": {"target_column": "body"}}))
     load_experiment(demo_experiment(runs={"a": {"base": "tiny", "recipe": path}}))
     assert warnings(caplog) == [f"{path}: {TARGET_COLUMN}"]
 

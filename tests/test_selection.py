@@ -95,3 +95,47 @@ def test_the_chosen_full_model_is_linked_with_a_record_of_why(tmp_path):
     assert "step 20 has the highest val/acc of the 3 steps evaluated" in record["why"] and not record["biased"]
     record = select(ACC, candidates, summary, tmp_path / "selected", reported=True)  # a rerun replaces it
     assert record["biased"] and "selection bias" in record["why"]
+
+
+def test_a_step_training_ended_before_is_not_a_candidate(tmp_path):
+    from koaml.snapshots import NOT_REACHED
+
+    candidates = []
+    for step, acc in (("10", 0.4), ("40", None), (FINAL_STEP, 0.5)):
+        model = tmp_path / "models" / step
+        model.mkdir(parents=True)
+        if acc is None:  # epochs made 25 steps: step 40's evaluation stands for a step not reached
+            (tmp_path / "eval" / step).mkdir(parents=True)
+            (tmp_path / "eval" / step / NOT_REACHED).write_text(json.dumps({"step": 40, "last_step": 25}))
+            evaluation = str(tmp_path / "eval" / step)
+        else:
+            evaluation = _evaluation(tmp_path / "eval" / step, acc)
+        candidates.append({"step": step, "evaluation": evaluation, "model": str(model), "adapter": None})
+    summary = tmp_path / "train_summary.json"
+    summary.write_text(json.dumps({"global_step": 25}))
+    record = select(ACC, candidates, summary, tmp_path / "selected", reported=False)
+    assert record["step"] == 25 and record["scores"] == {"10": 0.4, "25": 0.5}
+    assert "of the 2 steps evaluated (10: 0.4, 25: 0.5); training ended before step 40" in record["why"]
+
+
+def test_an_evaluated_adapter_is_the_chosen_steps(tmp_path):
+    from koaml.selection import chosen_adapter
+
+    (tmp_path / "selected").mkdir()
+    (tmp_path / "selected" / SELECTION_FILE).write_text(json.dumps({"step": 10, "adapter": "trained/steps/10"}))
+    assert chosen_adapter(str(tmp_path / "selected")) == "trained/steps/10"
+    assert chosen_adapter("trained") == "trained" and chosen_adapter(None) is None
+
+
+def test_evaluate_adapters_follows_the_selected_step_and_a_searchs_best_trial():
+    config = experiment({"benchmark": VALIDATION, "metric": "acc"})
+    config["evaluate_adapters"] = True
+    config["runs"]["lr"] = {
+        "base": "tiny",
+        "recipe": "config/recipes/demo_lora.yaml",
+        "search": {"space": {"training.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                   "objective": {"benchmark": VALIDATION, "metric": "acc"}, "n_trials": 2},
+    }  # fmt: skip
+    exp = load_experiment(config)
+    assert exp.adapter_models == {"lora_adapter": "lora", "lr_adapter": "lr_t1"}
+    assert ("tiny", "lr_adapter") in exp.comparisons and "lr_adapter" in exp.evaluated_models

@@ -251,6 +251,27 @@ def _check_grid_size(runs: dict, max_runs: int, replicates: int, n_benchmarks: i
         )
 
 
+def _check_step_evaluations(experiment: Experiment, limit: int, source: str) -> None:
+    """Refuse checkpoint_eval steps that plan more than ``limit`` evaluations of kept steps in all."""
+    counts: dict[str, list[int]] = {}  # per run of the experiment file: [runs, steps, evaluations]
+    for name, run in experiment.runs.items():
+        if run.checkpoint_eval:
+            count = counts.setdefault(run.given_name, [0, len(run.checkpoint_eval.steps), 0])
+            count[0] += 1
+            count[2] += len(experiment.step_evaluations(name))
+    total = sum(evaluations for _, _, evaluations in counts.values())
+    if total > limit:
+        per_run = ", ".join(
+            f"runs.{name}: {steps:,} steps{f' x {runs} runs' if runs > 1 else ''} = {evaluations:,}"
+            for name, (runs, steps, evaluations) in counts.items()
+        )
+        raise ConfigError(
+            f"{source}: checkpoint_eval plans {total:,} evaluations of kept steps ({per_run}; each step on each of "
+            f"its benchmarks, and a LoRA step merged first), more than max_step_evaluations: {limit}. Evaluate "
+            "every more steps, or raise max_step_evaluations in the experiment file if you mean it"
+        )
+
+
 def _base_model(name: str, spec: dict, source: str) -> BaseModel:
     """A base model from its experiment entry: exactly one source (model_name, build or gguf)."""
     given = [key for key in MODEL_SOURCES if key in spec]
@@ -439,6 +460,7 @@ def load_experiment(config: dict, source: str = "config") -> Experiment:
         validation_benchmarks=validation,
     )
     _check_fit(experiment)
+    _check_step_evaluations(experiment, config["max_step_evaluations"], source)
     clash = sorted(set(experiment.adapter_models) & (set(bases) | set(runs)))
     if clash:
         raise ConfigError(f"{source}: evaluate_adapters: the names {', '.join(clash)} are taken by other models")

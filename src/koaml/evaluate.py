@@ -152,9 +152,16 @@ def evaluate(
     limit: int | None = None,
 ) -> dict:
     """Run every task of a benchmark suite on a model; return the merged results (without samples).
-    ``limit`` overrides the benchmark's."""
+    ``limit`` overrides the benchmark's. A kept step that training ended before is passed on as such, not
+    evaluated (koaml.snapshots)."""
     import torch
 
+    from koaml.selection import chosen_adapter
+    from koaml.snapshots import pass_on_not_reached
+
+    if pass_on_not_reached(model_path, out_dir):
+        return {}
+    adapter = chosen_adapter(adapter)
     torch.set_num_threads(threads)
     # a resolved config, or a benchmark file as written (defaults filled in)
     bench = load_benchmark(bench_config_path, {"limit": limit} if limit else None)
@@ -170,6 +177,9 @@ def evaluate_model(model_path: str, adapter: str | None, suites: list[tuple[str,
     is kept as it is: Snakemake reruns the whole job when one suite changed. Returns what was done per folder."""
     import torch
 
+    from koaml.selection import chosen_adapter
+
+    adapter = chosen_adapter(adapter)
     torch.set_num_threads(threads)
     loaded: dict[str, object] = {}
     done = {}

@@ -180,13 +180,15 @@ class Experiment:
 
     @property
     def adapter_models(self) -> dict[str, str]:
-        """``<run>_adapter`` -> run, for the LoRA/QLoRA runs evaluated unmerged (``evaluate_adapters``)."""
+        """``<run>_adapter`` -> run, for the LoRA/QLoRA runs evaluated unmerged (``evaluate_adapters``): the adapter
+        of the step that stands for the run (select_checkpoint's, else the last). ``<search>_adapter`` -> the
+        search's first trial (every trial trains from its base): its best trial's adapter."""
         if not self.evaluate_adapters:
             return {}
+        runs = {name: name for name, run in self.runs.items() if run.search is None}
+        trials = {name: search.trials[0] for name, search in self.searches.items()}
         return {
-            f"{name}{ADAPTER_SUFFIX}": name
-            for name, run in self.runs.items()
-            if run.method != "full" and run.search is None
+            f"{name}{ADAPTER_SUFFIX}": run for name, run in (runs | trials).items() if self.runs[run].method != "full"
         }
 
     @property

@@ -23,9 +23,14 @@ def load_merge_base(base_path: str, recipe: Recipe):
 
 
 def merge(config_path: str, base_path: str, adapter_dir: str, out_dir: str) -> None:
-    """Apply the adapter to its base, merge the weights and save model, tokenizer and model card."""
+    """Apply the adapter to its base, merge the weights and save model, tokenizer and model card (a kept step that
+    training ended before is passed on as such: koaml.snapshots)."""
     from peft import PeftModel
 
+    from koaml.snapshots import pass_on_not_reached
+
+    if pass_on_not_reached(adapter_dir, out_dir):
+        return
     recipe = read_recipe(config_path)
     merged = PeftModel.from_pretrained(load_merge_base(base_path, recipe), adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:

@@ -130,11 +130,16 @@ class Recipe(_Settings):
     @property
     def config_hash(self) -> str:
         """The run's checkpoint key: the resolved recipe and, for GRPO with rewards of one's own, their files'
-        contents (an edited reward starts training afresh instead of resuming the old reward's checkpoints)."""
+        contents (an edited reward starts training afresh instead of resuming the old reward's checkpoints).
+        Not ``training.keep_checkpoints``: which steps are kept changes no step of training, so a run stopped
+        before its end resumes when checkpoint_eval's steps were edited (koaml.snapshots.keeper refuses a new
+        step it has passed already)."""
+        recipe = self.as_dict()
+        recipe["training"].pop("keep_checkpoints", None)
         if not self.reward_files:
-            return super().config_hash
+            return config_hash(recipe)
         digests = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in self.reward_files if Path(f).is_file()}
-        return config_hash({"recipe": self.as_dict(), "reward_files": digests})
+        return config_hash({"recipe": recipe, "reward_files": digests})
 
     @property
     def report_to(self) -> list[str]:

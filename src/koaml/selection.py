@@ -13,6 +13,7 @@ from pathlib import Path
 from koaml.experiment import FINAL_STEP, Objective
 from koaml.io import write_text_atomic
 from koaml.search import benchmark_score
+from koaml.snapshots import not_reached
 
 SELECTION_FILE = "selection.json"
 
@@ -34,6 +35,8 @@ def select(objective: Objective, candidates: list[dict], train_summary: str | Pa
     one (the choice then inflates its score there)."""
     last = json.loads(Path(train_summary).read_text())["global_step"]
     by_step = {last if c["step"] == FINAL_STEP else int(c["step"]): c for c in candidates}
+    unreached = sorted(step for step, c in by_step.items() if not_reached(c["evaluation"]))
+    by_step = {step: c for step, c in by_step.items() if step not in unreached}
     scores = {step: benchmark_score(objective, c["evaluation"]) for step, c in by_step.items()}
     best = choose(objective, scores)
     chosen = by_step[best]
@@ -48,6 +51,7 @@ def select(objective: Objective, candidates: list[dict], train_summary: str | Pa
         "biased": reported,
         "why": f"step {best} has the {'highest' if objective.direction == 'maximize' else 'lowest'} "
         f"{objective.label} of the {len(scores)} steps evaluated ({listed})"
+        + (f"; training ended before step {', '.join(map(str, unreached))}" if unreached else "")
         + (
             "; the benchmark is also reported, so its reported score is inflated (selection bias)"
             if reported
@@ -67,6 +71,13 @@ def select(objective: Objective, candidates: list[dict], train_summary: str | Pa
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return record
+
+
+def chosen_adapter(folder: str | None) -> str | None:
+    """The LoRA adapter to evaluate for ``folder``: the adapter of the step a run's selected model is
+    (``selection.json``, written by :func:`select`), else ``folder`` itself."""
+    record = Path(folder or "") / SELECTION_FILE
+    return json.loads(record.read_text())["adapter"] if folder and record.is_file() else folder
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -179,7 +179,7 @@ def train(
         write_json(tmp / "train_summary.json", summary)
         (tmp / "README.md").write_text(model_card(recipe, data_stats, summary))
         if keep and not diverged:
-            hand_over(checkpoint_dir / "kept", tmp, keep)
+            hand_over(checkpoint_dir / "kept", tmp, keep, trainer.state.global_step)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 

@@ -97,7 +97,11 @@ def model_path(model):
 def model_input(model):
     if model in EXP.adapter_models:
         run = EXP.adapter_models[model]
-        return [f"results/runs/{run}/trained", *start_model_input(run)]
+        search = EXP.runs[run].search
+        if search:  # its best trial's adapter, known once the search is done
+            return [best_model_file(search), *start_model_input(run)]
+        chosen = [EXP.runs[run].model_dir] if EXP.runs[run].selection else []
+        return [f"results/runs/{run}/trained", *chosen, *start_model_input(run)]
     if model in EXP.searches:
         return [best_model_file(model), *start_model_input(trial_name(model, 1))]
     return [EXP.runs[model].model_dir] if model in EXP.runs else base_model_input(model)
@@ -215,9 +219,15 @@ def trial_outcomes(search, rounds_before=None):
 
 
 def adapter_option(model):
-    """`--adapter <folder>` for an unmerged adapter, else nothing."""
+    """`--adapter <folder>` for an unmerged adapter, else nothing: the run's last step's, the step select_checkpoint
+    chose (its folder, whose selection.json names the adapter: koaml.selection.chosen_adapter), or the adapter of a
+    search's best trial (beside its merged model)."""
     run = EXP.adapter_models.get(model)
-    return f"--adapter results/runs/{run}/trained" if run else ""
+    if run is None:
+        return ""
+    if EXP.runs[run].search:
+        return f'--adapter "$(dirname "$(cat {best_model_file(EXP.runs[run].search)})")/trained"'
+    return f"--adapter {EXP.runs[run].model_dir if EXP.runs[run].selection else f'results/runs/{run}/trained'}"
 
 
 def local_dataset_files(run):
@@ -257,6 +267,8 @@ def comparison_pairs():
 
 def chosen_on(model, bench):
     """The task of ``bench`` a model was chosen by (a search's objective, a run's select_checkpoint), or None."""
+    if model in EXP.adapter_models:  # an adapter is chosen as its run or search is
+        model = EXP.runs[EXP.adapter_models[model]].search or EXP.adapter_models[model]
     objective = (
         EXP.searches[model].objective if model in EXP.searches else getattr(EXP.runs.get(model), "selection", None)
     )
