@@ -23,8 +23,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Material for MkDocs prints a notice about its successor on every build.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-fast coverage lint venv browser slurm clean gpu-carry docs-figures
+.PHONY: demo test test-fast coverage lint venv browser slurm clean gpu-carry docs-figures docs-reference docs docs-serve
 
 venv: $(STAMP)
 
@@ -62,10 +64,23 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/python tests/lint_workflow.py
 
-# The README's tables that the code produces, from the demo's results (run here) and, with SMOLLM2=<folder>, the
-# SmolLM2 example's (docs/make_figures.py).
+# The documentation's tables that the code produces, from the demo's results (run here) and, with SMOLLM2=<folder>,
+# the SmolLM2 example's (docs/make_figures.py); then the configuration reference.
 docs-figures: demo
 	$(BIN)/python docs/make_figures.py --demo results $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
+
+# The configuration reference (docs/reference/) from the JSON schemas in src/koaml/schemas.
+docs-reference: $(STAMP)
+	$(BIN)/python docs/make_reference.py
+
+# The documentation site (mkdocs.yml, docs/) into site/ (git-ignored), checked as the tests check it (--strict).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+	@echo "The documentation is in site/: open $(abspath site/index.html)"
+
+# The site served at http://127.0.0.1:8000, rebuilt as pages are edited.
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # What bench/gpu_check.sh needs on a lent GPU machine (wheels the machine lacks, SmolLM2's tokenizer): bench/carry/,
 # checked to stay under what a device call carries. Then the device tool runs `bash bench/gpu_check.sh` with
@@ -85,4 +100,4 @@ slurm:
 		|| echo "SLURM is not installed: the SLURM tests will be skipped"
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake site

@@ -1,12 +1,14 @@
-"""The README's tables that the code produces, regenerated from the results that produced them, between marked
-lines (``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->``), so that no figure is copied by hand.
+"""The documentation's tables that the code produces, regenerated from the results that produced them, between
+marked lines (``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->``) of the page in PAGES, so that no figure is
+copied by hand; then the configuration reference (docs/make_reference.py).
 
-- ``demo``: the demo experiment's comparison (``make demo``'s results/compare/summary.csv); deterministic, and
-  tests/test_demo.py checks that the README's table is what the suite's demo run produces.
+- ``demo``: the demo experiment's comparison (``make demo``'s results/compare/summary.csv), in README.md (the site's
+  Getting started page includes it); deterministic, and tests/test_demo.py checks that the README's table is what
+  the suite's demo run produces.
 - ``smollm2``: config/examples/smollm2.yaml's comparison (17 minutes on 2 cores; regenerated when its results
-  folder is given).
-- ``bench``: the result column of the benchmark table, each script's one-line summary from its JSON in
-  bench/results/ (a script not run there, or run with --smoke, keeps its row as it is).
+  folder is given), in docs/getting-started/smollm2.md.
+- ``bench``: the result column of the benchmark table in docs/benchmarks.md, each script's one-line summary from its
+  JSON in bench/results/ (a script not run there, or run with --smoke, keeps its row as it is).
 
     make docs-figures                                   # runs the demo, then this script on its results
     .venv/bin/python docs/make_figures.py --demo results [--smollm2 <folder of the example's results>] [--bench DIR]
@@ -17,11 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_reference
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+# Where each generated table lives.
+PAGES = {"demo": README, "smollm2": REPO / "docs/getting-started/smollm2.md", "bench": REPO / "docs/benchmarks.md"}
 
 
 def _pct(value: float) -> str:
@@ -53,7 +62,7 @@ BENCH_ROW = re.compile(r"^\| `bench/(?P<script>\w+)\.(?P<ext>py|sh)` \| (?P<what
 
 
 def bench_table(table: str, results: Path) -> tuple[str, list[str]]:
-    """The README's bench table with the result of each script that has a measured JSON in ``results`` (not a
+    """The bench table (docs/benchmarks.md) with the result of each script that has a measured JSON in ``results`` (not a
     --smoke or --dry run, nor one skipped for want of a GPU) replaced by its summary; with the scripts so updated."""
     lines, updated = [], []
     for line in table.splitlines():
@@ -72,7 +81,7 @@ def replace_section(text: str, name: str, body: str) -> str:
     """``text`` with the lines between the ``name`` markers replaced by ``body``."""
     pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- generated: {name} --> ... <!-- end: {name} --> section")
+        raise SystemExit(f"{PAGES[name].name} has no <!-- generated: {name} --> ... <!-- end: {name} --> section")
     return pattern.sub(lambda m: m[1] + body + m[2], text)
 
 
@@ -82,24 +91,31 @@ def section(text: str, name: str) -> str:
     return match[1] if match else ""
 
 
+def page_section(name: str) -> str:
+    """The generated table ``name`` as its page (PAGES) has it now."""
+    return section(PAGES[name].read_text(), name)
+
+
+def _write(name: str, body: str) -> None:
+    PAGES[name].write_text(replace_section(PAGES[name].read_text(), name, body))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="results", help="the demo's results folder")
     parser.add_argument("--smollm2", help="config/examples/smollm2.yaml's results folder (else left as it is)")
     parser.add_argument("--bench", default="bench/results", help="the bench scripts' JSON results")
     args = parser.parse_args(argv)
-    text = README.read_text()
     tables = {"demo": args.demo, "smollm2": args.smollm2}
     done = [name for name, folder in tables.items() if folder and (Path(folder) / "compare/summary.csv").is_file()]
     for name in done:
-        text = replace_section(text, name, comparison_table(Path(tables[name]) / "compare/summary.csv"))
-    table, updated = bench_table(section(text, "bench"), Path(args.bench))
-    text = replace_section(text, "bench", table)
-    README.write_text(text)
-    print(
-        f"README.md: regenerated the tables {', '.join(done) or '(none: no compare/summary.csv)'} and the results of "
-        f"{len(updated)} bench scripts ({', '.join(updated) or 'none measured in ' + args.bench})"
-    )
+        _write(name, comparison_table(Path(tables[name]) / "compare/summary.csv"))
+    table, updated = bench_table(page_section("bench"), Path(args.bench))
+    _write("bench", table)
+    tables_done = ", ".join(f"{n} ({PAGES[n].relative_to(REPO)})" for n in done) or "none: no compare/summary.csv"
+    measured = ", ".join(updated) or f"none measured in {args.bench}"
+    print(f"regenerated the tables {tables_done}; the results of {len(updated)} bench scripts ({measured})")
+    make_reference.main([])
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def _grpo_problems(given: dict, training: dict) -> list[str]:
         return [
             *problems,
             "training.rewards: GRPO needs at least one reward, e.g. "
-            "[{function: exact_match, column: answer}] (see the README's GRPO section)",
+            "[{function: exact_match, column: answer}] (see the documentation's GRPO page, docs/training/grpo.md)",
         ]
     reward_schema = schema("recipe")["$defs"]["reward"]
     training["rewards"] = [fill_defaults(spec, reward_schema) for spec in training["rewards"]]
