@@ -22,6 +22,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from workflow_copy import copy_workflow  # noqa: E402,F401 (the tests' scratch copy, used by the scripts)
 
 BIN = Path(sys.executable).parent
+# koaml's command line as a module of this Python: the venv's here, the carried packages' on a lent GPU machine
+# (where no `koaml` script is installed).
+KOAML = [sys.executable, "-m", "koaml.cli"]
 SHARED_NOTE = "timings on a shared machine (other processes compete for its CPUs): medians of alternating runs"
 
 
@@ -118,7 +121,7 @@ def prepare_once(recipe, config: Path, model: Path, out: Path, prepared: dict[st
     what = [recipe.data.as_dict(), recipe.model.model_max_length, training.trainer_type, training.completion_only_loss]
     key = json.dumps(what, sort_keys=True)
     if key not in prepared:
-        run([BIN / "koaml", "prepare-data", "--config", config, "--tokenizer", model, "--out", out], cwd=REPO)
+        run([*KOAML, "prepare-data", "--config", config, "--tokenizer", model, "--out", out], cwd=REPO)
         prepared[key] = out
     return prepared[key]
 

@@ -109,6 +109,18 @@ def test_train_memory(tmp_path, tiny_model, monkeypatch):
 
 
 @pytest.mark.slow
+def test_train_overhead(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("KOAML_TINY_MODEL", str(tiny_model))
+    result = bench("train_overhead", tmp_path)
+    assert set(result["cases"]) == {"tiny_sft_lora"}  # --smoke: one case, once
+    case = result["cases"]["tiny_sft_lora"]
+    assert case["same_loss"], "koaml train and the bare TRL script must train alike: " + str(case["final_loss"])
+    for side in ("koaml", "bare"):
+        assert case[side]["train_runtime_s"] > 0 and case[side]["wall_s"] > case[side]["train_runtime_s"]
+    assert case["train_runtime_ratio"] > 0 and isinstance(result["target_met"], bool)
+
+
+@pytest.mark.slow
 def test_status_speed(tmp_path):
     result = bench("status_speed", tmp_path)
     assert result["fresh"] > 0 and result["half_done"] > 0 and result["target_s"] == 2.0
@@ -161,6 +173,8 @@ def test_gpu_check_dry_runs_every_step_of_the_gpu_path_on_the_cpu(tmp_path, tiny
         assert run["steps"] == result["steps_per_run"] and run["tokens_per_s"] > 0 and run["estimate_mb"] > 0
     assert all(0 <= result["lm_eval"][model]["acc"] <= 1 for model in ("base", "lora"))
     assert result["attention_weight"]["device"] == "cpu" and result["attention_weight"]["samples"] > 0
+    overhead = result["train_overhead"]["sft_lora"]
+    assert overhead["same_loss"] and overhead["train_runtime_ratio"] > 0, overhead["final_loss"]
 
 
 def test_gpu_carry_takes_what_the_device_lacks():
@@ -172,13 +186,13 @@ def test_gpu_carry_takes_what_the_device_lacks():
     assert not set(carried) & DEVICE_PACKAGES
 
 
-def test_the_readme_bench_table_shows_each_measured_scripts_summary(tmp_path, monkeypatch):
-    """docs/make_figures.py fills the README's bench table from bench/results/*.json: a measured run's summary
+def test_the_bench_table_shows_each_measured_scripts_summary(tmp_path, monkeypatch):
+    """docs/make_figures.py fills docs/benchmarks.md's bench table from bench/results/*.json: a measured run's summary
     replaces its row's result; a smoke run, or a script without a result, leaves the row as it is."""
     monkeypatch.syspath_prepend(str(REPO / "docs"))
     from make_figures import bench_table, section
 
-    table = section((REPO / "README.md").read_text(), "bench")
+    table = section((REPO / "docs/benchmarks.md").read_text(), "bench")
     (tmp_path / "status_speed.json").write_text(json.dumps({"summary": "0.50 s with nothing done", "smoke": False}))
     (tmp_path / "plan_dag.json").write_text(json.dumps({"summary": "smoke figures", "smoke": True}))
     regenerated, updated = bench_table(table, tmp_path)

@@ -168,6 +168,18 @@ def _doctor(a):
         raise ConfigError(f"{failed} check(s) failed for profile {a.profile}; fix them before submitting jobs")
 
 
+def _threads_option(s) -> None:
+    """``--threads``: torch's CPU threads, by default every CPU this process may use (what a bare script gets)."""
+    from koaml.lifecycle import available_cpus
+
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=available_cpus(),
+        help="CPU threads for torch (default: the CPUs this job may use, here %(default)s)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="koaml", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="folder written by prepare-data")
     s.add_argument("--out", required=True)
     s.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across failures)")
-    s.add_argument("--threads", type=int, default=1)
+    _threads_option(s)
     s.set_defaults(func=_train)
 
     s = sub.add_parser("merge", help="merge a LoRA/QLoRA adapter into its base")
@@ -224,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter", help="LoRA adapter folder: evaluate it on --model without merging")
     s.add_argument("--out", help="output folder (default: results/eval/<model>/<benchmark>)")
     s.add_argument("--limit", type=int, help="only the first N documents of each task (a quick check)")
-    s.add_argument("--threads", type=int, default=1)
+    _threads_option(s)
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser(
@@ -239,7 +251,7 @@ def parser() -> argparse.ArgumentParser:
         "--suite", nargs=2, action="append", required=True, metavar=("CONFIG", "OUT"), help="a resolved benchmark "
         "config and its output folder (repeat for each suite)",
     )  # fmt: skip
-    s.add_argument("--threads", type=int, default=1)
+    _threads_option(s)
     s.set_defaults(func=_evaluate_model)
 
     s = sub.add_parser(

@@ -162,5 +162,10 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity: SLURM's cpus-per-task, a container's CPU set)."""
+    return len(os.sched_getaffinity(0))
+
+
 def is_distributed_worker() -> bool:
     return "LOCAL_RANK" in os.environ
