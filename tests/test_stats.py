@@ -1,7 +1,9 @@
-"""Paired statistics against exact computations on constructed data."""
+"""Paired statistics against exact computations on constructed data, and scipy.stats (which now computes the tests,
+the bootstrap interval and Benjamini-Hochberg) against the formulas we used before it, on fixed inputs."""
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -27,22 +29,74 @@ def test_mcnemar_matches_the_exact_binomial():
     assert mcnemar_p(base, base) == 1.0
 
 
-def test_permutation_p_matches_full_enumeration():
-    diffs = np.array([0.3, -0.1, 0.25, 0.4, 0.05, -0.2, 0.35, 0.15, 0.1, 0.3, -0.05, 0.2])
-    observed = abs(diffs.mean())
+def sign_flip_enumeration(diffs):
+    """The exact sign-flip p-value: the share of all 2^n sign flips whose |mean| reaches the observed one."""
     flips = np.array(list(itertools.product([-1, 1], repeat=len(diffs))))
-    exact = np.mean(np.abs((flips * diffs).mean(axis=1)) >= observed - 1e-12)
-    # Monte-Carlo standard error with 10,000 resamples is at most 0.005
-    assert permutation_p(diffs, n_resamples=10_000) == pytest.approx(exact, abs=0.02)
+    return np.mean(np.abs((flips * diffs).mean(axis=1)) >= abs(diffs.mean()) - 1e-12)
 
 
-def test_bootstrap_ci_matches_the_exact_bootstrap_distribution():
-    diffs = np.array([1.0, 0.0, 0.0, 1.0, -1.0, 1.0])
-    n = len(diffs)
-    means = np.array([diffs[list(i)].mean() for i in itertools.product(range(n), repeat=n)])
-    exact = np.quantile(means, [0.025, 0.975])
-    low, high = bootstrap_ci(diffs, n_resamples=20_000)
-    assert (low, high) == pytest.approx(tuple(exact), abs=1e-9)
+def previous_permutation_p(diffs, n_resamples=10_000, seed=0):
+    """Our sign-flip Monte Carlo before scipy.stats.permutation_test, kept as the reference."""
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n_resamples, len(diffs)))
+    extreme = np.sum(np.abs((signs * diffs).mean(axis=1)) >= abs(diffs.mean()) - 1e-12)
+    return float((extreme + 1) / (n_resamples + 1))
+
+
+def test_permutation_p_matches_full_enumeration():
+    # 12 items: 4,096 sign flips, fewer than the resamples, so scipy enumerates them all: the exact p-value
+    diffs = np.array([0.3, -0.1, 0.25, 0.4, 0.05, -0.2, 0.35, 0.15, 0.1, 0.3, -0.05, 0.2])
+    assert permutation_p(diffs) == pytest.approx(sign_flip_enumeration(diffs), rel=1e-12)
+    # 15 items: 32,768 flips, so 10,000 random ones: Monte-Carlo standard error at most 0.005, like ours before
+    diffs = np.array([0.3, -0.1, 0.25, 0.4, 0.05, -0.2, 0.35, -0.15, 0.1, 0.3, -0.05, 0.2, -0.4, 0.1, -0.3])
+    exact = sign_flip_enumeration(diffs)
+    assert 0.05 < exact < 0.5
+    assert permutation_p(diffs) == pytest.approx(exact, abs=0.02)
+    assert previous_permutation_p(diffs) == pytest.approx(exact, abs=0.02)
+    assert permutation_p(diffs, seed=1) == pytest.approx(previous_permutation_p(diffs, seed=1), abs=0.03)
+    assert permutation_p(np.array([0.4])) == 1.0 and permutation_p(np.zeros(40)) == 1.0
+    strong = np.random.default_rng(2).normal(0.3, 0.5, 400)  # far beyond every flip: the smallest p, 1/10,001
+    assert permutation_p(strong) == previous_permutation_p(strong) == pytest.approx(1 / 10_001)
+
+
+def previous_mcnemar_p(only_base, only_tuned):
+    """Our exact binomial sum before scipy.stats.binomtest, kept as the reference."""
+    n = only_base + only_tuned
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_base, only_tuned) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def test_mcnemar_gives_the_numbers_of_the_exact_binomial_sum():
+    cases = [(n, k) for n in range(1, 41) for k in range(n + 1)] + [
+        (n, k) for n in (500, 1000) for k in range(0, n, 19)
+    ]
+    for n, k in cases:
+        base = np.array([1] * k + [0] * (n - k) + [1, 0])  # two concordant items, which do not count
+        tuned = np.array([0] * k + [1] * (n - k) + [1, 0])
+        assert mcnemar_p(base, tuned) == pytest.approx(previous_mcnemar_p(k, n - k), rel=1e-12, abs=1e-300)
+
+
+def previous_bootstrap_ci(diffs, n_resamples=10_000, seed=0, alpha=0.05):
+    """Our percentile bootstrap before scipy.stats.bootstrap, kept as the reference: the same draws."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diffs), size=(n_resamples, len(diffs)))
+    return tuple(np.quantile(diffs[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2]))
+
+
+def test_bootstrap_ci_gives_the_numbers_of_our_previous_bootstrap():
+    """scipy draws the same resamples from the same seed, so the published intervals stay the same."""
+    rng = np.random.default_rng(5)
+    cases = [rng.choice([-1.0, 0.0, 1.0], size=200), rng.integers(0, 2, 37).astype(float), rng.normal(0.1, 1, 301)]
+    for i, diffs in enumerate(cases):
+        for alpha in (0.05, 0.01, 0.1):
+            expected = previous_bootstrap_ci(diffs, seed=i, alpha=alpha)
+            assert bootstrap_ci(diffs, seed=i, alpha=alpha) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert bootstrap_ci(np.array([0.25])) == (0.25, 0.25)  # one item: scipy needs two; every resample is that item
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no scipy warning about BCa for a NaN score
+        assert np.isnan(bootstrap_ci(np.array([1.0, np.nan, 0.0]))).all()
 
 
 def test_paired_picks_the_test_and_flags_significance():
@@ -63,11 +117,25 @@ def test_paired_needs_matching_items():
         paired([1, 0], [1])
 
 
-def test_benjamini_hochberg_matches_scipy_and_holm_the_textbook():
-    from scipy.stats import false_discovery_control
+def previous_benjamini_hochberg(p):
+    """Our step-up formula before scipy.stats.false_discovery_control, kept as the reference."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
 
+
+def test_benjamini_hochberg_gives_the_numbers_of_the_step_up_formula_and_holm_the_textbook():
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.2, 0.6, 0.011])
-    assert adjust_p_values(p, "bh") == pytest.approx(false_discovery_control(p, method="bh"))
+    assert adjust_p_values(p, "bh") == pytest.approx(previous_benjamini_hochberg(p), rel=1e-12)
+    many = np.random.default_rng(3).random(520) ** 3
+    assert adjust_p_values(many, "bh") == pytest.approx(previous_benjamini_hochberg(many), rel=1e-12)
+    # untested rows (NaN) are not counted: the others are adjusted as a family of two
+    assert adjust_p_values([0.01, np.nan, 0.04], "bh")[[0, 2]] == pytest.approx([0.02, 0.04])
+    assert np.isnan(adjust_p_values([0.01, np.nan, 0.04], "bh")[1])
+    assert np.isnan(adjust_p_values([np.nan, np.nan], "bh")).all()
     # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone: 0.02, 0.03, 0.06, 0.06
     assert adjust_p_values([0.01, 0.04, 0.03, 0.005], "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
     with_gaps = adjust_p_values([0.01, np.nan, 0.04], "holm")  # untested rows are not counted
