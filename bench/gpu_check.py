@@ -9,8 +9,8 @@
 2. lm-eval on the GPU: the demo's multiple-choice arithmetic for the base and the LoRA adapter (koaml.evaluate).
 3. The attention weight of koaml.packing fitted on CUDA (bench/packing_real_model.py's fit, bf16).
 4. The training loop's overhead on the GPU: `koaml train` against a bare TRL script at the same settings
-   (bench/train_overhead.py), SFT with LoRA and full fine-tuning (--dry: LoRA), once each: koa-ml's guards must cost
-   nothing per step there either.
+   (bench/train_overhead.py), SFT with LoRA and full fine-tuning, once each: koa-ml's guards must cost nothing per
+   step there either (not in --dry: the suite runs bench/train_overhead.py --smoke).
 
 Each step is recorded even when another fails (a lease is too short to rerun). ``--dry`` runs the same steps on the
 CPU with the demo's tiny model, float32, 2 steps, length 64 (the suite's test of this script).
@@ -196,8 +196,7 @@ def overhead(model: Path, root: Path, cuda: bool) -> dict:
     from train_overhead import Case, measure
 
     settings = {"model": {"dtype": "bfloat16" if cuda else "float32"}, "training": {"max_steps": STEPS}}
-    methods = ("lora",) if DRY else ("lora", "full")  # --dry: the path, at the least cost to the suite
-    cases = [Case(f"sft_{m}", "device", f"config/recipes/smollm2_arith_{m}.yaml", settings) for m in methods]
+    cases = [Case(f"sft_{m}", "device", f"config/recipes/smollm2_arith_{m}.yaml", settings) for m in ("lora", "full")]
     prepared: dict = {}
     return {case.name: measure(case, root / "overhead", {"device": model}, prepared, 1) for case in cases}
 
@@ -238,11 +237,14 @@ def main() -> None:
         adapter = next((r["adapter"] for r in runs if r.get("run", "").startswith("lora-")), None)
         step(result, "lm_eval", lambda: lm_eval_runs(model, adapter, root))
         step(result, "attention_weight", lambda: attention_weight(model, root, cuda))
-        step(result, "train_overhead", lambda: overhead(model, root, cuda))
+        if not DRY:  # the suite runs the same measurement in bench/train_overhead.py's smoke test
+            step(result, "train_overhead", lambda: overhead(model, root, cuda))
     result["model"] = "tiny demo model (--dry)" if DRY else "SmolLM2-135M-Instruct architecture"
     result["dry"] = DRY
     result["failed_steps"] = [r.get("run", "?") for r in runs if "error" in r] + [
-        name for name in ("environment", "lm_eval", "attention_weight", "train_overhead") if "error" in result[name]
+        name
+        for name in ("environment", "lm_eval", "attention_weight", "train_overhead")
+        if "error" in result.get(name, {})
     ]
     print(f"{'run':22} {'tokens/s':>10} {'peak MB':>9} {'estimate MB':>12} {'est/meas':>9} {'MFU':>6}")
     for r in runs:
@@ -253,7 +255,7 @@ def main() -> None:
         print(f"{r['run']:22} {r['tokens_per_s']:10.0f} {fmt(r['peak_gpu_memory_mb'], '9.0f'):>9} "
               f"{r['estimate_mb']:12.0f} {fmt(r['estimate_over_measured'], '9.2f'):>9} {fmt(r['mfu'], '6.1%'):>6}")  # fmt: skip
     print(f"lm_eval: {result['lm_eval']}\nattention weight: {result['attention_weight']}")
-    if "error" not in result["train_overhead"]:
+    if "error" not in result.get("train_overhead", {"error": "--dry"}):
         for name, case in result["train_overhead"].items():
             print(f"train overhead {name}: koaml / bare train_runtime {case['train_runtime_ratio']:.3f}")
     ratios = [r["estimate_over_measured"] for r in runs if r.get("estimate_over_measured")]

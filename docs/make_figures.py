@@ -9,6 +9,8 @@ copied by hand; then the configuration reference (docs/make_reference.py).
   folder is given), in docs/getting-started/smollm2.md.
 - ``bench``: the result column of the benchmark table in docs/benchmarks.md, each script's one-line summary from its
   JSON in bench/results/ (a script not run there, or run with --smoke, keeps its row as it is).
+- ``train_overhead``: bench/train_overhead.py's cases, koa-ml against the bare TRL script, in docs/benchmarks.md
+  (kept as it is unless bench/results/ holds a measured run).
 
     make docs-figures                                   # runs the demo, then this script on its results
     .venv/bin/python docs/make_figures.py --demo results [--smollm2 <folder of the example's results>] [--bench DIR]
@@ -30,7 +32,13 @@ import make_reference
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 # Where each generated table lives.
-PAGES = {"demo": README, "smollm2": REPO / "docs/getting-started/smollm2.md", "bench": REPO / "docs/benchmarks.md"}
+BENCHMARKS = REPO / "docs/benchmarks.md"
+PAGES = {
+    "demo": README,
+    "smollm2": REPO / "docs/getting-started/smollm2.md",
+    "bench": BENCHMARKS,
+    "train_overhead": BENCHMARKS,
+}
 
 
 def _pct(value: float) -> str:
@@ -56,6 +64,23 @@ def comparison_table(summary_csv: str | Path) -> str:
         sentence += f" (underpowered: {', '.join(underpowered)}: more items could tell)"
     header = "| run | benchmark | metric | base | score | delta | 95% CI | p adj. | sig. |\n|---|---|---|---|---|---|---|---|---|"
     return f"{sentence}.\n\n{header}\n" + "\n".join(rows)
+
+
+def train_overhead_table(result: dict) -> str:
+    """bench/train_overhead.py's cases: TRL's train_runtime for koa-ml and the bare script, their ratio, the whole
+    processes' ratio and the final losses."""
+    header = (
+        f"Medians of {result['repeats']} alternating rounds, {result['threads']} threads:\n\n"
+        "| case | koa-ml train_runtime | bare TRL | ratio | whole process | final loss (koa-ml / bare) |\n"
+        "|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| {name} | {c['koaml']['train_runtime_s']:.1f} s | {c['bare']['train_runtime_s']:.1f} s | "
+        f"{c['train_runtime_ratio']:.3f} | {c['wall_ratio']:.3f} | "
+        f"{c['final_loss']['koaml']:.5f} / {c['final_loss']['bare']:.5f} |"
+        for name, c in result["cases"].items()
+    ]
+    return header + "\n" + "\n".join(rows)
 
 
 BENCH_ROW = re.compile(r"^\| `bench/(?P<script>\w+)\.(?P<ext>py|sh)` \| (?P<what>.*?) \| (?P<result>.*) \|$")
@@ -112,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         _write(name, comparison_table(Path(tables[name]) / "compare/summary.csv"))
     table, updated = bench_table(page_section("bench"), Path(args.bench))
     _write("bench", table)
+    overhead = Path(args.bench) / "train_overhead.json"
+    if overhead.is_file() and not json.loads(overhead.read_text()).get("smoke"):
+        _write("train_overhead", train_overhead_table(json.loads(overhead.read_text())))
     tables_done = ", ".join(f"{n} ({PAGES[n].relative_to(REPO)})" for n in done) or "none: no compare/summary.csv"
     measured = ", ".join(updated) or f"none measured in {args.bench}"
     print(f"regenerated the tables {tables_done}; the results of {len(updated)} bench scripts ({measured})")

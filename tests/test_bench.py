@@ -118,6 +118,10 @@ def test_train_overhead(tmp_path, tiny_model, monkeypatch):
     for side in ("koaml", "bare"):
         assert case[side]["train_runtime_s"] > 0 and case[side]["wall_s"] > case[side]["train_runtime_s"]
     assert case["train_runtime_ratio"] > 0 and isinstance(result["target_met"], bool)
+    monkeypatch.syspath_prepend(str(REPO / "docs"))
+    from make_figures import train_overhead_table  # the table docs/benchmarks.md shows
+
+    assert f"| tiny_sft_lora | {case['koaml']['train_runtime_s']:.1f} s |" in train_overhead_table(result)
 
 
 @pytest.mark.slow
@@ -173,8 +177,6 @@ def test_gpu_check_dry_runs_every_step_of_the_gpu_path_on_the_cpu(tmp_path, tiny
         assert run["steps"] == result["steps_per_run"] and run["tokens_per_s"] > 0 and run["estimate_mb"] > 0
     assert all(0 <= result["lm_eval"][model]["acc"] <= 1 for model in ("base", "lora"))
     assert result["attention_weight"]["device"] == "cpu" and result["attention_weight"]["samples"] > 0
-    overhead = result["train_overhead"]["sft_lora"]
-    assert overhead["same_loss"] and overhead["train_runtime_ratio"] > 0, overhead["final_loss"]
 
 
 def test_gpu_carry_takes_what_the_device_lacks():
