@@ -95,13 +95,17 @@ def machine() -> dict:
     }
 
 
+def result_path(name: str) -> Path:
+    """Where ``write_result`` keeps ``<name>.json``."""
+    return Path(os.environ.get("KOAML_BENCH_OUT") or REPO / "bench/results") / f"{name}.json"
+
+
 def write_result(name: str, result: dict, summary: str) -> Path:
     """Print ``summary``, the figure in a line (the README's bench table shows it: docs/make_figures.py), and write
     ``result`` with it (plus the machine and smoke flag) as ``<name>.json``; return its path."""
     print(summary)
-    out_dir = Path(os.environ.get("KOAML_BENCH_OUT") or REPO / "bench/results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
+    path = result_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {**result, "summary": summary, "smoke": smoke(), "machine": machine()}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

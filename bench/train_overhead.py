@@ -11,7 +11,8 @@ Cases: SFT with LoRA and full fine-tuning on the demo's tiny model and on SmolLM
 linear layers, 60 steps; full: 40 steps; batch 8, max length 64, eval and checkpoints every 20 steps, packing
 off, float32), DPO with LoRA on the tiny model. ``--smoke`` runs the tiny model's SFT LoRA for a few steps once.
 
-    .venv/bin/python bench/train_overhead.py [--smoke] [--cases tiny_sft_lora,...]   # writes bench/results/train_overhead.json
+    .venv/bin/python bench/train_overhead.py [--smoke]    # writes bench/results/train_overhead.json
+    .venv/bin/python bench/train_overhead.py --cases tiny_sft_full,tiny_dpo_lora   # remeasures these, keeps the rest
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from _common import (
     median,
     prepare_once,
     repeats,
+    result_path,
     smoke,
     smollm2,
     timed,
@@ -171,6 +173,9 @@ def main() -> None:
     cases = chosen_cases()
     rounds = repeats(3)
     results = {}
+    earlier = result_path("train_overhead")
+    if "--cases" in sys.argv and earlier.is_file():  # remeasure the cases named, keep the others' figures
+        results = {k: v for k, v in json.loads(earlier.read_text())["cases"].items() if k in {c.name for c in CASES}}
     with TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = {"tiny": tiny_model(tmp)}
