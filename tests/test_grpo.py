@@ -87,24 +87,29 @@ def test_async_rewards_and_their_helper_modules(tmp_path):
 
 def test_a_lambda_reward_is_checked_like_a_def_and_a_neighbours_names_are_read(tmp_path):
     """``score = lambda ...`` is a reward whose parameters are read (its columns too); a name imported from a
-    neighbour module must be bound there (at the top level, under if/try too); ``*`` imports are not checked."""
-    (tmp_path / "helpers.py").write_text("try:\n    import json\nexcept ImportError:\n    json = None\nSCALE = 2\n")
+    neighbour module must be bound there (at the top level, under if/try too); ``*`` imports are not checked. (The
+    helper module's name is this test's own: an earlier test's ``helpers`` stays imported in this process.)"""
+    (tmp_path / "scale_helpers.py").write_text(
+        "try:\n    import json\nexcept ImportError:\n    json = None\nSCALE = 2\n"
+    )
     path = tmp_path / "mine.py"
-    path.write_text("from helpers import SCALE, json\nscore = lambda completions, answer, **kwargs: [0.0] * SCALE\n")
+    path.write_text(
+        "from scale_helpers import SCALE, json\nscore = lambda completions, answer, **kwargs: [0.0] * SCALE\n"
+    )
     spec = {"function": f"{path}:score"}
     assert rewards.problems([spec]) == []
     assert rewards.required_columns([spec]) == {"answer": f"training.rewards[0] ({path}:score)"}
     (function,) = rewards.reward_functions([spec])
     assert function(completions=["a"], answer=["1"], prompts=None) == [0.0, 0.0]
-    path.write_text("from helpers import scale\nscore = lambda completions: []\n")
+    path.write_text("from scale_helpers import scale\nscore = lambda completions: []\n")
     assert rewards.problems([spec]) == [
         f"training.rewards[0].function: {path}:2: score(...) must accept **kwargs: TRL passes prompts, completions, "
         "completion_ids, trainer_state and every data column as keywords",
-        f"training.rewards[0].function: {path}:1: imports 'scale' from helpers.py, which does not define it (it "
+        f"training.rewards[0].function: {path}:1: imports 'scale' from scale_helpers.py, which does not define it (it "
         "defines: SCALE, json)",
     ]
-    (tmp_path / "helpers.py").write_text("from os.path import *\n")
-    path.write_text("from helpers import anything\nscore = lambda completions, **kwargs: []\n")
+    (tmp_path / "scale_helpers.py").write_text("from os.path import *\n")
+    path.write_text("from scale_helpers import anything\nscore = lambda completions, **kwargs: []\n")
     assert rewards.problems([spec]) == []
     assert (
         rewards.problems(
